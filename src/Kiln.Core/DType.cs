@@ -1,0 +1,52 @@
+namespace Kiln;
+
+/// <summary>The element type of a tensor. Compute is float32; the 16-bit types store weights and are widened in kernels.</summary>
+public enum DType
+{
+    /// <summary>IEEE 754 single precision.</summary>
+    Float32,
+
+    /// <summary>IEEE 754 half precision (storage only).</summary>
+    Float16,
+
+    /// <summary>bfloat16: the upper 16 bits of a float32 (storage only; widened by a 16-bit shift).</summary>
+    BFloat16,
+}
+
+/// <summary>Facts about <see cref="DType"/> values.</summary>
+public static class DTypes
+{
+    /// <summary>Bytes per element.</summary>
+    public static int SizeOf(this DType dtype) => dtype switch
+    {
+        DType.Float32 => 4,
+        DType.Float16 => 2,
+        DType.BFloat16 => 2,
+        _ => throw new ArgumentOutOfRangeException(nameof(dtype), dtype, "Unknown dtype."),
+    };
+
+    /// <summary>The lower-case name used in configs and messages (float32, float16, bfloat16).</summary>
+    public static string Name(this DType dtype) => dtype switch
+    {
+        DType.Float32 => "float32",
+        DType.Float16 => "float16",
+        DType.BFloat16 => "bfloat16",
+        _ => dtype.ToString(),
+    };
+
+    /// <summary>Widens a bfloat16 bit pattern to float32 (exact).</summary>
+    public static float BFloat16ToSingle(ushort bits) => BitConverter.Int32BitsToSingle(bits << 16);
+
+    /// <summary>Narrows a float32 to bfloat16 with round-to-nearest-even; NaN stays NaN.</summary>
+    public static ushort SingleToBFloat16(float value)
+    {
+        uint bits = BitConverter.SingleToUInt32Bits(value);
+        if (float.IsNaN(value))
+        {
+            return (ushort)((bits >> 16) | 0x40);
+        }
+
+        uint roundingBias = 0x7FFF + ((bits >> 16) & 1);
+        return (ushort)((bits + roundingBias) >> 16);
+    }
+}

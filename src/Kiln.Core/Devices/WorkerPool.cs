@@ -1,0 +1,215 @@
+using System.Runtime.ExceptionServices;
+
+namespace Kiln.Devices;
+
+/// <summary>
+/// A persistent pool of worker threads that runs one parallel loop at a time. The calling thread takes
+/// part in every loop, so a pool of N threads starts N - 1 workers. A loop is a function pointer plus an
+/// untyped state pointer: nothing is allocated per call, which keeps decode steps allocation-free.
+/// </summary>
+/// <remarks>
+/// Work is split into at most <see cref="ThreadCount"/> contiguous ranges, range 0 for the caller and range
+/// i for worker i. Each element is computed by exactly one thread with the same arithmetic whatever the split,
+/// so results do not depend on the thread count. Workers spin briefly between loops, then sleep.
+/// </remarks>
+public sealed unsafe class WorkerPool : IDisposable
+{
+    private const int SpinIterations = 20_000;
+
+    private readonly Thread[] _workers;
+    private readonly SemaphoreSlim[] _wake;
+    private readonly int[] _sleeping;
+    private readonly object _callLock = new();
+
+    // The loop in flight. Written by the caller before the generation is bumped.
+    private delegate*<void*, int, int, void> _body;
+    private void* _state;
+    private int _count;
+    private int _parts;
+    private int _pending;
+    private ExceptionDispatchInfo? _failure;
+
+    private int _generation;
+    private volatile bool _disposed;
+
+    /// <summary>Creates a pool that runs loops on <paramref name="threadCount"/> threads (the caller included).</summary>
+    /// <exception cref="ArgumentOutOfRangeException">The thread count is below 1.</exception>
+    public WorkerPool(int threadCount)
+    {
+        if (threadCount < 1)
+        {
+            throw new ArgumentOutOfRangeException(nameof(threadCount), threadCount, "The thread count must be at least 1.");
+        }
+
+        ThreadCount = threadCount;
+        _workers = new Thread[threadCount - 1];
+        _wake = new SemaphoreSlim[threadCount - 1];
+        _sleeping = new int[threadCount - 1];
+        for (int i = 0; i < _workers.Length; i++)
+        {
+            int index = i;
+            _wake[i] = new SemaphoreSlim(0);
+            _workers[i] = new Thread(() => WorkerLoop(index))
+            {
+                IsBackground = true,
+                Name = $"kiln-worker-{i + 1}",
+            };
+            _workers[i].Start();
+        }
+    }
+
+    /// <summary>The number of threads that run each loop, the caller included.</summary>
+    public int ThreadCount { get; }
+
+    /// <summary>
+    /// Runs <paramref name="body"/>(state, start, end) over [0, <paramref name="count"/>) and returns when every
+    /// range is done. Ranges hold at least <paramref name="grain"/> elements (except the last), so small loops
+    /// stay on the calling thread. An exception thrown by the body is rethrown here.
+    /// </summary>
+    public void For(int count, int grain, delegate*<void*, int, int, void> body, void* state)
+    {
+        if (count <= 0)
+        {
+            return;
+        }
+
+        // Small loops, or a single-threaded pool, run inline: no synchronisation at all.
+        int parts = Math.Min(ThreadCount, (count + Math.Max(grain, 1) - 1) / Math.Max(grain, 1));
+        if (parts <= 1)
+        {
+            body(state, 0, count);
+            return;
+        }
+
+        lock (_callLock)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+
+            _body = body;
+            _state = state;
+            _count = count;
+            _parts = parts;
+            _failure = null;
+            Volatile.Write(ref _pending, parts);
+
+            // Publish the loop, then wake only the workers that went to sleep.
+            Interlocked.Increment(ref _generation);
+            for (int i = 0; i < _workers.Length; i++)
+            {
+                if (Interlocked.Exchange(ref _sleeping[i], 0) == 1)
+                {
+                    _wake[i].Release();
+                }
+            }
+
+            RunPart(0);
+
+            // Wait for the workers' ranges; they are short, so spin.
+            SpinWait spin = default;
+            while (Volatile.Read(ref _pending) != 0)
+            {
+                spin.SpinOnce(sleep1Threshold: -1);
+            }
+
+            _body = null;
+            _state = null;
+            _failure?.Throw();
+        }
+    }
+
+    private void RunPart(int part)
+    {
+        // Even split of [0, count) into `parts` contiguous ranges.
+        int start = (int)((long)_count * part / _parts);
+        int end = (int)((long)_count * (part + 1) / _parts);
+        try
+        {
+            _body(_state, start, end);
+        }
+        catch (Exception e)
+        {
+            Interlocked.CompareExchange(ref _failure, ExceptionDispatchInfo.Capture(e), null);
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _pending);
+        }
+    }
+
+    private void WorkerLoop(int index)
+    {
+        int part = index + 1;
+        int seen = 0;
+        while (true)
+        {
+            // Spin for a while: in a decode loop the next op follows within microseconds.
+            int spins = 0;
+            while (Volatile.Read(ref _generation) == seen && !_disposed)
+            {
+                if (++spins < SpinIterations)
+                {
+                    Thread.SpinWait(8);
+                    continue;
+                }
+
+                // Declare sleep, then check again so that a loop published meanwhile is not missed.
+                Interlocked.Exchange(ref _sleeping[index], 1);
+                if (Volatile.Read(ref _generation) != seen || _disposed)
+                {
+                    Interlocked.Exchange(ref _sleeping[index], 0);
+                    break;
+                }
+
+                _wake[index].Wait();
+                spins = 0;
+            }
+
+            if (_disposed)
+            {
+                return;
+            }
+
+            // Read the loop like a sequence lock: the fields belong to generation `seen` only if the
+            // generation did not move while they were read (a loop this worker has no part in may end
+            // and the next one be published meanwhile).
+            int generation = Volatile.Read(ref _generation);
+            int parts = Volatile.Read(ref _parts);
+            if (Volatile.Read(ref _generation) != generation)
+            {
+                continue;
+            }
+
+            seen = generation;
+
+            if (part < parts)
+            {
+                RunPart(part);
+            }
+        }
+    }
+
+    /// <summary>Stops the workers. Loops may not be started afterwards.</summary>
+    public void Dispose()
+    {
+        if (_disposed)
+        {
+            return;
+        }
+
+        _disposed = true;
+        for (int i = 0; i < _workers.Length; i++)
+        {
+            _wake[i].Release();
+        }
+
+        foreach (Thread worker in _workers)
+        {
+            worker.Join();
+        }
+
+        foreach (SemaphoreSlim wake in _wake)
+        {
+            wake.Dispose();
+        }
+    }
+}

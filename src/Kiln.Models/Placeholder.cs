@@ -1,0 +1,1 @@
+namespace Kiln.Models; internal static class Placeholder { }
