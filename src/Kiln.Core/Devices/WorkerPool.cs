@@ -16,6 +16,12 @@ public sealed unsafe class WorkerPool : IDisposable
 {
     private const int SpinIterations = 20_000;
 
+    /// <summary>
+    /// Stack size of the workers. Kernels keep per-row scratch (attention scores, up to 64K floats) on the
+    /// stack, so workers get the same room as a Linux main thread.
+    /// </summary>
+    public const int WorkerStackSize = 8 << 20;
+
     private readonly Thread[] _workers;
     private readonly SemaphoreSlim[] _wake;
     private readonly int[] _sleeping;
@@ -49,7 +55,7 @@ public sealed unsafe class WorkerPool : IDisposable
         {
             int index = i;
             _wake[i] = new SemaphoreSlim(0);
-            _workers[i] = new Thread(() => WorkerLoop(index))
+            _workers[i] = new Thread(() => WorkerLoop(index), WorkerStackSize)
             {
                 IsBackground = true,
                 Name = $"kiln-worker-{i + 1}",

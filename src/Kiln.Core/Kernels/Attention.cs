@@ -1,0 +1,299 @@
+// Causal grouped-query attention over a key/value cache, on the CPU.
+//
+// Layout. The cache of one layer holds keys and values transposed, [Hkv, Dh, S]: for each key/value head and each
+// dimension d, the values at all positions are contiguous. Scores for 16 positions are then one Vector512 FMA per
+// dimension (no horizontal sums, whatever Dh is), and each output dimension is one dot product over positions.
+// S is the session's context length; positions at or beyond the current length are never read.
+//
+// Math (one query token t at absolute position p = start + t, query head h, its key/value head g = h / (H / Hkv)):
+//   scores[s] = (q[t, h, :] · K[g, :, s]) / sqrt(Dh)          for s in [0, p]   (causal: never a later position)
+//   weights   = softmax(scores), stable: the max is subtracted before exp
+//   out[t, h, d] = Σ_s weights[s] · V[g, d, s]
+// The scores of one (t, h) live on the stack (at most MaxContext floats), so the kernel allocates nothing.
+using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using Kiln.Devices;
+
+namespace Kiln.Kernels;
+
+/// <summary>Causal grouped-query attention of new query tokens against a transposed key/value cache.</summary>
+public static unsafe class Attention
+{
+    /// <summary>The longest context the CPU kernel attends over (its scores live on the thread's stack).</summary>
+    public const int MaxContext = 65536;
+
+    /// <summary>
+    /// Writes the keys and values of tokens [start, start + T) into a layer's cache.
+    /// </summary>
+    /// <param name="k">New keys, [T, Hkv * Dh].</param>
+    /// <param name="v">New values, [T, Hkv * Dh].</param>
+    /// <param name="keyCache">The layer's keys, [Hkv, Dh, S].</param>
+    /// <param name="valueCache">The layer's values, [Hkv, Dh, S].</param>
+    /// <param name="start">The position of the first new token.</param>
+    public static void Append(Tensor k, Tensor v, Tensor keyCache, Tensor valueCache, int start)
+    {
+        // Check the shapes: the new rows must fit behind `start`.
+        RequireCache(keyCache, nameof(keyCache));
+        RequireSameShape(keyCache, valueCache, nameof(valueCache));
+        int hkv = keyCache.Size(0), dh = keyCache.Size(1), s = keyCache.Size(2);
+        int t = k.Size(0);
+        if (k.Rank != 2 || k.Size(1) != hkv * dh || v.Rank != 2 || v.Size(0) != t || v.Size(1) != hkv * dh)
+        {
+            throw new ArgumentException($"Attention.Append: k {k} and v {v} must both be [T, {hkv * dh}] for a cache of {Tensor.FormatShape(keyCache.Shape)}.");
+        }
+
+        if (start < 0 || start > s - t)
+        {
+            throw new ArgumentOutOfRangeException(nameof(start), $"Attention.Append: positions [{start}, {start + t}) do not fit in a cache of {s} positions.");
+        }
+
+        RequireCpuFloat(k, nameof(k));
+        RequireCpuFloat(v, nameof(v));
+
+        // Scatter each row into the transposed caches.
+        float* kSrc = k.FloatPointer, vSrc = v.FloatPointer;
+        float* kDst = keyCache.FloatPointer, vDst = valueCache.FloatPointer;
+        for (int row = 0; row < t; row++)
+        {
+            long position = start + row;
+            for (int j = 0; j < hkv * dh; j++)
+            {
+                // Column j of the row is (head j / Dh, dimension j % Dh): cache index (j * S) + position.
+                long at = ((long)j * s) + position;
+                kDst[at] = kSrc[((long)row * hkv * dh) + j];
+                vDst[at] = vSrc[((long)row * hkv * dh) + j];
+            }
+        }
+    }
+
+    /// <summary>
+    /// Attends the query tokens at positions [start, start + T) over the cached positions [0, start + T).
+    /// </summary>
+    /// <param name="q">Queries, [T, H, Dh] (or [T, H * Dh]) with H a multiple of Hkv.</param>
+    /// <param name="keyCache">The layer's keys, [Hkv, Dh, S], already holding positions up to start + T.</param>
+    /// <param name="valueCache">The layer's values, [Hkv, Dh, S].</param>
+    /// <param name="start">The position of the first query token.</param>
+    /// <param name="output">The result, the same shape as <paramref name="q"/>.</param>
+    public static void Compute(Tensor q, Tensor keyCache, Tensor valueCache, int start, Tensor output)
+    {
+        // Check the shapes and work out H from the query width.
+        RequireCache(keyCache, nameof(keyCache));
+        RequireSameShape(keyCache, valueCache, nameof(valueCache));
+        RequireCpuFloat(q, nameof(q));
+        RequireCpuFloat(output, nameof(output));
+        int hkv = keyCache.Size(0), dh = keyCache.Size(1), s = keyCache.Size(2);
+        int t = q.Size(0);
+        long width = q.Length / Math.Max(t, 1);
+        if (width % dh != 0 || (width / dh) % hkv != 0 || t == 0 && q.Length != 0)
+        {
+            throw new ArgumentException($"Attention: queries {q} are not [T, H, {dh}] with H a multiple of {hkv} (cache {Tensor.FormatShape(keyCache.Shape)}).", nameof(q));
+        }
+
+        if (output.Length != q.Length || output.Size(0) != t)
+        {
+            throw new ArgumentException($"Attention: output {output} must have the shape of the queries {q}.", nameof(output));
+        }
+
+        if (start < 0 || start > s - t || start + t > MaxContext)
+        {
+            throw new ArgumentOutOfRangeException(nameof(start), $"Attention: positions [{start}, {start + t}) do not fit in a cache of {s} positions (at most {MaxContext}).");
+        }
+
+        // Split the (token, head) pairs across threads; keep small problems on the calling thread.
+        int h = (int)(width / dh);
+        State state = new()
+        {
+            Q = q.FloatPointer,
+            Keys = keyCache.FloatPointer,
+            Values = valueCache.FloatPointer,
+            Output = output.FloatPointer,
+            Heads = h,
+            Group = h / hkv,
+            HeadDim = dh,
+            Capacity = s,
+            Start = start,
+            Scale = 1f / MathF.Sqrt(dh),
+        };
+        long workPerItem = (long)(start + ((t + 1) / 2)) * dh * 2;
+        int grain = (int)Math.Clamp(32_768 / Math.Max(workPerItem, 1), 1, int.MaxValue);
+        WorkerPool pool = ((CpuDevice)q.Device).Pool;
+        pool.For(t * h, grain, &Run, &state);
+    }
+
+    private struct State
+    {
+        public float* Q;
+        public float* Keys;
+        public float* Values;
+        public float* Output;
+        public int Heads;
+        public int Group;
+        public int HeadDim;
+        public int Capacity;
+        public int Start;
+        public float Scale;
+    }
+
+    private static void Run(void* statePointer, int begin, int end)
+    {
+        ref State state = ref Unsafe.AsRef<State>(statePointer);
+        int dh = state.HeadDim;
+        int capacity = state.Capacity;
+        int length = state.Start + ((end - 1) / state.Heads) + 1;
+        Span<float> scores = stackalloc float[length];
+        for (int item = begin; item < end; item++)
+        {
+            int token = item / state.Heads;
+            int head = item % state.Heads;
+            int keys = state.Start + token + 1;
+            long kvBase = (long)(head / state.Group) * dh * capacity;
+            float* query = state.Q + ((long)item * dh);
+            Span<float> weights = scores[..keys];
+
+            // Scores: for each block of positions, accumulate q[d] * K[d, block] over the head's dimensions.
+            Scores(query, state.Keys + kvBase, capacity, dh, state.Scale, weights);
+
+            // Stable softmax over the visible positions.
+            Softmax(weights);
+
+            // Each output dimension is the weights' dot product with that dimension's values.
+            float* output = state.Output + ((long)item * dh);
+            float* values = state.Values + kvBase;
+            for (int d = 0; d < dh; d++)
+            {
+                output[d] = TensorPrimitives.Dot((ReadOnlySpan<float>)weights, new ReadOnlySpan<float>(values + ((long)d * capacity), keys));
+            }
+        }
+    }
+
+    private static void Scores(float* query, float* keys, int capacity, int dh, float scale, Span<float> scores)
+    {
+        int n = scores.Length;
+        int s = 0;
+        fixed (float* result = scores)
+        {
+            if (Vector512.IsHardwareAccelerated)
+            {
+                for (; s + Vector512<float>.Count <= n; s += Vector512<float>.Count)
+                {
+                    Vector512<float> acc = Vector512<float>.Zero;
+                    for (int d = 0; d < dh; d++)
+                    {
+                        Vector512<float> k = Vector512.Load(keys + ((long)d * capacity) + s);
+                        acc = Vector512.FusedMultiplyAdd(Vector512.Create(query[d]), k, acc);
+                    }
+
+                    (acc * scale).Store(result + s);
+                }
+            }
+
+            if (Vector256.IsHardwareAccelerated)
+            {
+                for (; s + Vector256<float>.Count <= n; s += Vector256<float>.Count)
+                {
+                    Vector256<float> acc = Vector256<float>.Zero;
+                    for (int d = 0; d < dh; d++)
+                    {
+                        Vector256<float> k = Vector256.Load(keys + ((long)d * capacity) + s);
+                        acc = Vector256.FusedMultiplyAdd(Vector256.Create(query[d]), k, acc);
+                    }
+
+                    (acc * scale).Store(result + s);
+                }
+            }
+
+            for (; s < n; s++)
+            {
+                float acc = 0f;
+                for (int d = 0; d < dh; d++)
+                {
+                    acc = MathF.FusedMultiplyAdd(query[d], keys[((long)d * capacity) + s], acc);
+                }
+
+                result[s] = acc * scale;
+            }
+        }
+    }
+
+    private static void Softmax(Span<float> x)
+    {
+        Ops.SoftmaxRow(x, x);
+    }
+
+    /// <summary>
+    /// The float64 reference: the same attention computed one position at a time, for tests.
+    /// Arguments as in <see cref="Compute"/>, with the cache as plain arrays [Hkv, Dh, S].
+    /// </summary>
+    public static double[] Reference(float[] q, int t, int h, int dh, float[] keys, float[] values, int hkv, int capacity, int start)
+    {
+        double[] output = new double[t * h * dh];
+        double scale = 1.0 / Math.Sqrt(dh);
+        for (int token = 0; token < t; token++)
+        {
+            for (int head = 0; head < h; head++)
+            {
+                int g = head / (h / hkv);
+                int n = start + token + 1;
+                double[] scores = new double[n];
+                double max = double.NegativeInfinity;
+                for (int s = 0; s < n; s++)
+                {
+                    double dot = 0;
+                    for (int d = 0; d < dh; d++)
+                    {
+                        dot += (double)q[(((token * h) + head) * dh) + d] * keys[(((g * dh) + d) * capacity) + s];
+                    }
+
+                    scores[s] = dot * scale;
+                    max = Math.Max(max, scores[s]);
+                }
+
+                double sum = 0;
+                for (int s = 0; s < n; s++)
+                {
+                    scores[s] = Math.Exp(scores[s] - max);
+                    sum += scores[s];
+                }
+
+                for (int d = 0; d < dh; d++)
+                {
+                    double acc = 0;
+                    for (int s = 0; s < n; s++)
+                    {
+                        acc += scores[s] / sum * values[(((g * dh) + d) * capacity) + s];
+                    }
+
+                    output[(((token * h) + head) * dh) + d] = acc;
+                }
+            }
+        }
+
+        return output;
+    }
+
+    private static void RequireCache(Tensor cache, string name)
+    {
+        RequireCpuFloat(cache, name);
+        if (cache.Rank != 3)
+        {
+            throw new ArgumentException($"Attention: {name} {cache} must be [Hkv, Dh, S].", name);
+        }
+    }
+
+    private static void RequireSameShape(Tensor expected, Tensor actual, string name)
+    {
+        if (!expected.Shape.SequenceEqual(actual.Shape))
+        {
+            throw new ArgumentException($"Attention: {name} {actual} must have the shape {Tensor.FormatShape(expected.Shape)}.", name);
+        }
+    }
+
+    private static void RequireCpuFloat(Tensor tensor, string name)
+    {
+        if (tensor.Device is not CpuDevice || tensor.DType != DType.Float32 || !tensor.IsContiguous)
+        {
+            throw new ArgumentException($"Attention: {name} {tensor} must be a contiguous float32 tensor on the cpu device.", name);
+        }
+    }
+}
