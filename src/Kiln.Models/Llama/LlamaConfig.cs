@@ -13,6 +13,8 @@ namespace Kiln.Models.Llama;
 /// <summary>The configuration of a Llama model (llama2.c, Meta, Hugging Face families).</summary>
 public sealed record LlamaConfig
 {
+    private static readonly JsonSerializerOptions s_jsonOptions = new() { WriteIndented = true };
+
     /// <summary>The model width D.</summary>
     [JsonPropertyName("dim")]
     public required int Dim { get; init; }
@@ -55,7 +57,7 @@ public sealed record LlamaConfig
 
     /// <summary>Which elements of a head form the RoPE pairs.</summary>
     [JsonPropertyName("rope_layout")]
-    [JsonConverter(typeof(JsonStringEnumConverter<RopeLayout>))]
+    [JsonConverter(typeof(RopeLayoutJsonConverter))]
     public RopeLayout RopeLayout { get; init; } = RopeLayout.Adjacent;
 
     /// <summary>Whether the output classifier is the token-embedding matrix.</summary>
@@ -134,13 +136,21 @@ public sealed record LlamaConfig
         return config;
     }
 
-    private static readonly JsonSerializerOptions s_jsonOptions = new() { WriteIndented = true };
-
     private static void RequirePositive(int value, string name)
     {
         if (value <= 0)
         {
             throw new ArgumentException($"{name} is {value}; it must be at least 1.");
         }
+    }
+}
+
+/// <summary>Writes <see cref="Kiln.Kernels.RopeLayout"/> as snake_case names: "adjacent", "half_split".</summary>
+internal sealed class RopeLayoutJsonConverter : JsonStringEnumConverter<RopeLayout>
+{
+    /// <summary>Creates the converter (snake_case, integers rejected).</summary>
+    public RopeLayoutJsonConverter()
+        : base(JsonNamingPolicy.SnakeCaseLower, allowIntegerValues: false)
+    {
     }
 }
