@@ -124,13 +124,15 @@ public sealed class ReferenceSessionTests
         int[] token = [1];
         session.Forward(token);
 
-        long before = GC.GetAllocatedBytesForCurrentThread();
-        for (int i = 0; i < 50; i++)
+        long allocated = Allocations.Measure(() =>
         {
-            session.Forward(token);
-        }
+            for (int i = 0; i < 50; i++)
+            {
+                session.Forward(token);
+            }
+        });
 
-        Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
+        Assert.Equal(0, allocated);
     }
 
     [Fact]

@@ -164,17 +164,19 @@ public sealed class SamplerTests
             sampler.Sample(logits);
         }
 
-        long before = GC.GetAllocatedBytesForCurrentThread();
         int sum = 0;
-        for (int i = 0; i < 200; i++)
+        long allocated = Allocations.Measure(() =>
         {
-            foreach (Sampler sampler in samplers)
+            for (int i = 0; i < 200; i++)
             {
-                sum += sampler.Sample(logits);
+                foreach (Sampler sampler in samplers)
+                {
+                    sum += sampler.Sample(logits);
+                }
             }
-        }
+        });
 
-        Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
+        Assert.Equal(0, allocated);
         Assert.True(sum >= 0);
     }
 
