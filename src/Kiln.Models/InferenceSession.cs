@@ -61,7 +61,8 @@ public delegate IInferenceSession SessionFactory(LlamaWeights weights, SessionOp
 public static class InferenceSessions
 {
     /// <summary>The scalar float32 reference forward pass (<see cref="LlamaReferenceSession"/>): the test oracle.</summary>
-    public static SessionFactory Reference { get; } = static (weights, options) => new LlamaReferenceSession(weights, options);
+    public static SessionFactory Reference { get; } =
+        static (weights, options) => new LlamaReferenceSession(weights, options);
 
     /// <summary>
     /// The factory used by default everywhere (the CLI, benchmarks). Today the reference session; switch this one

@@ -14,7 +14,7 @@ public static class DecodeBench
     /// <summary>The figures of one benchmark.</summary>
     /// <param name="Context">The positions used: the decode run fills them all.</param>
     /// <param name="PrefillTokensPerSecond">Tokens per second of one Forward call over the whole context.</param>
-    /// <param name="DecodeTokensPerSecond">Tokens per second of single-token Forward calls (positions 1 to context - 1).</param>
+    /// <param name="DecodeTokensPerSecond">Tokens per second of single-token Forward calls (positions 1..S-1).</param>
     public sealed record Result(int Context, double PrefillTokensPerSecond, double DecodeTokensPerSecond);
 
     /// <summary>
@@ -55,11 +55,13 @@ public static class DecodeBench
             // Run 0 warms up (JIT, caches); the others count.
             if (run > 0)
             {
-                bestDecode = Math.Max(bestDecode, decodeTicks > 0 ? (context - 1) * (double)Stopwatch.Frequency / decodeTicks : 0);
-                bestPrefill = Math.Max(bestPrefill, prefillTicks > 0 ? context * (double)Stopwatch.Frequency / prefillTicks : 0);
+                bestDecode = Math.Max(bestDecode, PerSecond(context - 1, decodeTicks));
+                bestPrefill = Math.Max(bestPrefill, PerSecond(context, prefillTicks));
             }
         }
 
         return new Result(context, bestPrefill, bestDecode);
     }
+
+    private static double PerSecond(int tokens, long ticks) => ticks > 0 ? tokens * (double)Stopwatch.Frequency / ticks : 0;
 }

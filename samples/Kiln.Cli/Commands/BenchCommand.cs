@@ -78,7 +78,8 @@ internal static class BenchCommand
             string deviceName = parse.GetValue(device) ?? "cpu";
             using Device target = CommonOptions.CreateDevice(deviceName, threadFlag);
             using LlamaWeights weights = Llama2cCheckpoint.Load(modelPath, target);
-            using IInferenceSession session = InferenceSessions.Default(weights, new SessionOptions { ContextLength = contextFlag });
+            SessionOptions options = new() { ContextLength = contextFlag };
+            using IInferenceSession session = InferenceSessions.Default(weights, options);
 
             // Measure and report.
             DecodeBench.Result result = DecodeBench.Measure(session, Llama2cTokenizer.BeginId, runCount);
@@ -124,10 +125,19 @@ internal static class BenchCommand
             CommonOptions.CheckThreads(threadFlag);
             if (GemmBenchRun is null)
             {
-                throw new CliException("bench gemm: the matrix-product benchmark is not part of this build of kiln; use a build that includes Kiln.Cli.Bench.GemmBench.", CliException.FailureExitCode);
+                throw new CliException(
+                    "bench gemm: the matrix-product benchmark is not part of this build of kiln; use a build that includes Kiln.Cli.Bench.GemmBench.",
+                    CliException.FailureExitCode);
             }
 
-            return GemmBenchRun(parse.GetValue(m), parse.GetValue(n), parse.GetValue(k), threadFlag ?? Environment.ProcessorCount, parse.GetValue(json), context.Stdout, context.Stderr);
+            return GemmBenchRun(
+                parse.GetValue(m),
+                parse.GetValue(n),
+                parse.GetValue(k),
+                threadFlag ?? Environment.ProcessorCount,
+                parse.GetValue(json),
+                context.Stdout,
+                context.Stderr);
         }));
         return command;
     }

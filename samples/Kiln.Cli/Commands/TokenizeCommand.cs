@@ -25,8 +25,9 @@ internal static class TokenizeCommand
             // The vocabulary size comes from the model header; the weights are not needed.
             string modelPath = ModelFiles.ResolveModel(parse.GetValue(model), context.Environment);
             Llama2cHeader header = Llama2cCheckpoint.ReadHeader(modelPath);
-            string tokenizerPath = ModelFiles.ResolveTokenizer(parse.GetValue(tokenizer), modelPath, header.Config.VocabSize);
-            Llama2cTokenizer vocabulary = Llama2cTokenizer.Load(tokenizerPath, header.Config.VocabSize);
+            int vocab = header.Config.VocabSize;
+            string tokenizerPath = ModelFiles.ResolveTokenizer(parse.GetValue(tokenizer), modelPath, vocab);
+            Llama2cTokenizer vocabulary = Llama2cTokenizer.Load(tokenizerPath, vocab);
             int[] ids = vocabulary.Encode(parse.GetValue(text) ?? string.Empty, bos: true);
             context.Stdout.WriteLine(string.Join(' ', ids));
             return 0;

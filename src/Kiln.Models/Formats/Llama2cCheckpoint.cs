@@ -276,7 +276,10 @@ public static class Llama2cCheckpoint
         }
     }
 
-    private static void ReadEach(FileStream stream, IReadOnlyList<LlamaLayerWeights> layers, Func<LlamaLayerWeights, Tensor> select)
+    private static void ReadEach(
+        FileStream stream,
+        IReadOnlyList<LlamaLayerWeights> layers,
+        Func<LlamaLayerWeights, Tensor> select)
     {
         foreach (LlamaLayerWeights layer in layers)
         {
@@ -325,7 +328,13 @@ public static class Llama2cCheckpoint
 
         try
         {
-            return new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 1 << 16, FileOptions.SequentialScan);
+            return new FileStream(
+                path,
+                FileMode.Open,
+                FileAccess.Read,
+                FileShare.Read,
+                bufferSize: 1 << 16,
+                FileOptions.SequentialScan);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
@@ -333,7 +342,14 @@ public static class Llama2cCheckpoint
         }
     }
 
-    private static int Field(string path, ReadOnlySpan<byte> header, int offset, int index, string name, int max, bool allowNegative = false)
+    private static int Field(
+        string path,
+        ReadOnlySpan<byte> header,
+        int offset,
+        int index,
+        string name,
+        int max,
+        bool allowNegative = false)
     {
         int value = ReadInt32(header, offset + (index * sizeof(int)));
         int magnitude = allowNegative && value < 0 && value != int.MinValue ? -value : value;
@@ -345,9 +361,11 @@ public static class Llama2cCheckpoint
         return value;
     }
 
-    private static int ReadInt32(ReadOnlySpan<byte> bytes, int offset) => BitConverter.ToInt32(bytes.Slice(offset, sizeof(int)));
+    private static int ReadInt32(ReadOnlySpan<byte> bytes, int offset) =>
+        BitConverter.ToInt32(bytes.Slice(offset, sizeof(int)));
 
-    private static uint ReadUInt32(ReadOnlySpan<byte> bytes, int offset) => BitConverter.ToUInt32(bytes.Slice(offset, sizeof(uint)));
+    private static uint ReadUInt32(ReadOnlySpan<byte> bytes, int offset) =>
+        BitConverter.ToUInt32(bytes.Slice(offset, sizeof(uint)));
 
     private static ModelFormatException Fail(string path, string problem) => new(path, $"model file '{path}' {problem}.");
 

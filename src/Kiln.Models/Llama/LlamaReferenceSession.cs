@@ -68,7 +68,8 @@ public sealed unsafe class LlamaReferenceSession : IInferenceSession
         _weights = weights;
         _embedding = new WeightView(weights.TokenEmbedding);
         _finalNorm = new WeightView(weights.FinalNorm);
-        _classifier = ReferenceEquals(weights.Classifier, weights.TokenEmbedding) ? _embedding : new WeightView(weights.Classifier);
+        bool shared = ReferenceEquals(weights.Classifier, weights.TokenEmbedding);
+        _classifier = shared ? _embedding : new WeightView(weights.Classifier);
         _layers = new LayerView[config.Layers];
         for (int l = 0; l < _layers.Length; l++)
         {
@@ -168,9 +169,10 @@ public sealed unsafe class LlamaReferenceSession : IInferenceSession
         for (int l = 0; l < _layers.Length; l++)
         {
             LayerView layer = _layers[l];
-            long cacheBase = (long)l * ContextLength * kvDim;
-            Span<float> keyRow = _keyCache.AsSpan((int)(cacheBase + ((long)pos * kvDim)), kvDim);
-            Span<float> valueRow = _valueCache.AsSpan((int)(cacheBase + ((long)pos * kvDim)), kvDim);
+            // This layer's cache rows [S, Hkv·Dh]; the constructor checked that the whole cache fits an array.
+            int cacheBase = l * ContextLength * kvDim;
+            Span<float> keyRow = _keyCache.AsSpan(cacheBase + (pos * kvDim), kvDim);
+            Span<float> valueRow = _valueCache.AsSpan(cacheBase + (pos * kvDim), kvDim);
 
             // Attention: normalize, project q/k/v (k and v straight into the cache row of this position).
             RmsNorm(_xb, _x, layer.AttentionNorm.Span, c.NormEps);
@@ -198,7 +200,7 @@ public sealed unsafe class LlamaReferenceSession : IInferenceSession
                 Span<float> scores = _scores.AsSpan(0, pos + 1);
                 for (int t = 0; t <= pos; t++)
                 {
-                    ReadOnlySpan<float> k = _keyCache.AsSpan((int)(cacheBase + ((long)t * kvDim) + kvOffset), headDim);
+                    ReadOnlySpan<float> k = _keyCache.AsSpan(cacheBase + (t * kvDim) + kvOffset, headDim);
                     float score = 0f;
                     for (int i = 0; i < headDim; i++)
                     {
@@ -215,7 +217,7 @@ public sealed unsafe class LlamaReferenceSession : IInferenceSession
                 output.Clear();
                 for (int t = 0; t <= pos; t++)
                 {
-                    ReadOnlySpan<float> v = _valueCache.AsSpan((int)(cacheBase + ((long)t * kvDim) + kvOffset), headDim);
+                    ReadOnlySpan<float> v = _valueCache.AsSpan(cacheBase + (t * kvDim) + kvOffset, headDim);
                     float a = scores[t];
                     for (int i = 0; i < headDim; i++)
                     {
