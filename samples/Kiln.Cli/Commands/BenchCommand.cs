@@ -48,7 +48,7 @@ internal static class BenchCommand
         };
         Option<int> runs = new("--runs")
         {
-            Description = "Measured runs after one warm-up; the best is reported. Default 3.",
+            Description = "Measured runs after one warm-up; the best is reported.",
             DefaultValueFactory = static _ => 3,
             HelpName = "R",
         };
@@ -91,7 +91,7 @@ internal static class BenchCommand
             }
             else
             {
-                context.Stdout.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{name} ({InferenceSessions.DefaultName} session, {target.Name}, {threadCount} threads): context {result.Context}, prefill {result.PrefillTokensPerSecond:F1} tok/s, decode {result.DecodeTokensPerSecond:F1} tok/s"));
+                context.Stdout.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{name}: {InferenceSessions.DefaultName} session on {CommonOptions.Describe(target)}: context {result.Context}, prefill {result.PrefillTokensPerSecond:F1} tok/s, decode {result.DecodeTokensPerSecond:F1} tok/s"));
             }
 
             return 0;
@@ -101,9 +101,9 @@ internal static class BenchCommand
 
     private static Command CreateGemm(CliContext context)
     {
-        Option<int> m = new("--m") { Description = "Rows of A and C. Default 1024.", DefaultValueFactory = static _ => 1024 };
-        Option<int> n = new("--n") { Description = "Columns of C (rows of W [N, K]). Default 1024.", DefaultValueFactory = static _ => 1024 };
-        Option<int> k = new("--k") { Description = "The inner dimension. Default 1024.", DefaultValueFactory = static _ => 1024 };
+        Option<int> m = new("--m") { Description = "Rows of A and C.", DefaultValueFactory = static _ => 1024 };
+        Option<int> n = new("--n") { Description = "Columns of C (rows of W [N, K]).", DefaultValueFactory = static _ => 1024 };
+        Option<int> k = new("--k") { Description = "The inner dimension.", DefaultValueFactory = static _ => 1024 };
         Option<int?> threads = CommonOptions.Threads();
         Option<bool> json = new("--json") { Description = "Print one JSON object per line." };
         Command command = new("gemm", "Matrix-product speed (C [M, N] = A [M, K] · W [N, K]ᵀ) against the peer.")

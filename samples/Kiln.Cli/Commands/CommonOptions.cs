@@ -69,6 +69,10 @@ internal static class CommonOptions
         }
     }
 
+    /// <summary>The device for messages: "cpu (2 threads)", "cuda".</summary>
+    public static string Describe(Device device) =>
+        device is CpuDevice cpu ? $"cpu ({cpu.Threads} thread{(cpu.Threads == 1 ? string.Empty : "s")})" : device.Name;
+
     /// <summary>The number of threads a device computes with, for messages.</summary>
     public static int ThreadCount(Device device, int? requested) =>
         device is CpuDevice cpu ? cpu.Threads : requested ?? Environment.ProcessorCount;

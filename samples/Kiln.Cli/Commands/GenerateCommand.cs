@@ -42,25 +42,25 @@ internal static class GenerateCommand
         };
         Option<int> count = new("--n-predict", "-n")
         {
-            Description = $"The most new tokens to generate; -1: until the end token or a full context. Default {DefaultMaxNewTokens}.",
+            Description = "The most new tokens to generate; -1: until the end token or a full context.",
             DefaultValueFactory = static _ => DefaultMaxNewTokens,
             HelpName = "N",
         };
         Option<float> temperature = new("--temp")
         {
-            Description = $"Sampling temperature; 0 is greedy. Default {DefaultTemperature}.",
+            Description = "Sampling temperature; 0 is greedy.",
             DefaultValueFactory = static _ => DefaultTemperature,
             HelpName = "T",
         };
         Option<int> topK = new("--top-k")
         {
-            Description = $"Keep the K most likely tokens; 0 keeps all. Default {DefaultTopK}.",
+            Description = "Keep the K most likely tokens; 0 keeps all.",
             DefaultValueFactory = static _ => DefaultTopK,
             HelpName = "K",
         };
         Option<float> topP = new("--top-p")
         {
-            Description = $"Keep the most likely tokens up to probability P (the one crossing P included); 1 keeps all. Default {DefaultTopP}.",
+            Description = "Keep the most likely tokens up to probability P (the one crossing P included); 1 keeps all.",
             DefaultValueFactory = static _ => DefaultTopP,
             HelpName = "P",
         };
@@ -137,8 +137,7 @@ internal static class GenerateCommand
 
         // Say what runs, then print the prompt and stream the continuation.
         TextWriter err = context.Stderr;
-        int threadCount = CommonOptions.ThreadCount(device, request.Threads);
-        err.WriteLine(Invariant($"kiln: {Path.GetFileName(modelPath)}: llama2.c {FormatName(header.Format)}, {config.ParameterCount:N0} parameters, context {config.SeqLen}, vocab {config.VocabSize}; {device.Name} ({threadCount} threads), {InferenceSessions.DefaultName} session"));
+        err.WriteLine(Invariant($"kiln: {Path.GetFileName(modelPath)}: llama2.c {FormatName(header.Format)}, {config.ParameterCount:N0} parameters, context {config.SeqLen}, vocab {config.VocabSize}; {CommonOptions.Describe(device)}, {InferenceSessions.DefaultName} session"));
         err.WriteLine(Invariant($"kiln: sampling: {DescribeSampling(sampling)}"));
         if (request.Verbose)
         {
