@@ -1,0 +1,164 @@
+// kiln bench: speed measurements. `bench decode` runs a model (prefill and decode tokens per second);
+// `bench gemm` runs the matrix-product benchmark, which is a separate component hooked in through
+// GemmBenchEntry below. With --json each command prints one JSON object per line.
+
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json;
+using Kiln.Cli.Bench;
+using Kiln.Devices;
+using Kiln.Models;
+using Kiln.Models.Formats;
+using Kiln.Models.Llama;
+using Kiln.Models.Tokenizers;
+
+namespace Kiln.Cli.Commands;
+
+/// <summary>The signature of the matrix-product benchmark's entry point (Kiln.Cli.Bench.GemmBench.Run).</summary>
+internal delegate int GemmBenchEntry(int m, int n, int k, int threads, bool json, TextWriter stdout, TextWriter stderr);
+
+/// <summary>The <c>bench</c> command and its subcommands.</summary>
+internal static class BenchCommand
+{
+    /// <summary>
+    /// The matrix-product benchmark, or null while it is not part of the build. To hook it up, replace null with
+    /// <c>GemmBench.Run</c> (class Kiln.Cli.Bench.GemmBench).
+    /// </summary>
+    internal static readonly GemmBenchEntry? GemmBenchRun = null;
+
+    /// <summary>Builds the command.</summary>
+    public static Command Create(CliContext context)
+    {
+        Command bench = new("bench", "Measure speed: decode (a whole model) or gemm (matrix products).");
+        bench.Subcommands.Add(CreateDecode(context));
+        bench.Subcommands.Add(CreateGemm(context));
+        return bench;
+    }
+
+    private static Command CreateDecode(CliContext context)
+    {
+        Option<string?> model = CommonOptions.Model();
+        Option<string> device = CommonOptions.Device();
+        Option<int?> threads = CommonOptions.Threads();
+        Option<bool> json = new("--json") { Description = "Print one JSON object on one line." };
+        Option<int?> length = new("--context", "-c")
+        {
+            Description = "Positions to fill (default: the model's seq_len).",
+            HelpName = "N",
+        };
+        Option<int> runs = new("--runs")
+        {
+            Description = "Measured runs after one warm-up; the best is reported.",
+            DefaultValueFactory = static _ => 3,
+            HelpName = "R",
+        };
+        Command command = new("decode", "Prefill and decode tokens per second: decode from BOS to a full context, then prefill that sequence.")
+        {
+            model, device, threads, json, length, runs,
+        };
+        command.SetAction(parse => KilnCli.Guard(context, parse, () =>
+        {
+            // Check the flags, then load the model.
+            int? threadFlag = parse.GetValue(threads);
+            CommonOptions.CheckThreads(threadFlag);
+            int runCount = parse.GetValue(runs);
+            if (runCount < 1)
+            {
+                throw new CliException($"--runs {runCount}: must be at least 1.");
+            }
+
+            string modelPath = ModelFiles.ResolveModel(parse.GetValue(model), context.Environment);
+            Llama2cHeader header = Llama2cCheckpoint.ReadHeader(modelPath);
+            int? contextFlag = parse.GetValue(length);
+            if (contextFlag is < 1 || contextFlag > header.Config.SeqLen)
+            {
+                throw new CliException($"--context {contextFlag}: must be between 1 and the model's seq_len {header.Config.SeqLen}.");
+            }
+
+            string deviceName = parse.GetValue(device) ?? "cpu";
+            using Device target = CommonOptions.CreateDevice(deviceName, threadFlag);
+            using LlamaWeights weights = Llama2cCheckpoint.Load(modelPath, target);
+            SessionOptions options = new() { ContextLength = contextFlag };
+            using IInferenceSession session = InferenceSessions.Default(weights, options);
+
+            // Measure and report.
+            DecodeBench.Result result = DecodeBench.Measure(session, Llama2cTokenizer.BeginId, runCount);
+            string name = Path.GetFileNameWithoutExtension(modelPath);
+            int threadCount = CommonOptions.ThreadCount(target, threadFlag);
+            if (parse.GetValue(json))
+            {
+                context.Stdout.WriteLine(Json(name, threadCount, result, target.Name));
+            }
+            else
+            {
+                context.Stdout.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{name}: {InferenceSessions.DefaultName} session on {CommonOptions.Describe(target)}: context {result.Context}, prefill {result.PrefillTokensPerSecond:F1} tok/s, decode {result.DecodeTokensPerSecond:F1} tok/s"));
+            }
+
+            return 0;
+        }));
+        return command;
+    }
+
+    private static Command CreateGemm(CliContext context)
+    {
+        Option<int> m = new("--m") { Description = "Rows of A and C.", DefaultValueFactory = static _ => 1024 };
+        Option<int> n = new("--n") { Description = "Columns of C (rows of W [N, K]).", DefaultValueFactory = static _ => 1024 };
+        Option<int> k = new("--k") { Description = "The inner dimension.", DefaultValueFactory = static _ => 1024 };
+        Option<int?> threads = CommonOptions.Threads();
+        Option<bool> json = new("--json") { Description = "Print one JSON object per line." };
+        Command command = new("gemm", "Matrix-product speed (C [M, N] = A [M, K] · W [N, K]ᵀ) against the peer.")
+        {
+            m, n, k, threads, json,
+        };
+        command.SetAction(parse => KilnCli.Guard(context, parse, () =>
+        {
+            // Check the sizes and threads here, so the benchmark receives valid values.
+            foreach ((string flag, int value) in new[] { ("--m", parse.GetValue(m)), ("--n", parse.GetValue(n)), ("--k", parse.GetValue(k)) })
+            {
+                if (value < 1)
+                {
+                    throw new CliException($"{flag} {value}: matrix sizes must be at least 1.");
+                }
+            }
+
+            int? threadFlag = parse.GetValue(threads);
+            CommonOptions.CheckThreads(threadFlag);
+            if (GemmBenchRun is null)
+            {
+                throw new CliException(
+                    "bench gemm: the matrix-product benchmark is not part of this build of kiln; use a build that includes Kiln.Cli.Bench.GemmBench.",
+                    CliException.FailureExitCode);
+            }
+
+            return GemmBenchRun(
+                parse.GetValue(m),
+                parse.GetValue(n),
+                parse.GetValue(k),
+                threadFlag ?? Environment.ProcessorCount,
+                parse.GetValue(json),
+                context.Stdout,
+                context.Stderr);
+        }));
+        return command;
+    }
+
+    private static string Json(string model, int threads, DecodeBench.Result result, string device)
+    {
+        // One object, fields in a fixed order, speeds rounded to 0.1 tok/s.
+        using MemoryStream buffer = new();
+        using (Utf8JsonWriter writer = new(buffer))
+        {
+            writer.WriteStartObject();
+            writer.WriteString("model", model);
+            writer.WriteNumber("threads", threads);
+            writer.WriteNumber("context", result.Context);
+            writer.WriteNumber("prefill_tok_s", Math.Round(result.PrefillTokensPerSecond, 1));
+            writer.WriteNumber("decode_tok_s", Math.Round(result.DecodeTokensPerSecond, 1));
+            writer.WriteString("session", InferenceSessions.DefaultName);
+            writer.WriteString("device", device);
+            writer.WriteEndObject();
+        }
+
+        return System.Text.Encoding.UTF8.GetString(buffer.ToArray());
+    }
+}

@@ -1,0 +1,207 @@
+// kiln generate: prints the prompt, then streams the continuation to stdout; load information, a context-full
+// note and the prefill/decode speeds go to stderr. Flags follow llama.cpp (-m, -p, -n, --temp, --top-k, --top-p,
+// -s/--seed, -t). Defaults are llama.cpp's: temperature 0.8, top-k 40, top-p 0.95, a random seed (printed, so a
+// run can be repeated), and -n 256; --temp 0 is greedy, -n -1 runs to the stop token or a full context.
+
+using System.CommandLine;
+using System.Globalization;
+using Kiln.Devices;
+using Kiln.Models;
+using Kiln.Models.Formats;
+using Kiln.Models.Llama;
+using Kiln.Models.Sampling;
+using Kiln.Models.Tokenizers;
+
+namespace Kiln.Cli.Commands;
+
+/// <summary>The <c>generate</c> command.</summary>
+internal static class GenerateCommand
+{
+    /// <summary>The default temperature (llama.cpp's).</summary>
+    public const float DefaultTemperature = 0.8f;
+
+    /// <summary>The default top-k (llama.cpp's).</summary>
+    public const int DefaultTopK = 40;
+
+    /// <summary>The default top-p (llama.cpp's).</summary>
+    public const float DefaultTopP = 0.95f;
+
+    /// <summary>The default number of new tokens.</summary>
+    public const int DefaultMaxNewTokens = 256;
+
+    /// <summary>Builds the command.</summary>
+    public static Command Create(CliContext context)
+    {
+        Option<string?> model = CommonOptions.Model();
+        Option<string?> tokenizer = CommonOptions.Tokenizer();
+        Option<string> prompt = new("--prompt", "-p")
+        {
+            Description = "The text to continue (may be empty).",
+            DefaultValueFactory = static _ => string.Empty,
+            HelpName = "PROMPT",
+        };
+        Option<int> count = new("--n-predict", "-n")
+        {
+            Description = "The most new tokens to generate; -1: until the end token or a full context.",
+            DefaultValueFactory = static _ => DefaultMaxNewTokens,
+            HelpName = "N",
+        };
+        Option<float> temperature = new("--temp")
+        {
+            Description = "Sampling temperature; 0 is greedy.",
+            DefaultValueFactory = static _ => DefaultTemperature,
+            HelpName = "T",
+        };
+        Option<int> topK = new("--top-k")
+        {
+            Description = "Keep the K most likely tokens; 0 keeps all.",
+            DefaultValueFactory = static _ => DefaultTopK,
+            HelpName = "K",
+        };
+        Option<float> topP = new("--top-p")
+        {
+            Description = "Keep the most likely tokens up to probability P (the one crossing P included); 1 keeps all.",
+            DefaultValueFactory = static _ => DefaultTopP,
+            HelpName = "P",
+        };
+        Option<ulong?> seed = new("--seed", "-s")
+        {
+            Description = "Random seed (default: random, printed on stderr).",
+            HelpName = "S",
+        };
+        Option<string> device = CommonOptions.Device();
+        Option<int?> threads = CommonOptions.Threads();
+
+        Command command = new("generate", "Continue a prompt: prints the prompt, then streams new text.")
+        {
+            model, tokenizer, prompt, count, temperature, topK, topP, seed, device, threads,
+        };
+        command.SetAction(parse => KilnCli.Guard(context, parse, () => Execute(
+            context,
+            new Request(
+                parse.GetValue(model),
+                parse.GetValue(tokenizer),
+                parse.GetValue(prompt) ?? string.Empty,
+                parse.GetValue(count),
+                parse.GetValue(temperature),
+                parse.GetValue(topK),
+                parse.GetValue(topP),
+                parse.GetValue(seed),
+                parse.GetValue(device) ?? "cpu",
+                parse.GetValue(threads),
+                parse.GetValue(context.Verbose)))));
+        return command;
+    }
+
+    private static int Execute(CliContext context, Request request)
+    {
+        // Check every flag before touching a file.
+        CheckSampling(request.Temperature, request.TopK, request.TopP);
+        CommonOptions.CheckThreads(request.Threads);
+        if (request.MaxNewTokens < -1)
+        {
+            throw new CliException($"-n {request.MaxNewTokens}: the number of new tokens must be >= 0, or -1 to generate until the end token or a full context.");
+        }
+
+        // Read the header and the tokenizer (both small) and check that the prompt fits before loading weights.
+        string modelPath = ModelFiles.ResolveModel(request.Model, context.Environment);
+        Llama2cHeader header = Llama2cCheckpoint.ReadHeader(modelPath);
+        LlamaConfig config = header.Config;
+        string tokenizerPath = ModelFiles.ResolveTokenizer(request.Tokenizer, modelPath, config.VocabSize);
+        Llama2cTokenizer tokenizer = Llama2cTokenizer.Load(tokenizerPath, config.VocabSize);
+        int[] promptTokens = tokenizer.Encode(request.Prompt, bos: true);
+        if (promptTokens.Length > config.SeqLen)
+        {
+            throw new CliException($"-p: the prompt is {promptTokens.Length} tokens (BOS included) but the model's context holds {config.SeqLen}; shorten the prompt.");
+        }
+
+        // Load the weights on the device and set up the session, sampler and generator.
+        using Device device = CommonOptions.CreateDevice(request.Device, request.Threads);
+        using LlamaWeights weights = Llama2cCheckpoint.Load(modelPath, device);
+        using IInferenceSession session = InferenceSessions.Default(weights, new SessionOptions());
+        ulong seed = request.Seed ?? RandomSeed();
+        SamplerOptions sampling = new()
+        {
+            Temperature = request.Temperature,
+            TopK = request.TopK,
+            TopP = request.TopP,
+            Seed = seed,
+        };
+        TextGenerator generator = new(session, tokenizer, new Sampler(config.VocabSize, sampling));
+        generator.TextGenerated += piece =>
+        {
+            context.Stdout.Write(piece);
+            context.Stdout.Flush();
+        };
+        generator.Note += note => context.Stderr.WriteLine($"kiln: {note}");
+
+        // Say what runs, then print the prompt and stream the continuation.
+        TextWriter err = context.Stderr;
+        err.WriteLine(Invariant($"kiln: {Path.GetFileName(modelPath)}: llama2.c {FormatName(header.Format)}, {config.ParameterCount:N0} parameters, context {config.SeqLen}, vocab {config.VocabSize}; {CommonOptions.Describe(device)}, {InferenceSessions.DefaultName} session"));
+        err.WriteLine(Invariant($"kiln: sampling: {DescribeSampling(sampling)}"));
+        if (request.Verbose)
+        {
+            err.WriteLine($"kiln: tokenizer {tokenizerPath}; prompt {promptTokens.Length} tokens: {string.Join(' ', promptTokens)}");
+        }
+
+        context.Stdout.Write(request.Prompt);
+        context.Stdout.Flush();
+        GenerationResult result = generator.Generate(promptTokens, request.MaxNewTokens);
+        context.Stdout.WriteLine();
+        context.Stdout.Flush();
+
+        // Timings last, on stderr.
+        err.WriteLine(Invariant($"kiln: prefill {result.PromptTokens.Length} tokens at {result.PrefillTokensPerSecond:F1} tok/s; decode {result.DecodeSteps} tokens at {result.DecodeTokensPerSecond:F1} tok/s; {result.GeneratedTokens.Length} new tokens ({Describe(result.StopReason)})"));
+        return 0;
+    }
+
+    /// <summary>Checks --temp, --top-k and --top-p.</summary>
+    public static void CheckSampling(float temperature, int topK, float topP)
+    {
+        if (!(temperature >= 0) || !float.IsFinite(temperature))
+        {
+            throw new CliException(Invariant($"--temp {temperature}: the temperature must be a finite number >= 0; use 0 for greedy decoding or e.g. {DefaultTemperature}."));
+        }
+
+        if (topK < 0)
+        {
+            throw new CliException($"--top-k {topK}: must be >= 0; use e.g. {DefaultTopK}, or 0 to keep every token.");
+        }
+
+        if (!(topP > 0 && topP <= 1))
+        {
+            throw new CliException(Invariant($"--top-p {topP}: must be in (0, 1]; use e.g. {DefaultTopP}, or 1 to keep every token."));
+        }
+    }
+
+    private static string DescribeSampling(SamplerOptions options) => options.Temperature == 0
+        ? "greedy (temp 0)"
+        : Invariant($"temp {options.Temperature}, top-k {(options.TopK == 0 ? "off" : options.TopK)}, top-p {(options.TopP >= 1 ? "off" : options.TopP)}, seed {options.Seed}");
+
+    private static string Describe(StopReason reason) => reason switch
+    {
+        StopReason.StopToken => "end token",
+        StopReason.MaxTokens => "-n reached",
+        StopReason.ContextFull => "context full",
+        _ => reason.ToString(),
+    };
+
+    internal static string FormatName(Llama2cFormat format) => format == Llama2cFormat.Legacy ? "legacy" : "version 1";
+
+    private static ulong RandomSeed() => (ulong)Random.Shared.NextInt64(1, long.MaxValue);
+
+    private static string Invariant(FormattableString text) => text.ToString(CultureInfo.InvariantCulture);
+
+    private sealed record Request(
+        string? Model,
+        string? Tokenizer,
+        string Prompt,
+        int MaxNewTokens,
+        float Temperature,
+        int TopK,
+        float TopP,
+        ulong? Seed,
+        string Device,
+        int? Threads,
+        bool Verbose);
+}

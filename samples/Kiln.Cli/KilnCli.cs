@@ -1,0 +1,125 @@
+// The `kiln` command line: parses the arguments (System.CommandLine), runs one command, and turns every failure
+// into one line on stderr ("kiln: error: ...", naming the flag or file and what to do) and a non-zero exit code:
+// 2 for a bad command line, 1 for a file or model that cannot be used. --verbose adds the stack trace.
+// Generated text goes to stdout; load information, timings and notes go to stderr.
+
+using System.CommandLine;
+using System.CommandLine.Invocation;
+using Kiln.Cli.Commands;
+using Kiln.Models;
+
+namespace Kiln.Cli;
+
+/// <summary>The entry point of the <c>kiln</c> command line.</summary>
+public static class KilnCli
+{
+    /// <summary>Runs <c>kiln</c> with <paramref name="args"/> in this process's environment.</summary>
+    /// <returns>The exit code: 0 on success, 1 when a file or model cannot be used, 2 for a bad command line.</returns>
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr) =>
+        Run(args, stdout, stderr, CliEnvironment.FromProcess());
+
+    /// <summary>Runs <c>kiln</c> with <paramref name="args"/> in the given environment (tests pass their own).</summary>
+    /// <returns>The exit code: 0 on success, 1 when a file or model cannot be used, 2 for a bad command line.</returns>
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr, CliEnvironment environment)
+    {
+        ArgumentNullException.ThrowIfNull(args);
+        CliContext context = new(stdout, stderr, environment);
+        RootCommand root = BuildRoot(context);
+
+        // Report a parse error as one line; help and version requests go through normally.
+        ParseResult parse = root.Parse(args);
+        if (parse.Action is ParseErrorAction && parse.Errors.Count > 0)
+        {
+            string command = parse.CommandResult.Command is RootCommand ? "kiln" : $"kiln {parse.CommandResult.Command.Name}";
+            stderr.WriteLine($"kiln: error: {OneLine(parse.Errors[0].Message).TrimEnd('.')}; see '{command} --help'.");
+            return CliException.UsageExitCode;
+        }
+
+        return parse.Invoke(new InvocationConfiguration
+        {
+            Output = stdout,
+            Error = stderr,
+            EnableDefaultExceptionHandler = false,
+        });
+    }
+
+    /// <summary>The root command and its subcommands.</summary>
+    internal static RootCommand BuildRoot(CliContext context)
+    {
+        RootCommand root = new("kiln: run Llama models (llama2.c checkpoints) with the Kiln tensor framework.");
+        root.Options.Add(context.Verbose);
+        root.Subcommands.Add(GenerateCommand.Create(context));
+        root.Subcommands.Add(TokenizeCommand.Create(context));
+        root.Subcommands.Add(InfoCommand.Create(context));
+        root.Subcommands.Add(BenchCommand.Create(context));
+        return root;
+    }
+
+    /// <summary>
+    /// Runs a command body and reports any exception as one line on stderr (plus the stack trace with --verbose).
+    /// </summary>
+    internal static int Guard(CliContext context, ParseResult parse, Func<int> body)
+    {
+        bool verbose = parse.GetValue(context.Verbose);
+        try
+        {
+            return body();
+        }
+        catch (Exception e)
+        {
+            (string message, int exitCode) = Describe(e);
+            context.Stdout.Flush();
+            context.Stderr.WriteLine($"kiln: error: {message}");
+            if (verbose)
+            {
+                context.Stderr.WriteLine(e.ToString());
+            }
+
+            return exitCode;
+        }
+    }
+
+    /// <summary>The one-line message and exit code for an exception.</summary>
+    private static (string Message, int ExitCode) Describe(Exception e) => e switch
+    {
+        CliException cli => (OneLine(cli.Message), cli.ExitCode),
+        ModelFormatException format => (OneLine(format.Message), CliException.FailureExitCode),
+        OutOfMemoryException => ("out of memory while loading or running the model; use a smaller model or a shorter context.", CliException.FailureExitCode),
+        _ => ($"unexpected {e.GetType().Name}: {OneLine(e.Message)} (rerun with --verbose for the stack trace).", CliException.FailureExitCode),
+    };
+
+    /// <summary>The first line of a message, without the " (Parameter 'x')" suffix argument exceptions add.</summary>
+    internal static string OneLine(string message)
+    {
+        string line = message.ReplaceLineEndings("\n").Split('\n', 2)[0].Trim();
+        int parameter = line.LastIndexOf(" (Parameter '", StringComparison.Ordinal);
+        return parameter > 0 ? line[..parameter] : line;
+    }
+}
+
+/// <summary>What every command needs: the writers, the environment, and the shared --verbose flag.</summary>
+internal sealed class CliContext
+{
+    public CliContext(TextWriter stdout, TextWriter stderr, CliEnvironment environment)
+    {
+        Stdout = stdout;
+        Stderr = stderr;
+        Environment = environment;
+    }
+
+    /// <summary>Where generated text and command results go.</summary>
+    public TextWriter Stdout { get; }
+
+    /// <summary>Where load information, timings, notes and errors go.</summary>
+    public TextWriter Stderr { get; }
+
+    /// <summary>$KILN_MODEL and the home directory.</summary>
+    public CliEnvironment Environment { get; }
+
+    /// <summary>--verbose: stack traces on errors, more load details.</summary>
+    public Option<bool> Verbose { get; } = new("--verbose")
+    {
+        Description = "Print stack traces on errors and more details while loading.",
+        Recursive = true,
+    };
+}

@@ -1,1 +1,0 @@
-namespace Kiln.Models; internal static class Placeholder { }

@@ -1,0 +1,303 @@
+// The `kiln` command line, run in-process through KilnCli.Run with captured writers and a controlled
+// environment: the reference generation on stdout, tokenize/info/bench output, default model locations, and
+// every bad input as a one-line error with the right exit code and no stack trace.
+
+using System.Text.Json;
+using Kiln.Cli;
+using Xunit;
+
+namespace Kiln.Models.Tests;
+
+public sealed class CliTests : IDisposable
+{
+    private readonly TempDirectory _temp = new();
+
+    public void Dispose() => _temp.Dispose();
+
+    [Fact]
+    public void Generate_Greedy_PrintsTheReferenceText()
+    {
+        (int code, string stdout, string stderr) = Run("generate", "-m", TestData.StoriesModel, "-p", "Once upon a time", "-n", "60", "--temp", "0");
+
+        Assert.Equal(0, code);
+        Assert.Equal(TestData.GreedyReferenceText + "\n", stdout);
+        Assert.Contains("prefill 5 tokens at", stderr);
+        Assert.Contains("decode 59 tokens at", stderr);
+        Assert.Contains("greedy", stderr);
+    }
+
+    [Fact]
+    public void Generate_Version1File_PrintsTheSameText()
+    {
+        (int code, string stdout, _) = Run("generate", "-m", TestData.StoriesModelV1, "-p", "Once upon a time", "-n", "60", "--temp", "0");
+
+        Assert.Equal(0, code);
+        Assert.Equal(TestData.GreedyReferenceText + "\n", stdout);
+    }
+
+    [Fact]
+    public void Generate_SameSeed_SameText()
+    {
+        string[] args = ["generate", "-m", TestData.StoriesModel, "-p", "Tom", "-n", "40", "--seed", "17", "--top-k", "20", "--top-p", "0.9", "--temp", "1"];
+
+        (int code1, string first, string stderr) = Run(args);
+        (int code2, string second, _) = Run(args);
+
+        Assert.Equal((0, 0), (code1, code2));
+        Assert.Equal(first, second);
+        Assert.StartsWith("Tom", first);
+        Assert.Contains("seed 17", stderr);
+    }
+
+    [Fact]
+    public void Generate_MoreTokensThanTheContextHolds_StopsWithANote()
+    {
+        (int code, string stdout, string stderr) = Run("generate", "-m", TestData.AidreamsModel, "-n", "1000", "--temp", "0");
+
+        Assert.Equal(0, code);
+        Assert.True(stdout.Length > 100);
+        Assert.Contains("kiln: context full: all 128 positions are used", stderr);
+        Assert.DoesNotContain("error", stderr);
+    }
+
+    [Fact]
+    public void Tokenize_PrintsIdsWithBos_OnOneLine()
+    {
+        (int code, string stdout, string stderr) = Run("tokenize", "-m", TestData.StoriesModel, "Once upon a time");
+
+        Assert.Equal(0, code);
+        Assert.Equal("1 403 407 261 378\n", stdout);
+        Assert.Equal(string.Empty, stderr);
+    }
+
+    [Fact]
+    public void Info_PrintsConfigAndParameterCount()
+    {
+        (int code, string stdout, _) = Run("info", "-m", TestData.StoriesModel);
+
+        Assert.Equal(0, code);
+        Assert.Contains("format: llama2.c legacy", stdout);
+        Assert.Contains("\"n_kv_heads\": 4", stdout);
+        Assert.Contains("\"seq_len\": 512", stdout);
+        Assert.Contains("parameters: 260,032", stdout);
+    }
+
+    [Fact]
+    public void BenchDecode_Json_IsOneObjectOnOneLine()
+    {
+        (int code, string stdout, _) = Run("bench", "decode", "-m", TestData.StoriesModel, "-t", "1", "--json", "--context", "48", "--runs", "1");
+
+        Assert.Equal(0, code);
+        string line = Assert.Single(stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        using JsonDocument json = JsonDocument.Parse(line);
+        JsonElement root = json.RootElement;
+        Assert.Equal("stories260K", root.GetProperty("model").GetString());
+        Assert.Equal(1, root.GetProperty("threads").GetInt32());
+        Assert.Equal(48, root.GetProperty("context").GetInt32());
+        Assert.True(root.GetProperty("prefill_tok_s").GetDouble() > 0);
+        Assert.True(root.GetProperty("decode_tok_s").GetDouble() > 0);
+    }
+
+    [Fact]
+    public void DefaultModel_ComesFromKilnModel()
+    {
+        (int code, string stdout, _) = Run(new CliEnvironment(TestData.StoriesModel, _temp.Path), "tokenize", "Once upon a time");
+
+        Assert.Equal(0, code);
+        Assert.Equal("1 403 407 261 378\n", stdout);
+    }
+
+    [Fact]
+    public void DefaultModel_ComesFromTheUserCache()
+    {
+        string directory = Path.Combine(_temp.Path, ".cache", "kiln", "models", "stories260K");
+        Directory.CreateDirectory(directory);
+        File.CreateSymbolicLink(Path.Combine(directory, "stories260K.bin"), TestData.StoriesModel);
+        File.CreateSymbolicLink(Path.Combine(directory, "tok512.bin"), TestData.StoriesTokenizer);
+
+        (int code, string stdout, _) = Run(new CliEnvironment(null, _temp.Path), "generate", "-p", "Once upon a time", "-n", "60", "--temp", "0");
+
+        Assert.Equal(0, code);
+        Assert.Equal(TestData.GreedyReferenceText + "\n", stdout);
+    }
+
+    [Fact]
+    public void NoModelAnywhere_SaysWhereToGetOne()
+    {
+        (int code, string stdout, string stderr) = Run(new CliEnvironment(null, _temp.Path), "generate");
+
+        AssertError(code, stderr, 1, "no model given");
+        Assert.Contains("-m PATH", stderr);
+        Assert.Contains("karpathy/tinyllamas", stderr);
+        Assert.Equal(string.Empty, stdout);
+    }
+
+    [Fact]
+    public void KilnModel_PointingNowhere_IsNamed()
+    {
+        string missing = _temp.File("gone.bin");
+
+        (int code, _, string stderr) = Run(new CliEnvironment(missing, _temp.Path), "info");
+
+        AssertError(code, stderr, 1, $"KILN_MODEL is '{missing}'");
+    }
+
+    [Theory]
+    [InlineData(2, "--temp -1", "generate", "--temp", "-1")]
+    [InlineData(2, "--temp NaN", "generate", "--temp", "NaN")]
+    [InlineData(2, "--top-p 0", "generate", "--top-p", "0")]
+    [InlineData(2, "--top-p 1.5", "generate", "--top-p", "1.5")]
+    [InlineData(2, "--top-k -1", "generate", "--top-k", "-1")]
+    [InlineData(2, "-t 0", "generate", "-t", "0")]
+    [InlineData(2, "-t -3", "bench", "decode", "-t", "-3")]
+    [InlineData(2, "-n -2", "generate", "-n", "-2")]
+    [InlineData(2, "--device tpu", "generate", "--device", "tpu")]
+    [InlineData(2, "--context 513", "bench", "decode", "--context", "513")]
+    [InlineData(2, "--m 0", "bench", "gemm", "--m", "0")]
+    [InlineData(2, "--k -5", "bench", "gemm", "--k", "-5")]
+    [InlineData(2, "'--bogus'", "generate", "--bogus")]
+    [InlineData(2, "'abc'", "generate", "--temp", "abc")]
+    [InlineData(2, "Required command", "bench")]
+    public void BadFlags_AreOneLineErrors(int exitCode, string expected, params string[] args)
+    {
+        // A valid model, so that only the flag under test is wrong (bench gemm takes no model).
+        bool gemm = args is ["bench", "gemm", ..];
+        (int code, string stdout, string stderr) = Run(gemm ? args : [.. args, "-m", TestData.StoriesModel]);
+
+        AssertError(code, stderr, exitCode, expected);
+        Assert.Equal(string.Empty, stdout);
+    }
+
+    [Theory]
+    [InlineData("generate")]
+    [InlineData("tokenize")]
+    [InlineData("info")]
+    [InlineData("bench")]
+    public void MissingModelFile_IsNamed(string command)
+    {
+        string missing = _temp.File("missing.bin");
+        string[] args = command switch
+        {
+            "tokenize" => ["tokenize", "-m", missing, "hi"],
+            "bench" => ["bench", "decode", "-m", missing],
+            _ => [command, "-m", missing],
+        };
+
+        (int code, _, string stderr) = Run(args);
+
+        AssertError(code, stderr, 1, $"model file '{missing}' does not exist");
+    }
+
+    [Fact]
+    public void TruncatedCheckpoint_IsNamed()
+    {
+        string path = _temp.File("stories260K.bin");
+        byte[] bytes = File.ReadAllBytes(TestData.StoriesModel);
+        File.WriteAllBytes(path, bytes.AsSpan(0, bytes.Length / 2).ToArray());
+
+        (int code, _, string stderr) = Run("generate", "-m", path, "--tokenizer", TestData.StoriesTokenizer);
+
+        AssertError(code, stderr, 1, path);
+        Assert.Contains("truncated", stderr);
+    }
+
+    [Theory]
+    [InlineData(0, 0, "dim = 0")]
+    [InlineData(1, -172, "hidden_dim = -172")]
+    [InlineData(5, 1 << 30, "vocab_size = 1073741824")]
+    [InlineData(2, 1 << 20, "n_layers = 1048576")]
+    public void BadHeaderSizes_AreNamed(int field, int value, string expected)
+    {
+        int[] fields = [64, 172, 5, 8, 4, 512, 512];
+        fields[field] = value;
+        string path = _temp.File("bad.bin");
+        CheckpointFiles.WriteLegacyHeader(path, fields, 4096);
+
+        (int code, _, string stderr) = Run("generate", "-m", path, "--tokenizer", TestData.StoriesTokenizer);
+
+        AssertError(code, stderr, 1, expected);
+        Assert.Contains(path, stderr);
+    }
+
+    [Fact]
+    public void TokenizerOfAnotherVocabularySize_IsNamed()
+    {
+        string tokenizer = _temp.File("tok500.bin");
+        CheckpointFiles.WriteTokenizer(tokenizer, CheckpointFiles.StoriesRecords(500));
+
+        (int code, _, string stderr) = Run("generate", "-m", TestData.StoriesModel, "--tokenizer", tokenizer);
+
+        AssertError(code, stderr, 1, $"tokenizer file '{tokenizer}'");
+        Assert.Contains("tokenizer that came with the model", stderr);
+    }
+
+    [Fact]
+    public void NoTokenizerNextToTheModel_AsksForTheFlag()
+    {
+        string model = _temp.File("alone.bin");
+        File.CreateSymbolicLink(model, TestData.StoriesModel);
+
+        (int code, _, string stderr) = Run("tokenize", "-m", model, "hi");
+
+        AssertError(code, stderr, 1, "no tokenizer next to the model");
+        Assert.Contains("--tokenizer", stderr);
+        Assert.Contains(_temp.File("tok512.bin"), stderr);
+    }
+
+    [Fact]
+    public void PromptLongerThanTheContext_NamesTheFlag()
+    {
+        string prompt = string.Join(' ', Enumerable.Repeat("dreams of glass and quiet vectors", 40));
+
+        (int code, string stdout, string stderr) = Run("generate", "-m", TestData.AidreamsModel, "-p", prompt);
+
+        AssertError(code, stderr, 2, "-p: the prompt is");
+        Assert.Contains("context holds 128", stderr);
+        Assert.Equal(string.Empty, stdout);
+    }
+
+    [Fact]
+    public void Verbose_AddsTheStackTrace()
+    {
+        (int code, _, string stderr) = Run("info", "-m", _temp.File("missing.bin"), "--verbose");
+
+        Assert.Equal(1, code);
+        Assert.StartsWith("kiln: error: model file", stderr);
+        Assert.Contains("ModelFormatException", stderr);
+        Assert.Contains("   at ", stderr);
+    }
+
+    [Fact]
+    public void Help_ListsTheCommands()
+    {
+        (int code, string stdout, _) = Run("--help");
+
+        Assert.Equal(0, code);
+        foreach (string command in new[] { "generate", "tokenize", "info", "bench" })
+        {
+            Assert.Contains(command, stdout);
+        }
+    }
+
+    private (int Code, string Stdout, string Stderr) Run(params string[] args) =>
+        Run(new CliEnvironment(null, _temp.Path), args);
+
+    private static (int Code, string Stdout, string Stderr) Run(CliEnvironment environment, params string[] args)
+    {
+        using StringWriter stdout = new() { NewLine = "\n" };
+        using StringWriter stderr = new() { NewLine = "\n" };
+        int code = KilnCli.Run(args, stdout, stderr, environment);
+        return (code, stdout.ToString(), stderr.ToString());
+    }
+
+    /// <summary>Asserts the exit code and exactly one stderr line, containing the text, without a stack trace.</summary>
+    private static void AssertError(int code, string stderr, int exitCode, string expected)
+    {
+        Assert.Equal(exitCode, code);
+        string line = Assert.Single(stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        Assert.StartsWith("kiln: error: ", line);
+        Assert.Contains(expected, line);
+        Assert.DoesNotContain("   at ", stderr);
+        Assert.DoesNotContain("Exception", stderr);
+    }
+}
