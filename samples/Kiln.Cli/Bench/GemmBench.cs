@@ -95,13 +95,16 @@ public static unsafe class GemmBench
         return 0;
     }
 
-    /// <summary>Warms up, then returns the best per-call time of 7 repetitions of at least 50 ms each.</summary>
+    /// <summary>
+    /// Warms up (at least 10 calls and 0.5 s, so that the JIT's tiers settle), then returns the best per-call time
+    /// of 7 repetitions of at least 50 ms each.
+    /// </summary>
     private static double BestSeconds(Action run)
     {
         // Warm-up: JIT tiers, buffer sizing, worker wake-up; also estimates the per-call time.
         Stopwatch clock = Stopwatch.StartNew();
         int warm = 0;
-        while (warm < 3 || clock.Elapsed.TotalSeconds < 0.2)
+        while (warm < 10 || clock.Elapsed.TotalSeconds < 0.5)
         {
             run();
             warm++;

@@ -168,6 +168,7 @@ internal static unsafe class CpuGemm
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Block<TWeights, TEpilogue>(
         Job<TEpilogue>* job,
         int rowStart,
@@ -236,55 +237,149 @@ internal static unsafe class CpuGemm
     /// <summary>
     /// Packs W rows [n0, n0 + nc), columns [k0, k0 + kc) into micro-panels of <paramref name="tileColumns"/> rows:
     /// panel p holds, for each k, the widened values of W rows n0 + p·NR .. + NR - 1 (zeros past n0 + nc).
+    /// With AVX-512, 16 rows × 16 k at a time are loaded along k and transposed in registers.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void PackW<TWeights>(byte* w, int k, int n0, int nc, int k0, int kc, int tileColumns, float* packed)
         where TWeights : unmanaged, IWeightFormat
     {
+        long rowBytes = (long)k * TWeights.Size;
         int panels = (nc + tileColumns - 1) / tileColumns;
         for (int p = 0; p < panels; p++)
         {
             float* panel = packed + ((long)p * kc * tileColumns);
-            for (int j = 0; j < tileColumns; j++)
+            for (int half = 0; half < tileColumns; half += 16)
             {
-                // Column j of the panel is W row n0 + p·NR + j, read along k and written with stride NR.
-                int row = (p * tileColumns) + j;
-                float* destination = panel + j;
-                if (row >= nc)
-                {
-                    for (int kk = 0; kk < kc; kk++)
-                    {
-                        destination[kk * tileColumns] = 0f;
-                    }
-
-                    continue;
-                }
-
-                byte* source = w + ((((long)(n0 + row) * k) + k0) * TWeights.Size);
+                // Sixteen W rows (fewer at the edge of N) fill columns [half, half + 16) of the panel.
+                int first = (p * tileColumns) + half;
+                int valid = Math.Clamp(nc - first, 0, 16);
+                byte* source = w + ((n0 + (long)first) * rowBytes) + ((long)k0 * TWeights.Size);
                 int i = 0;
-                if (Vector512.IsHardwareAccelerated)
+                if (Avx512F.IsSupported && valid == 16)
                 {
                     for (; i + 16 <= kc; i += 16)
                     {
-                        // Widen 16 values at once, then scatter them down the column.
-                        Vector512<float> values = TWeights.Load16(source + (i * TWeights.Size));
-                        float* d = destination + (i * tileColumns);
-                        for (int e = 0; e < 16; e++)
-                        {
-                            d[e * tileColumns] = values.GetElement(e);
-                        }
+                        Transpose16<TWeights>(source + ((long)i * TWeights.Size), rowBytes, panel + ((long)i * tileColumns) + half, tileColumns);
                     }
                 }
 
+                // The rest, element by element: the k tail, and panels that cross the end of N.
                 for (; i < kc; i++)
                 {
-                    destination[i * tileColumns] = TWeights.Load1(source + (i * TWeights.Size));
+                    float* destination = panel + ((long)i * tileColumns) + half;
+                    int j = 0;
+                    for (; j < valid; j++)
+                    {
+                        destination[j] = TWeights.Load1(source + (j * rowBytes) + ((long)i * TWeights.Size));
+                    }
+
+                    for (; j < 16; j++)
+                    {
+                        destination[j] = 0f;
+                    }
                 }
             }
         }
     }
 
+    /// <summary>
+    /// Loads 16 values along k from each of 16 W rows (<paramref name="rowBytes"/> apart) and stores them
+    /// transposed: destination row kk (<paramref name="stride"/> floats apart) gets the 16 rows' values at kk.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Transpose16<TWeights>(byte* source, long rowBytes, float* destination, int stride)
+        where TWeights : unmanaged, IWeightFormat
+    {
+        // Stage 1: interleave pairs of rows; per 128-bit block L, t0 = [r0[4L], r1[4L], r0[4L+1], r1[4L+1]].
+        Vector512<float> r0 = TWeights.Load16(source + (0 * rowBytes));
+        Vector512<float> r1 = TWeights.Load16(source + (1 * rowBytes));
+        Vector512<double> t0 = Avx512F.UnpackLow(r0, r1).AsDouble();
+        Vector512<double> t1 = Avx512F.UnpackHigh(r0, r1).AsDouble();
+        Vector512<float> r2 = TWeights.Load16(source + (2 * rowBytes));
+        Vector512<float> r3 = TWeights.Load16(source + (3 * rowBytes));
+        Vector512<double> t2 = Avx512F.UnpackLow(r2, r3).AsDouble();
+        Vector512<double> t3 = Avx512F.UnpackHigh(r2, r3).AsDouble();
+        Vector512<float> r4 = TWeights.Load16(source + (4 * rowBytes));
+        Vector512<float> r5 = TWeights.Load16(source + (5 * rowBytes));
+        Vector512<double> t4 = Avx512F.UnpackLow(r4, r5).AsDouble();
+        Vector512<double> t5 = Avx512F.UnpackHigh(r4, r5).AsDouble();
+        Vector512<float> r6 = TWeights.Load16(source + (6 * rowBytes));
+        Vector512<float> r7 = TWeights.Load16(source + (7 * rowBytes));
+        Vector512<double> t6 = Avx512F.UnpackLow(r6, r7).AsDouble();
+        Vector512<double> t7 = Avx512F.UnpackHigh(r6, r7).AsDouble();
+        Vector512<float> r8 = TWeights.Load16(source + (8 * rowBytes));
+        Vector512<float> r9 = TWeights.Load16(source + (9 * rowBytes));
+        Vector512<double> t8 = Avx512F.UnpackLow(r8, r9).AsDouble();
+        Vector512<double> t9 = Avx512F.UnpackHigh(r8, r9).AsDouble();
+        Vector512<float> r10 = TWeights.Load16(source + (10 * rowBytes));
+        Vector512<float> r11 = TWeights.Load16(source + (11 * rowBytes));
+        Vector512<double> t10 = Avx512F.UnpackLow(r10, r11).AsDouble();
+        Vector512<double> t11 = Avx512F.UnpackHigh(r10, r11).AsDouble();
+        Vector512<float> r12 = TWeights.Load16(source + (12 * rowBytes));
+        Vector512<float> r13 = TWeights.Load16(source + (13 * rowBytes));
+        Vector512<double> t12 = Avx512F.UnpackLow(r12, r13).AsDouble();
+        Vector512<double> t13 = Avx512F.UnpackHigh(r12, r13).AsDouble();
+        Vector512<float> r14 = TWeights.Load16(source + (14 * rowBytes));
+        Vector512<float> r15 = TWeights.Load16(source + (15 * rowBytes));
+        Vector512<double> t14 = Avx512F.UnpackLow(r14, r15).AsDouble();
+        Vector512<double> t15 = Avx512F.UnpackHigh(r14, r15).AsDouble();
+
+        // Stage 2: interleave pairs of pairs as doubles; block L of u[4g + c] is column 4L + c of rows 4g .. 4g + 3.
+        Vector512<float> u0 = Avx512F.UnpackLow(t0, t2).AsSingle();
+        Vector512<float> u1 = Avx512F.UnpackHigh(t0, t2).AsSingle();
+        Vector512<float> u2 = Avx512F.UnpackLow(t1, t3).AsSingle();
+        Vector512<float> u3 = Avx512F.UnpackHigh(t1, t3).AsSingle();
+        Vector512<float> u4 = Avx512F.UnpackLow(t4, t6).AsSingle();
+        Vector512<float> u5 = Avx512F.UnpackHigh(t4, t6).AsSingle();
+        Vector512<float> u6 = Avx512F.UnpackLow(t5, t7).AsSingle();
+        Vector512<float> u7 = Avx512F.UnpackHigh(t5, t7).AsSingle();
+        Vector512<float> u8 = Avx512F.UnpackLow(t8, t10).AsSingle();
+        Vector512<float> u9 = Avx512F.UnpackHigh(t8, t10).AsSingle();
+        Vector512<float> u10 = Avx512F.UnpackLow(t9, t11).AsSingle();
+        Vector512<float> u11 = Avx512F.UnpackHigh(t9, t11).AsSingle();
+        Vector512<float> u12 = Avx512F.UnpackLow(t12, t14).AsSingle();
+        Vector512<float> u13 = Avx512F.UnpackHigh(t12, t14).AsSingle();
+        Vector512<float> u14 = Avx512F.UnpackLow(t13, t15).AsSingle();
+        Vector512<float> u15 = Avx512F.UnpackHigh(t13, t15).AsSingle();
+
+        // Stages 3 and 4: gather 128-bit blocks; column 4L + c = [u[c].L, u[4 + c].L, u[8 + c].L, u[12 + c].L].
+        Vector512<float> e0 = Avx512F.Shuffle4x128(u0, u4, 0x88);
+        Vector512<float> o0 = Avx512F.Shuffle4x128(u0, u4, 0xDD);
+        Vector512<float> eh0 = Avx512F.Shuffle4x128(u8, u12, 0x88);
+        Vector512<float> oh0 = Avx512F.Shuffle4x128(u8, u12, 0xDD);
+        Avx512F.Shuffle4x128(e0, eh0, 0x88).Store(destination + (0 * stride));
+        Avx512F.Shuffle4x128(o0, oh0, 0x88).Store(destination + (4 * stride));
+        Avx512F.Shuffle4x128(e0, eh0, 0xDD).Store(destination + (8 * stride));
+        Avx512F.Shuffle4x128(o0, oh0, 0xDD).Store(destination + (12 * stride));
+        Vector512<float> e1 = Avx512F.Shuffle4x128(u1, u5, 0x88);
+        Vector512<float> o1 = Avx512F.Shuffle4x128(u1, u5, 0xDD);
+        Vector512<float> eh1 = Avx512F.Shuffle4x128(u9, u13, 0x88);
+        Vector512<float> oh1 = Avx512F.Shuffle4x128(u9, u13, 0xDD);
+        Avx512F.Shuffle4x128(e1, eh1, 0x88).Store(destination + (1 * stride));
+        Avx512F.Shuffle4x128(o1, oh1, 0x88).Store(destination + (5 * stride));
+        Avx512F.Shuffle4x128(e1, eh1, 0xDD).Store(destination + (9 * stride));
+        Avx512F.Shuffle4x128(o1, oh1, 0xDD).Store(destination + (13 * stride));
+        Vector512<float> e2 = Avx512F.Shuffle4x128(u2, u6, 0x88);
+        Vector512<float> o2 = Avx512F.Shuffle4x128(u2, u6, 0xDD);
+        Vector512<float> eh2 = Avx512F.Shuffle4x128(u10, u14, 0x88);
+        Vector512<float> oh2 = Avx512F.Shuffle4x128(u10, u14, 0xDD);
+        Avx512F.Shuffle4x128(e2, eh2, 0x88).Store(destination + (2 * stride));
+        Avx512F.Shuffle4x128(o2, oh2, 0x88).Store(destination + (6 * stride));
+        Avx512F.Shuffle4x128(e2, eh2, 0xDD).Store(destination + (10 * stride));
+        Avx512F.Shuffle4x128(o2, oh2, 0xDD).Store(destination + (14 * stride));
+        Vector512<float> e3 = Avx512F.Shuffle4x128(u3, u7, 0x88);
+        Vector512<float> o3 = Avx512F.Shuffle4x128(u3, u7, 0xDD);
+        Vector512<float> eh3 = Avx512F.Shuffle4x128(u11, u15, 0x88);
+        Vector512<float> oh3 = Avx512F.Shuffle4x128(u11, u15, 0xDD);
+        Avx512F.Shuffle4x128(e3, eh3, 0x88).Store(destination + (3 * stride));
+        Avx512F.Shuffle4x128(o3, oh3, 0x88).Store(destination + (7 * stride));
+        Avx512F.Shuffle4x128(e3, eh3, 0xDD).Store(destination + (11 * stride));
+        Avx512F.Shuffle4x128(o3, oh3, 0xDD).Store(destination + (15 * stride));
+    }
+
     /// <summary>Copies A rows [rows, kc] (row stride <paramref name="lda"/>) to the packed stride, zeroing rows up to
     /// <paramref name="tileRows"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void CopyA(float* a, int lda, int rows, int kc, int tileRows, float* packed)
     {
         for (int r = 0; r < tileRows; r++)
@@ -536,6 +631,7 @@ internal static unsafe class CpuGemm
     /// Stores the valid [rows, cols] corner of a staged tile to C through the epilogue: Vector512 for whole groups
     /// of 16 columns (when <paramref name="wide"/>), Vector256 for groups of 8, scalar for the rest.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void StoreEdge<TEpilogue>(
         float* tile,
         int tileStride,
@@ -575,6 +671,7 @@ internal static unsafe class CpuGemm
     }
 
     /// <summary>The scalar fallback for machines without SIMD: one float sum per element, in k order.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void ScalarBlock<TWeights, TEpilogue>(
         Job<TEpilogue>* job,
         int rowStart,

@@ -1,12 +1,13 @@
-// The CPU matrix product for M <= 4 (decode steps and tiny batches): C[M, N] = epilogue(A[M, K] · W[N, K]ᵀ)
+// The CPU matrix product for M <= 16 (decode steps and small batches): C[M, N] = epilogue(A[M, K] · W[N, K]ᵀ)
 // without packing. Each W row is a dot product with each A row, so the kernel streams W once, row after row,
 // widening float16/bfloat16 on the fly; it is bound by memory bandwidth for large W.
 //
 //   M = 1:     16 W rows at a time, one Vector512 running sum per row (16 independent chains). The 16 sums are
 //              reduced and transposed into one vector with a shuffle tree (16 -> 8 -> 4 -> 2 -> 1 vectors) and
 //              stored through the vector epilogue: C[0, n .. n + 15].
-//   M = 2..4:  4 W rows × 4 A rows at a time (16 running sums; missing A rows repeat row 0 and are not stored),
-//              reduced with the same tree, stored through the scalar epilogue.
+//   M = 2..16: 4 W rows at a time, read from memory once, against A in chunks of 4 rows (from cache): 4 × 4
+//              running sums (missing A rows repeat row 0 and are not stored), reduced with the same tree, stored
+//              through the scalar epilogue.
 //   Tails:     K not a multiple of 16 is finished with scalar products; W rows past the last whole group go
 //              through a one-row dot product.
 //
@@ -22,16 +23,16 @@ namespace Kiln.Kernels.Gemm;
 /// <summary>The streaming matrix-vector CPU kernel for M &lt;= <see cref="MaxRows"/>.</summary>
 internal static unsafe class CpuGemv
 {
-    /// <summary>The largest M this path handles.</summary>
-    public const int MaxRows = 4;
+    /// <summary>The largest M this path handles; above it, packing W pays for itself.</summary>
+    public const int MaxRows = 16;
 
     /// <summary>Products below this many multiply-adds run on the calling thread.</summary>
     public const long SingleThreadWork = 1L << 17;
 
-    /// <summary>W rows per group: 16 for M = 1, 4 for M = 2..4.</summary>
+    /// <summary>W rows per group: 16 for M = 1, 4 for M = 2..16.</summary>
     private static int GroupRows(int m) => m == 1 ? 16 : 4;
 
-    /// <summary>Computes C = epilogue(A · Wᵀ) for M &lt;= 4 on the pool's threads.</summary>
+    /// <summary>Computes C = epilogue(A · Wᵀ) for M &lt;= 16 on the pool's threads.</summary>
     public static void Run<TEpilogue>(
         WorkerPool pool,
         float* a,
@@ -105,6 +106,7 @@ internal static unsafe class CpuGemv
         public KernelWidth Width;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Body<TWeights, TEpilogue>(void* state, int start, int end)
         where TWeights : unmanaged, IWeightFormat
         where TEpilogue : unmanaged, IMatMulEpilogue
@@ -133,10 +135,14 @@ internal static unsafe class CpuGemv
             }
             else
             {
+                // Each group of 4 W rows is read from memory once and meets A in chunks of 4 rows from cache.
                 for (; wRow + 4 <= rowEnd; wRow += 4)
                 {
-                    Dot4x4<TWeights, TEpilogue>(job->A, m, job->W + (wRow * rowBytes), rowBytes, k, job->C, n, wRow,
-                        ref epilogue);
+                    for (int row = 0; row < m; row += 4)
+                    {
+                        Dot4x4<TWeights, TEpilogue>(job->A + ((long)row * k), Math.Min(4, m - row), row,
+                            job->W + (wRow * rowBytes), rowBytes, k, job->C, n, wRow, ref epilogue);
+                    }
                 }
             }
         }
@@ -217,13 +223,14 @@ internal static unsafe class CpuGemv
     }
 
     /// <summary>
-    /// C[0..m, col .. col + 3] = epilogue(A[0..m, :] · W[col .. col + 3, :]ᵀ) for m in 2..4: 4 W rows × 4 A rows of
-    /// running sums (A rows past m repeat row 0 and are dropped).
+    /// C[row0 .. row0 + m, col .. col + 3] = epilogue(A[0..m, :] · W[col .. col + 3, :]ᵀ) for m in 1..4: 4 W rows ×
+    /// 4 A rows of running sums (A rows past m repeat row 0 and are dropped); <paramref name="a"/> points at row row0.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Dot4x4<TWeights, TEpilogue>(
         float* a,
         int m,
+        int row0,
         byte* w,
         long rowBytes,
         int k,
@@ -236,7 +243,7 @@ internal static unsafe class CpuGemv
     {
         // Rows of A (missing ones alias row 0) and of W.
         float* a0 = a;
-        float* a1 = a + k;
+        float* a1 = m > 1 ? a + k : a;
         float* a2 = m > 2 ? a + (2 * k) : a;
         float* a3 = m > 3 ? a + (3 * k) : a;
         nint r1 = (nint)rowBytes;
@@ -282,10 +289,10 @@ internal static unsafe class CpuGemv
         // Store the m valid rows through the scalar epilogue.
         for (int r = 0; r < m; r++)
         {
-            float* destination = c + ((long)r * ldc) + col;
+            float* destination = c + ((long)(row0 + r) * ldc) + col;
             for (int j = 0; j < 4; j++)
             {
-                destination[j] = epilogue.Apply(sums.GetElement((4 * r) + j), r, col + j);
+                destination[j] = epilogue.Apply(sums.GetElement((4 * r) + j), row0 + r, col + j);
             }
         }
     }
@@ -392,6 +399,7 @@ internal static unsafe class CpuGemv
     }
 
     /// <summary>One dot product of an A row with a W row, in the given width.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static float Dot1<TWeights>(float* a, byte* w, int k, KernelWidth width)
         where TWeights : unmanaged, IWeightFormat
     {
