@@ -15,6 +15,9 @@ using ILGPU.Runtime;
 using Kiln.Devices;
 using GpuHalf = ILGPU.Half;
 
+// ILGPU's CPU accelerator runs kernels from a generated assembly that must see the internal weight readers.
+[assembly: System.Runtime.CompilerServices.InternalsVisibleTo("ILGPURuntime")]
+
 namespace Kiln.Kernels.Gemm;
 
 /// <summary>Reads one weight element, widened to float32, inside an ILGPU kernel.</summary>
