@@ -1,12 +1,14 @@
 // `kiln bench gemm`: Kiln's CPU float32 matrix product C[M, N] = A[M, K] · W[N, K]ᵀ against OpenBLAS's
 // cblas_sgemm (row-major, B transposed so that it reads the same [N, K] weights), measured in the same run on the
-// same thread count. Each side is warmed up, then timed as the best of several repetitions; a repetition runs
-// the product enough times to last at least 50 ms. OpenBLAS is loaded at run time from libopenblas.so.0 (Debian
+// same thread count. Each side is warmed up, then timed as the best of 7 repetitions, Kiln and OpenBLAS
+// alternating so that both see the same machine load; a repetition runs the product for at least 50 ms. OpenBLAS is loaded at run time from libopenblas.so.0 (Debian
 // package libopenblas0-pthread); without it the benchmark reports Kiln alone and says how to install it.
 //
-// OPENBLAS_CORETYPE, when set (these machines set it to Haswell), forces OpenBLAS's AVX2 kernel; the fair peer is
+// OPENBLAS_CORETYPE, when set (some machines set it to Haswell), forces OpenBLAS's AVX2 kernel; the fair peer is
 // its AVX-512 kernel, so run with:  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE kiln bench gemm ...
-// The report names the kernel OpenBLAS chose (openblas_get_corename).
+// OpenBLAS 0.3.21 does not recognise every newer Xeon (on family 6 model 207 it falls back to its generic
+// Prescott kernel); there, force the AVX-512 kernel with OPENBLAS_CORETYPE=SkylakeX. The report names the kernel
+// OpenBLAS chose (openblas_get_corename) and warns when it is not an AVX-512 one.
 using System.Diagnostics;
 using System.Globalization;
 using System.Runtime.InteropServices;
@@ -44,29 +46,44 @@ public static unsafe class GemmBench
         double flops = 2.0 * m * n * k;
         double weightBytes = 4.0 * n * k;
 
-        // Kiln.
-        double kilnSeconds = BestSeconds(() => MatMul.Compute(a, w, c));
-        float[] kilnResult = c.ToArray();
-
         // OpenBLAS, when installed.
         OpenBlas? blas = OpenBlas.TryLoad(threads, out string? missing);
-        double? peerSeconds = null;
         if (blas is null)
         {
             stderr.WriteLine($"note: {missing}");
         }
-        else
+
+        // Kiln and OpenBLAS alternate repetitions, so that both see the same machine load.
+        float* pa = a.FloatPointer;
+        float* pw = w.FloatPointer;
+        float* pc = c.FloatPointer;
+        float[] kilnResult = Array.Empty<float>();
+        Action kiln = () => MatMul.Compute(a, w, c);
+        Action? openBlas = blas is null ? null : () => blas.Sgemm(m, n, k, pa, pw, pc);
+        (double kilnSeconds, double? peerSeconds) = BestSeconds(kiln, openBlas, () => kilnResult = c.ToArray());
+        if (blas is not null)
         {
-            float* pa = a.FloatPointer;
-            float* pw = w.FloatPointer;
-            float* pc = c.FloatPointer;
-            peerSeconds = BestSeconds(() => blas.Sgemm(m, n, k, pa, pw, pc));
             string? coreType = Environment.GetEnvironmentVariable("OPENBLAS_CORETYPE");
             stderr.WriteLine($"openblas: kernel {blas.CoreName}, {blas.Threads} thread(s)"
-                + (coreType is null ? string.Empty : $"; OPENBLAS_CORETYPE={coreType} forces this kernel, run with "
-                    + "'env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE' for its AVX-512 kernel"));
+                + (coreType is null ? string.Empty : $", chosen by OPENBLAS_CORETYPE={coreType}"));
+            if (!IsAvx512Core(blas.CoreName))
+            {
+                stderr.WriteLine($"note: {blas.CoreName} is not one of OpenBLAS's AVX-512 kernels (SkylakeX, Cooperlake, "
+                    + "SapphireRapids); if OPENBLAS_CORETYPE is set to another kernel, run with 'env -u OPENBLAS_CORETYPE "
+                    + "-u OPENBLAS_L2_SIZE'; if OpenBLAS does not recognise this CPU (0.3.21 falls back to Prescott on "
+                    + "newer Xeons), force it with OPENBLAS_CORETYPE=SkylakeX.");
+            }
+
+            blas.Sgemm(m, n, k, pa, pw, pc);
             stderr.WriteLine($"check: largest difference Kiln vs OpenBLAS {MaxRelativeDifference(kilnResult, c.ToArray()):G3} "
                 + "(relative to the largest output)");
+        }
+
+        double load = LoadAverage();
+        if (load > threads + 0.5)
+        {
+            stderr.WriteLine($"note: the 1-minute load average is {load:F1} on {Environment.ProcessorCount} cores; other "
+                + "processes compete for them, so absolute figures are low and noisy (the ratio is fairer).");
         }
 
         // Report.
@@ -96,12 +113,32 @@ public static unsafe class GemmBench
     }
 
     /// <summary>
-    /// Warms up (at least 10 calls and 0.5 s, so that the JIT's tiers settle), then returns the best per-call time
-    /// of 7 repetitions of at least 50 ms each.
+    /// Warms each side up (at least 10 calls and 0.5 s, so that the JIT's tiers settle), then times 7 repetitions of
+    /// each, alternating, every repetition lasting at least 50 ms; returns the best per-call times. <paramref
+    /// name="afterKiln"/> runs once after Kiln's warm-up (to keep its result).
     /// </summary>
-    private static double BestSeconds(Action run)
+    private static (double Kiln, double? Peer) BestSeconds(Action kiln, Action? peer, Action afterKiln)
     {
-        // Warm-up: JIT tiers, buffer sizing, worker wake-up; also estimates the per-call time.
+        int kilnCalls = WarmUp(kiln);
+        afterKiln();
+        int peerCalls = peer is null ? 0 : WarmUp(peer);
+        double kilnBest = double.MaxValue;
+        double peerBest = double.MaxValue;
+        for (int rep = 0; rep < 7; rep++)
+        {
+            kilnBest = Math.Min(kilnBest, Time(kiln, kilnCalls));
+            if (peer is not null)
+            {
+                peerBest = Math.Min(peerBest, Time(peer, peerCalls));
+            }
+        }
+
+        return (kilnBest, peer is null ? null : peerBest);
+    }
+
+    /// <summary>Runs <paramref name="run"/> until warm; returns how many calls make a 50 ms repetition.</summary>
+    private static int WarmUp(Action run)
+    {
         Stopwatch clock = Stopwatch.StartNew();
         int warm = 0;
         while (warm < 10 || clock.Elapsed.TotalSeconds < 0.5)
@@ -110,21 +147,40 @@ public static unsafe class GemmBench
             warm++;
         }
 
-        double estimate = clock.Elapsed.TotalSeconds / warm;
-        int calls = Math.Max(1, (int)Math.Ceiling(0.05 / estimate));
-        double best = double.MaxValue;
-        for (int rep = 0; rep < 7; rep++)
-        {
-            clock.Restart();
-            for (int i = 0; i < calls; i++)
-            {
-                run();
-            }
+        return Math.Max(1, (int)Math.Ceiling(0.05 / (clock.Elapsed.TotalSeconds / warm)));
+    }
 
-            best = Math.Min(best, clock.Elapsed.TotalSeconds / calls);
+    private static double Time(Action run, int calls)
+    {
+        Stopwatch clock = Stopwatch.StartNew();
+        for (int i = 0; i < calls; i++)
+        {
+            run();
         }
 
-        return best;
+        return clock.Elapsed.TotalSeconds / calls;
+    }
+
+    private static bool IsAvx512Core(string core) =>
+        core.Equals("SkylakeX", StringComparison.OrdinalIgnoreCase)
+        || core.Equals("Cooperlake", StringComparison.OrdinalIgnoreCase)
+        || core.Equals("SapphireRapids", StringComparison.OrdinalIgnoreCase);
+
+    private static double LoadAverage()
+    {
+        try
+        {
+            string text = File.ReadAllText("/proc/loadavg");
+            return double.Parse(text.Split(' ')[0], CultureInfo.InvariantCulture);
+        }
+        catch (IOException)
+        {
+            return 0;
+        }
+        catch (UnauthorizedAccessException)
+        {
+            return 0;
+        }
     }
 
     private static float[] RandomValues(int count, int seed)
