@@ -71,6 +71,12 @@ public static unsafe partial class MatMul
     /// Computes <c>output[M, N] = epilogue(a[M, K] · w[N, K]ᵀ)</c> on an ILGPU device (CUDA, or ILGPU's CPU
     /// accelerator). The launch is queued on the accelerator's default stream; it is not waited for.
     /// </summary>
+    /// <remarks>
+    /// M = 1 runs a warp-per-column matrix-vector kernel, larger M a shared-memory tiled kernel (64×64 tiles on
+    /// GPUs). The epilogue is constrained to <c>struct</c>, not <c>unmanaged</c>: an epilogue that reads another
+    /// tensor holds an <see cref="ILGPU.ArrayView{T}"/>, which contains a reference. Kernels are compiled once per
+    /// device and (weight dtype, epilogue type).
+    /// </remarks>
     /// <exception cref="ArgumentException">Shapes, dtypes, devices or layouts do not fit together, or the tensors are
     /// not on an ILGPU device.</exception>
     public static void ComputeGpu<TGpuEpilogue>(Tensor a, Tensor w, Tensor output, TGpuEpilogue epilogue)

@@ -2,7 +2,7 @@
 // GotoBLAS/BLIS layering, written for this project:
 //
 //   for each column block jc of NBlock columns             (the thread's share of N, or all of N)
-//     for each K block pc of KBlock                        W slice [KBlock, NBlock] packed once, kept in L2
+//     for each K block pc (K split evenly, <= KBlock)      W slice [kc, NBlock] packed once, kept in L2
 //       pack W[jc.., pc..] into micro-panels [kc][NR]      (transposed and widened to float32)
 //       for each micro-panel of MR rows ir                 A rows [MR, kc] copied to a fixed stride, kept in L1
 //         for each W micro-panel jr                        streamed from L2
@@ -186,6 +186,7 @@ internal static unsafe class CpuGemm
         int k = job->K;
         int n = job->N;
         bool blockedK = k > KBlock;
+        int kStep = BalancedKStep(k);
         int rowGroups = (rowEnd - rowStart + tileRows - 1) / tileRows;
 
         for (int jc = colStart; jc < colEnd; jc += NBlock)
@@ -196,10 +197,10 @@ internal static unsafe class CpuGemm
             float* packedW = scratch.PackedW((long)panels * tileColumns * KBlock);
             float* partials = blockedK ? scratch.Partials((long)rowGroups * panels * tileRows * tileColumns) : null;
 
-            for (int pc = 0; pc < k; pc += KBlock)
+            for (int pc = 0; pc < k; pc += kStep)
             {
                 // Pack the W slice [jc .. jc + nc, pc .. pc + kc) once for all rows.
-                int kc = Math.Min(KBlock, k - pc);
+                int kc = Math.Min(kStep, k - pc);
                 bool accumulate = pc > 0;
                 bool final = pc + kc == k;
                 PackW<TWeights>(job->W, k, jc, nc, pc, kc, tileColumns, packedW);
@@ -232,6 +233,17 @@ internal static unsafe class CpuGemm
                 }
             }
         }
+    }
+
+    /// <summary>
+    /// The K block size for a product over <paramref name="k"/>: K split into equal blocks of at most
+    /// <see cref="KBlock"/>, rounded up to whole 16-float cache lines (K = 288 gives 144 + 144, not 256 + 32).
+    /// </summary>
+    private static int BalancedKStep(int k)
+    {
+        int blocks = (k + KBlock - 1) / KBlock;
+        int step = (k + blocks - 1) / blocks;
+        return Math.Min(KBlock, (step + 15) / 16 * 16);
     }
 
     /// <summary>

@@ -3,9 +3,9 @@
 // TiledKernel (M > 1): explicitly grouped, a group of S×S threads (S = 16 on GPUs, 8 where a group holds fewer
 // than 256 threads, as on the test CPU accelerator) computes a (4S)×(4S) tile of C, 4×4 outputs per thread at
 // rows ty + i·S and columns tx + j·S (so neighbouring threads store neighbouring columns). K advances in steps
-// of 16: the group copies A[rows, 16] and W[cols, 16] into shared memory, k-major (2 × 16 × 64 floats = 8 KiB,
-// far below ILGPU's 48 KB per group), with zeros past M, N and K, so any size works; then every thread runs 16
-// rank-one updates of its 16 sums from shared memory.
+// of 16: the group copies A[rows, 16] and W[cols, 16] into shared memory, k-major with a padded stride of 65
+// floats (no bank conflicts; 2 × 16 × 65 floats = 8.3 KB, far below ILGPU's 48 KB per group), with zeros past
+// M, N and K, so any size works; then every thread runs 16 rank-one updates of its 16 sums from shared memory.
 // VectorKernel (M = 1): one warp per output column, lanes stride K by the warp size, then a shuffle reduction.
 //
 // Weights are read through IGpuWeights: float32, float16 as ILGPU.Half, bfloat16 as ushort widened with
@@ -65,6 +65,12 @@ internal static class GpuGemm
 
     /// <summary>Rows (and columns) of the largest group tile: 16 threads × 4 outputs.</summary>
     public const int MaxTile = 64;
+
+    /// <summary>
+    /// Floats between the k-rows of a shared tile: one more than <see cref="MaxTile"/>, so that the 16 threads
+    /// storing one row's 16 k values hit 16 different banks.
+    /// </summary>
+    public const int TileStride = MaxTile + 1;
 
     /// <summary>Queues C = epilogue(A · Wᵀ) on the device's default stream.</summary>
     public static void Launch<TEpilogue>(IlgpuDevice device, Tensor a, Tensor w, Tensor c, int m, int n, int k, TEpilogue epilogue)
@@ -149,9 +155,9 @@ internal static class GpuGemm
         where TWeights : struct, IGpuWeights
         where TEpilogue : struct, IGpuMatMulEpilogue
     {
-        // Shared tiles, k-major: aTile[kk·MaxTile + r] = A[row0 + r, k0 + kk], wTile likewise for W rows.
-        ArrayView<float> aTile = SharedMemory.Allocate<float>(TileK * MaxTile);
-        ArrayView<float> wTile = SharedMemory.Allocate<float>(TileK * MaxTile);
+        // Shared tiles, k-major: aTile[kk·TileStride + r] = A[row0 + r, k0 + kk], wTile likewise for W rows.
+        ArrayView<float> aTile = SharedMemory.Allocate<float>(TileK * TileStride);
+        ArrayView<float> wTile = SharedMemory.Allocate<float>(TileK * TileStride);
 
         int tx = Group.IdxX;
         int ty = Group.IdxY;
@@ -177,8 +183,8 @@ internal static class GpuGemm
                 int gk = k0 + kk;
                 int gr = row0 + r;
                 int gc = col0 + r;
-                aTile[(kk * MaxTile) + r] = gr < m && gk < k ? a[((long)gr * k) + gk] : 0f;
-                wTile[(kk * MaxTile) + r] = gc < n && gk < k ? w.Load(((long)gc * k) + gk) : 0f;
+                aTile[(kk * TileStride) + r] = gr < m && gk < k ? a[((long)gr * k) + gk] : 0f;
+                wTile[(kk * TileStride) + r] = gc < n && gk < k ? w.Load(((long)gc * k) + gk) : 0f;
             }
 
             // Barrier: the tiles are complete.
@@ -187,7 +193,7 @@ internal static class GpuGemm
             // Multiply: 16 rank-one updates of this thread's 4×4 sums.
             for (int kk = 0; kk < TileK; kk++)
             {
-                int offset = kk * MaxTile;
+                int offset = kk * TileStride;
                 float a0 = aTile[offset + ty];
                 float a1 = aTile[offset + ty + side];
                 float a2 = aTile[offset + ty + (2 * side)];
