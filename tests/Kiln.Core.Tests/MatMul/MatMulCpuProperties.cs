@@ -51,6 +51,46 @@ public sealed unsafe class MatMulCpuProperties
                 Assert.True(one.AsSpan().SequenceEqual(two), $"{c}: 1 and 2 threads differ.");
             });
 
+    /// <summary>Prepacked weights give the same bits as packing on every call, and match the reference.</summary>
+    [Property(MaxTest = 15)]
+    public Property PrepackedWeightsGiveTheSameResults() =>
+        Prop.ForAll(Cases(Size(1, 60, 1, 16, 17, 29), Size(1, 600, 1, 31, 33, 513), Size(1, 600, 1, 17, 257, 513)).ToArbitrary(),
+            c =>
+            {
+                // The same product three ways: the public unpacked entry, prepacked, and against the reference.
+                using Tensor a = Tensor.FromArray(c.A, [c.M, c.K], TwoThreads);
+                using Tensor w = c.WeightTensor(TwoThreads);
+                using Tensor residual = Tensor.FromArray(c.Residual, [c.M, c.N], TwoThreads);
+                using Tensor plain = Tensor.Empty([c.M, c.N], DType.Float32, TwoThreads);
+                using Tensor packed = Tensor.Empty([c.M, c.N], DType.Float32, TwoThreads);
+                using PackedWeights prepacked = Kiln.Kernels.MatMul.Prepack(w);
+                if (c.UseEpilogue)
+                {
+                    ResidualEpilogue epilogue = new() { Residual = residual.FloatPointer, N = c.N };
+                    Kiln.Kernels.MatMul.Compute(a, w, plain, ref epilogue);
+                    Kiln.Kernels.MatMul.Compute(a, prepacked, packed, ref epilogue);
+                }
+                else
+                {
+                    Kiln.Kernels.MatMul.Compute(a, w, plain);
+                    Kiln.Kernels.MatMul.Compute(a, prepacked, packed);
+                }
+
+                Assert.True(plain.ToArray().AsSpan().SequenceEqual(packed.ToArray()), $"{c}: prepacked differs from unpacked.");
+                c.Check(packed.ToArray(), "CPU prepacked");
+            });
+
+    /// <summary>Prepack refuses weights that are not a 2-D CPU matrix.</summary>
+    [Fact]
+    public void PrepackRejectsNonMatrices()
+    {
+        using Tensor w = Tensor.Empty([2, 3, 4], DType.Float32, OneThread);
+
+        ArgumentException error = Assert.Throws<ArgumentException>(() => Kiln.Kernels.MatMul.Prepack(w));
+
+        Assert.Contains("2-D [N, K]", error.Message);
+    }
+
     /// <summary>The public entry point on tensors: A of rank 3 is flattened, the epilogue is applied.</summary>
     [Fact]
     public void ComputeOnRank3TensorsMatchesReference()

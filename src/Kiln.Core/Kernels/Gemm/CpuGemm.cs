@@ -61,19 +61,40 @@ internal static unsafe class CpuGemm
         int n,
         int k,
         ref TEpilogue epilogue,
-        KernelWidth width)
+        KernelWidth width,
+        float* prepacked = null)
         where TEpilogue : unmanaged, IMatMulEpilogue
     {
         switch (wType)
         {
             case DType.Float32:
-                Run<Float32Weights, TEpilogue>(pool, a, (byte*)w, c, m, n, k, ref epilogue, width);
+                Run<Float32Weights, TEpilogue>(pool, a, (byte*)w, c, m, n, k, ref epilogue, width, prepacked);
                 break;
             case DType.Float16:
-                Run<Float16Weights, TEpilogue>(pool, a, (byte*)w, c, m, n, k, ref epilogue, width);
+                Run<Float16Weights, TEpilogue>(pool, a, (byte*)w, c, m, n, k, ref epilogue, width, prepacked);
                 break;
             default:
-                Run<BFloat16Weights, TEpilogue>(pool, a, (byte*)w, c, m, n, k, ref epilogue, width);
+                Run<BFloat16Weights, TEpilogue>(pool, a, (byte*)w, c, m, n, k, ref epilogue, width, prepacked);
+                break;
+        }
+    }
+
+    /// <summary>
+    /// Packs all of W [N, K] into micro-panels for the whole K, [ceil(N / NR)][K][NR] (the layout
+    /// <see cref="MatMul.Prepack"/> stores and <see cref="Run{TEpilogue}"/> reads when given prepacked panels).
+    /// </summary>
+    public static void PackPanels(void* w, DType wType, int n, int k, int tileColumns, float* panels)
+    {
+        switch (wType)
+        {
+            case DType.Float32:
+                PackW<Float32Weights>((byte*)w, k, 0, n, 0, k, tileColumns, panels);
+                break;
+            case DType.Float16:
+                PackW<Float16Weights>((byte*)w, k, 0, n, 0, k, tileColumns, panels);
+                break;
+            default:
+                PackW<BFloat16Weights>((byte*)w, k, 0, n, 0, k, tileColumns, panels);
                 break;
         }
     }
@@ -87,7 +108,8 @@ internal static unsafe class CpuGemm
         int n,
         int k,
         ref TEpilogue epilogue,
-        KernelWidth width)
+        KernelWidth width,
+        float* prepacked)
         where TWeights : unmanaged, IWeightFormat
         where TEpilogue : unmanaged, IMatMulEpilogue
     {
@@ -106,6 +128,7 @@ internal static unsafe class CpuGemm
             Width = width,
             TileRows = tileRows,
             TileColumns = tileColumns,
+            Prepacked = prepacked,
         };
 
         // Split N when it has enough micro-panels for every thread, else M; tiny products are not split.
@@ -133,6 +156,7 @@ internal static unsafe class CpuGemm
         public int TileRows;
         public int TileColumns;
         public bool SplitColumns;
+        public float* Prepacked;
     }
 
     private static void Body<TWeights, TEpilogue>(void* state, int start, int end)
@@ -194,7 +218,7 @@ internal static unsafe class CpuGemm
             // The column block and its buffers: packed W [panels][kc][NR], partial tiles [rowGroups][panels].
             int nc = Math.Min(NBlock, colEnd - jc);
             int panels = (nc + tileColumns - 1) / tileColumns;
-            float* packedW = scratch.PackedW((long)panels * tileColumns * KBlock);
+            float* packedW = job->Prepacked is null ? scratch.PackedW((long)panels * tileColumns * KBlock) : null;
             float* partials = blockedK ? scratch.Partials((long)rowGroups * panels * tileRows * tileColumns) : null;
 
             for (int pc = 0; pc < k; pc += kStep)
@@ -203,7 +227,10 @@ internal static unsafe class CpuGemm
                 int kc = Math.Min(kStep, k - pc);
                 bool accumulate = pc > 0;
                 bool final = pc + kc == k;
-                PackW<TWeights>(job->W, k, jc, nc, pc, kc, tileColumns, packedW);
+                if (job->Prepacked is null)
+                {
+                    PackW<TWeights>(job->W, k, jc, nc, pc, kc, tileColumns, packedW);
+                }
 
                 for (int ir = rowStart, group = 0; ir < rowEnd; ir += tileRows, group++)
                 {
@@ -217,7 +244,9 @@ internal static unsafe class CpuGemm
                         int col = jc + (p * tileColumns);
                         int cols = Math.Min(tileColumns, jc + nc - col);
                         float* tile = blockedK ? partials + ((((long)group * panels) + p) * tileRows * tileColumns) : null;
-                        float* packedPanel = packedW + ((long)p * kc * tileColumns);
+                        float* packedPanel = job->Prepacked is null
+                            ? packedW + ((long)p * kc * tileColumns)
+                            : job->Prepacked + (((((long)jc / tileColumns) + p) * k) + pc) * tileColumns;
                         float* cTile = job->C + ((long)ir * n) + col;
                         if (wide)
                         {
