@@ -1,4 +1,5 @@
-// `kiln bench gemm`: Kiln's CPU float32 matrix product C[M, N] = A[M, K] · W[N, K]ᵀ against OpenBLAS's
+// `kiln bench gemm`: Kiln's CPU float32 matrix product C[M, N] = A[M, K] · W[N, K]ᵀ (packing W per call, and with
+// weights prepacked once by MatMul.Prepack) against OpenBLAS's
 // cblas_sgemm (row-major, B transposed so that it reads the same [N, K] weights), measured in the same run on the
 // same thread count. Each side is warmed up, then timed as the best of 7 repetitions, Kiln and OpenBLAS
 // alternating so that both see the same machine load; a repetition runs the product for at least 50 ms. OpenBLAS is loaded at run time from libopenblas.so.0 (Debian
@@ -58,9 +59,12 @@ public static unsafe class GemmBench
         float* pw = w.FloatPointer;
         float* pc = c.FloatPointer;
         float[] kilnResult = Array.Empty<float>();
+        using PackedWeights packed = MatMul.Prepack(w);
         Action kiln = () => MatMul.Compute(a, w, c);
+        Action kilnPrepacked = () => MatMul.Compute(a, packed, c);
         Action? openBlas = blas is null ? null : () => blas.Sgemm(m, n, k, pa, pw, pc);
-        (double kilnSeconds, double? peerSeconds) = BestSeconds(kiln, openBlas, () => kilnResult = c.ToArray());
+        (double kilnSeconds, double prepackedSeconds, double? peerSeconds) =
+            BestSeconds(kiln, kilnPrepacked, openBlas, () => kilnResult = c.ToArray());
         if (blas is not null)
         {
             string? coreType = Environment.GetEnvironmentVariable("OPENBLAS_CORETYPE");
@@ -97,6 +101,7 @@ public static unsafe class GemmBench
             stdout.WriteLine($"{{\"m\":{m},\"n\":{n},\"k\":{k},\"threads\":{threads},\"kiln_gflops\":{Num(kilnGflops)},"
                 + $"\"peer\":\"openblas\",\"peer_gflops\":{Num(peerGflops)},\"ratio\":{Num(ratio)},"
                 + $"\"kiln_weight_gbps\":{Num(weightBytes / kilnSeconds / 1e9)},"
+                + $"\"kiln_prepacked_gflops\":{Num(flops / prepackedSeconds / 1e9)},"
                 + $"\"peer_weight_gbps\":{Num(peerSeconds is double s ? weightBytes / s / 1e9 : null)},"
                 + $"\"peer_core\":{(blas is null ? "null" : $"\"{blas.CoreName}\"")}}}");
         }
@@ -106,7 +111,8 @@ public static unsafe class GemmBench
                 ? $"openblas ({blas!.CoreName}) {pg:F1} GFLOP/s, ratio {ratio:F2}"
                 : "openblas not available";
             stdout.WriteLine($"gemm {m}x{n}x{k} threads={threads}: kiln {kilnGflops:F1} GFLOP/s "
-                + $"({weightBytes / kilnSeconds / 1e9:F1} GB/s of weights, {kilnSeconds * 1e6:F1} us), {peer}");
+                + $"({weightBytes / kilnSeconds / 1e9:F1} GB/s of weights, {kilnSeconds * 1e6:F1} us; prepacked "
+                + $"{flops / prepackedSeconds / 1e9:F1} GFLOP/s), {peer}");
         }
 
         return 0;
@@ -117,23 +123,30 @@ public static unsafe class GemmBench
     /// each, alternating, every repetition lasting at least 50 ms; returns the best per-call times. <paramref
     /// name="afterKiln"/> runs once after Kiln's warm-up (to keep its result).
     /// </summary>
-    private static (double Kiln, double? Peer) BestSeconds(Action kiln, Action? peer, Action afterKiln)
+    private static (double Kiln, double Prepacked, double? Peer) BestSeconds(
+        Action kiln,
+        Action prepacked,
+        Action? peer,
+        Action afterKiln)
     {
         int kilnCalls = WarmUp(kiln);
         afterKiln();
+        int prepackedCalls = WarmUp(prepacked);
         int peerCalls = peer is null ? 0 : WarmUp(peer);
         double kilnBest = double.MaxValue;
+        double prepackedBest = double.MaxValue;
         double peerBest = double.MaxValue;
         for (int rep = 0; rep < 7; rep++)
         {
             kilnBest = Math.Min(kilnBest, Time(kiln, kilnCalls));
+            prepackedBest = Math.Min(prepackedBest, Time(prepacked, prepackedCalls));
             if (peer is not null)
             {
                 peerBest = Math.Min(peerBest, Time(peer, peerCalls));
             }
         }
 
-        return (kilnBest, peer is null ? null : peerBest);
+        return (kilnBest, prepackedBest, peer is null ? null : peerBest);
     }
 
     /// <summary>Runs <paramref name="run"/> until warm; returns how many calls make a 50 ms repetition.</summary>
