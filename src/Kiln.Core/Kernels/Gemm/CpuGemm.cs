@@ -9,7 +9,7 @@
 //           micro-kernel: MR×NR tile += A[ir, pc..] · W[jr, pc..]ᵀ, in registers
 //
 // Micro-tiles are 14×32 with Vector512 (28 zmm accumulators, 2 for W, 1 broadcast of A) or 6×16 with Vector256
-// (12 ymm accumulators, as 16 ymm registers allow). The copied A rows sit KBlock + 16 floats apart, a constant,
+// (12 ymm accumulators, as 16 ymm registers allow). The copied A rows sit MaxKBlock + 16 floats apart, a constant,
 // so each broadcast of A is one instruction with a constant displacement. When K spans several K blocks the
 // running sums of each tile live in a per-thread partial buffer, never in C: the epilogue sees only finished
 // sums and may read C itself. Ragged edges: A rows beyond M are zero, W columns beyond N are packed as zeros,
@@ -32,14 +32,22 @@ internal static unsafe class CpuGemm
     /// <summary>Columns of the largest micro-tile (Vector512: two vectors).</summary>
     public const int MaxTileColumns = 32;
 
-    /// <summary>K block: one W micro-panel [KBlock, 32] is 32 KiB and one A micro-panel [14, KBlock] 14 KiB.</summary>
-    public const int KBlock = 256;
+    /// <summary>The largest K block the A buffer is laid out for.</summary>
+    public const int MaxKBlock = 512;
 
-    /// <summary>Floats between copied A rows: KBlock plus one cache line, so rows do not share cache sets.</summary>
-    public const int PackedAStride = KBlock + 16;
+    /// <summary>Floats between copied A rows: MaxKBlock plus one cache line (an odd number of lines, so rows spread
+    /// over cache sets). A constant, so that every broadcast of A has a constant displacement.</summary>
+    public const int PackedAStride = MaxKBlock + 16;
 
-    /// <summary>Column block: the packed W slice [KBlock, NBlock] is 512 KiB, a quarter of the 2 MiB L2.</summary>
-    public const int NBlock = 512;
+    /// <summary>
+    /// K block (at most <see cref="MaxKBlock"/>, a multiple of 16): one W micro-panel [KBlock, 32] is 32 KiB and
+    /// one A micro-panel [14, KBlock] 14 KiB at 256. Settable for tuning sweeps only.
+    /// </summary>
+    internal static int KBlock = 256;
+
+    /// <summary>Column block (a multiple of 32): the packed W slice [KBlock, NBlock] is 512 KiB at 256 × 512, a
+    /// quarter of the 2 MiB L2. Settable for tuning sweeps only.</summary>
+    internal static int NBlock = 512;
 
     /// <summary>Products below this many multiply-adds run on the calling thread: waking workers costs more.</summary>
     public const long SingleThreadWork = 1L << 20;
@@ -209,16 +217,18 @@ internal static unsafe class CpuGemm
         int tileColumns = job->TileColumns;
         int k = job->K;
         int n = job->N;
-        bool blockedK = k > KBlock;
-        int kStep = BalancedKStep(k);
+        int kBlock = KBlock;
+        int nBlock = NBlock;
+        bool blockedK = k > kBlock;
+        int kStep = BalancedKStep(k, kBlock);
         int rowGroups = (rowEnd - rowStart + tileRows - 1) / tileRows;
 
-        for (int jc = colStart; jc < colEnd; jc += NBlock)
+        for (int jc = colStart; jc < colEnd; jc += nBlock)
         {
             // The column block and its buffers: packed W [panels][kc][NR], partial tiles [rowGroups][panels].
-            int nc = Math.Min(NBlock, colEnd - jc);
+            int nc = Math.Min(nBlock, colEnd - jc);
             int panels = (nc + tileColumns - 1) / tileColumns;
-            float* packedW = job->Prepacked is null ? scratch.PackedW((long)panels * tileColumns * KBlock) : null;
+            float* packedW = job->Prepacked is null ? scratch.PackedW((long)panels * tileColumns * kBlock) : null;
             float* partials = blockedK ? scratch.Partials((long)rowGroups * panels * tileRows * tileColumns) : null;
 
             for (int pc = 0; pc < k; pc += kStep)
@@ -266,13 +276,13 @@ internal static unsafe class CpuGemm
 
     /// <summary>
     /// The K block size for a product over <paramref name="k"/>: K split into equal blocks of at most
-    /// <see cref="KBlock"/>, rounded up to whole 16-float cache lines (K = 288 gives 144 + 144, not 256 + 32).
+    /// <paramref name="kBlock"/>, rounded up to whole 16-float cache lines (K = 288 gives 144 + 144, not 256 + 32).
     /// </summary>
-    private static int BalancedKStep(int k)
+    private static int BalancedKStep(int k, int kBlock)
     {
-        int blocks = (k + KBlock - 1) / KBlock;
+        int blocks = (k + kBlock - 1) / kBlock;
         int step = (k + blocks - 1) / blocks;
-        return Math.Min(KBlock, (step + 15) / 16 * 16);
+        return Math.Min(kBlock, (step + 15) / 16 * 16);
     }
 
     /// <summary>
