@@ -1,5 +1,5 @@
 // Prepacked weights for the CPU matrix product: pack W once at load time, then every prefill-sized product
-// (M > 16) skips the packing pass. Same math and results as the unpacked Compute, bit for bit: the packed panels
+// (M > 32) skips the packing pass. Same math and results as the unpacked Compute, bit for bit: the packed panels
 // hold exactly the values the per-call packing would produce, and the K blocks are the same.
 using Kiln.Devices;
 using Kiln.Kernels.Gemm;
@@ -52,7 +52,7 @@ public static unsafe partial class MatMul
     }
 
     /// <summary>
-    /// Computes <c>output[M, N] = epilogue(a[M, K] · w[N, K]ᵀ)</c> with prepacked weights: M ≤ 16 streams the
+    /// Computes <c>output[M, N] = epilogue(a[M, K] · w[N, K]ᵀ)</c> with prepacked weights: M ≤ 32 streams the
     /// original weights, larger M reads the packed panels instead of packing W again.
     /// </summary>
     /// <exception cref="ArgumentException">Shapes, dtypes, devices or layouts do not fit together.</exception>

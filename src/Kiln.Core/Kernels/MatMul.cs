@@ -2,7 +2,7 @@
 // without bias (y = x Wᵀ). Weights are stored [out, in] = [N, K]; A and C are float32, W is float32, float16 or
 // bfloat16 and is widened to float32 inside the kernels. A may have any rank: its leading dimensions are
 // flattened into M. This file holds the public entry points, the argument checks and the float64 reference;
-// the CPU kernels live in Gemm/CpuGemm.cs (packed panels) and Gemm/CpuGemv.cs (M <= 16, streaming), the ILGPU
+// the CPU kernels live in Gemm/CpuGemm.cs (packed panels) and Gemm/CpuGemv.cs (M <= 32, streaming), the ILGPU
 // kernels in Gemm/GpuGemm.cs.
 using System.Runtime.InteropServices;
 using Kiln.Devices;
@@ -12,7 +12,7 @@ namespace Kiln.Kernels;
 
 /// <summary>
 /// The matrix product <c>C[M, N] = epilogue(A[M, K] · W[N, K]ᵀ)</c> on the CPU (packed panels and a Vector512
-/// register-blocked micro-kernel, or a streaming kernel for M &lt;= 16) and on ILGPU devices
+/// register-blocked micro-kernel, or a streaming kernel for M &lt;= 32) and on ILGPU devices
 /// (shared-memory tiles, or a warp-per-row kernel for M = 1).
 /// </summary>
 /// <remarks>

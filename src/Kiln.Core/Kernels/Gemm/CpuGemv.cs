@@ -1,11 +1,11 @@
-// The CPU matrix product for M <= 16 (decode steps and small batches): C[M, N] = epilogue(A[M, K] · W[N, K]ᵀ)
+// The CPU matrix product for M <= 32 (decode steps and small batches): C[M, N] = epilogue(A[M, K] · W[N, K]ᵀ)
 // without packing. Each W row is a dot product with each A row, so the kernel streams W once, row after row,
 // widening float16/bfloat16 on the fly; it is bound by memory bandwidth for large W.
 //
 //   M = 1:     16 W rows at a time, one Vector512 running sum per row (16 independent chains). The 16 sums are
 //              reduced and transposed into one vector with a shuffle tree (16 -> 8 -> 4 -> 2 -> 1 vectors) and
 //              stored through the vector epilogue: C[0, n .. n + 15].
-//   M = 2..16: 4 W rows at a time, read from memory once, against A in chunks of 4 rows (from cache): 4 × 4
+//   M = 2..32: 4 W rows at a time, read from memory once, against A in chunks of 4 rows (from cache): 4 × 4
 //              running sums (missing A rows repeat row 0 and are not stored), reduced with the same tree, stored
 //              through the scalar epilogue.
 //   Tails:     K not a multiple of 16 is finished with scalar products; W rows past the last whole group go
@@ -24,15 +24,15 @@ namespace Kiln.Kernels.Gemm;
 internal static unsafe class CpuGemv
 {
     /// <summary>The largest M this path handles; above it, packing W pays for itself.</summary>
-    public const int MaxRows = 16;
+    public const int MaxRows = 32;
 
     /// <summary>Products below this many multiply-adds run on the calling thread.</summary>
     public const long SingleThreadWork = 1L << 17;
 
-    /// <summary>W rows per group: 16 for M = 1, 4 for M = 2..16.</summary>
+    /// <summary>W rows per group: 16 for M = 1, 4 for M = 2..32.</summary>
     private static int GroupRows(int m) => m == 1 ? 16 : 4;
 
-    /// <summary>Computes C = epilogue(A · Wᵀ) for M &lt;= 16 on the pool's threads.</summary>
+    /// <summary>Computes C = epilogue(A · Wᵀ) for M &lt;= 32 on the pool's threads.</summary>
     public static void Run<TEpilogue>(
         WorkerPool pool,
         float* a,
