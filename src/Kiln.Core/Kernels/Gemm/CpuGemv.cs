@@ -1,0 +1,438 @@
+// The CPU matrix product for M <= 32 (decode steps and small batches): C[M, N] = epilogue(A[M, K] · W[N, K]ᵀ)
+// without packing. Each W row is a dot product with each A row, so the kernel streams W once, row after row,
+// widening float16/bfloat16 on the fly; it is bound by memory bandwidth for large W.
+//
+//   M = 1:     16 W rows at a time, one Vector512 running sum per row (16 independent chains). The 16 sums are
+//              reduced and transposed into one vector with a shuffle tree (16 -> 8 -> 4 -> 2 -> 1 vectors) and
+//              stored through the vector epilogue: C[0, n .. n + 15].
+//   M = 2..32: 4 W rows at a time, read from memory once, against A in chunks of 4 rows (from cache): 4 × 4
+//              running sums (missing A rows repeat row 0 and are not stored), reduced with the same tree, stored
+//              through the scalar epilogue.
+//   Tails:     K not a multiple of 16 is finished with scalar products; W rows past the last whole group go
+//              through a one-row dot product.
+//
+// Threads split N into contiguous ranges of row groups; products below SingleThreadWork multiply-adds stay on
+// the calling thread (no pool synchronisation). Nothing is allocated.
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using Kiln.Devices;
+
+namespace Kiln.Kernels.Gemm;
+
+/// <summary>The streaming matrix-vector CPU kernel for M &lt;= <see cref="MaxRows"/>.</summary>
+internal static unsafe class CpuGemv
+{
+    /// <summary>The largest M this path handles; above it, packing W pays for itself.</summary>
+    public const int MaxRows = 32;
+
+    /// <summary>Products below this many multiply-adds run on the calling thread.</summary>
+    public const long SingleThreadWork = 1L << 17;
+
+    /// <summary>W rows per group: 16 for M = 1, 4 for M = 2..32.</summary>
+    private static int GroupRows(int m) => m == 1 ? 16 : 4;
+
+    /// <summary>Computes C = epilogue(A · Wᵀ) for M &lt;= 32 on the pool's threads.</summary>
+    public static void Run<TEpilogue>(
+        WorkerPool pool,
+        float* a,
+        void* w,
+        DType wType,
+        float* c,
+        int m,
+        int n,
+        int k,
+        ref TEpilogue epilogue,
+        KernelWidth width)
+        where TEpilogue : unmanaged, IMatMulEpilogue
+    {
+        switch (wType)
+        {
+            case DType.Float32:
+                Run<Float32Weights, TEpilogue>(pool, a, (byte*)w, c, m, n, k, ref epilogue, width);
+                break;
+            case DType.Float16:
+                Run<Float16Weights, TEpilogue>(pool, a, (byte*)w, c, m, n, k, ref epilogue, width);
+                break;
+            default:
+                Run<BFloat16Weights, TEpilogue>(pool, a, (byte*)w, c, m, n, k, ref epilogue, width);
+                break;
+        }
+    }
+
+    private static void Run<TWeights, TEpilogue>(
+        WorkerPool pool,
+        float* a,
+        byte* w,
+        float* c,
+        int m,
+        int n,
+        int k,
+        ref TEpilogue epilogue,
+        KernelWidth width)
+        where TWeights : unmanaged, IWeightFormat
+        where TEpilogue : unmanaged, IMatMulEpilogue
+    {
+        Job<TEpilogue> job = new()
+        {
+            A = a,
+            W = w,
+            C = c,
+            M = m,
+            N = n,
+            K = k,
+            Epilogue = epilogue,
+            Width = width,
+        };
+
+        // Split N in groups of W rows; small products run inline on the caller.
+        int groupRows = GroupRows(m);
+        int groups = (n + groupRows - 1) / groupRows;
+        int grain = (long)m * n * k < SingleThreadWork ? groups : 1;
+        pool.For(groups, grain, &Body<TWeights, TEpilogue>, &job);
+    }
+
+    /// <summary>The arguments of one product; lives on the caller's stack during the loop.</summary>
+    private struct Job<TEpilogue>
+        where TEpilogue : unmanaged, IMatMulEpilogue
+    {
+        public float* A;
+        public byte* W;
+        public float* C;
+        public int M;
+        public int N;
+        public int K;
+        public TEpilogue Epilogue;
+        public KernelWidth Width;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Body<TWeights, TEpilogue>(void* state, int start, int end)
+        where TWeights : unmanaged, IWeightFormat
+        where TEpilogue : unmanaged, IMatMulEpilogue
+    {
+        Job<TEpilogue>* job = (Job<TEpilogue>*)state;
+        TEpilogue epilogue = job->Epilogue;
+        int m = job->M;
+        int n = job->N;
+        int k = job->K;
+        int groupRows = GroupRows(m);
+        int rowStart = start * groupRows;
+        int rowEnd = Math.Min(end * groupRows, n);
+        long rowBytes = (long)k * TWeights.Size;
+
+        // Whole groups go through the wide kernels, everything else through one-row dot products.
+        int wRow = rowStart;
+        if (job->Width == KernelWidth.Vector512)
+        {
+            if (m == 1)
+            {
+                for (; wRow + 16 <= rowEnd; wRow += 16)
+                {
+                    Dot16x1<TWeights, TEpilogue>(job->A, job->W + (wRow * rowBytes), rowBytes, k, job->C + wRow, wRow,
+                        ref epilogue);
+                }
+            }
+            else
+            {
+                // Each group of 4 W rows is read from memory once and meets A in chunks of 4 rows from cache.
+                for (; wRow + 4 <= rowEnd; wRow += 4)
+                {
+                    for (int row = 0; row < m; row += 4)
+                    {
+                        Dot4x4<TWeights, TEpilogue>(job->A + ((long)row * k), Math.Min(4, m - row), row,
+                            job->W + (wRow * rowBytes), rowBytes, k, job->C, n, wRow, ref epilogue);
+                    }
+                }
+            }
+        }
+
+        for (; wRow < rowEnd; wRow++)
+        {
+            byte* wPointer = job->W + (wRow * rowBytes);
+            for (int row = 0; row < m; row++)
+            {
+                float dot = Dot1<TWeights>(job->A + ((long)row * k), wPointer, k, job->Width);
+                job->C[((long)row * n) + wRow] = epilogue.Apply(dot, row, wRow);
+            }
+        }
+    }
+
+    /// <summary>
+    /// C[0, col .. col + 15] = epilogue(A[0, :] · W[col .. col + 15, :]ᵀ): 16 W rows of <paramref name="rowBytes"/>
+    /// bytes each, one running sum per row.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Dot16x1<TWeights, TEpilogue>(
+        float* a,
+        byte* w,
+        long rowBytes,
+        int k,
+        float* c,
+        int col,
+        ref TEpilogue epilogue)
+        where TWeights : unmanaged, IWeightFormat
+        where TEpilogue : unmanaged, IMatMulEpilogue
+    {
+        // Four base pointers (rows 0, 4, 8, 12) plus offsets of 1, 2 and 3 rows address all 16 rows.
+        nint r1 = (nint)rowBytes;
+        nint r2 = 2 * r1;
+        nint r3 = 3 * r1;
+        byte* p0 = w;
+        byte* p4 = w + (4 * r1);
+        byte* p8 = w + (8 * r1);
+        byte* p12 = w + (12 * r1);
+        Vector512<float> s0 = default, s1 = default, s2 = default, s3 = default, s4 = default, s5 = default;
+        Vector512<float> s6 = default, s7 = default, s8 = default, s9 = default, s10 = default, s11 = default;
+        Vector512<float> s12 = default, s13 = default, s14 = default, s15 = default;
+
+        // Stream 16 values of each row per step against 16 values of A.
+        int i = 0;
+        for (; i + 16 <= k; i += 16)
+        {
+            nint o = (nint)i * TWeights.Size;
+            Vector512<float> x = Vector512.Load(a + i);
+            s0 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p0 + o), x, s0);
+            s1 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p0 + r1 + o), x, s1);
+            s2 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p0 + r2 + o), x, s2);
+            s3 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p0 + r3 + o), x, s3);
+            s4 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p4 + o), x, s4);
+            s5 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p4 + r1 + o), x, s5);
+            s6 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p4 + r2 + o), x, s6);
+            s7 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p4 + r3 + o), x, s7);
+            s8 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p8 + o), x, s8);
+            s9 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p8 + r1 + o), x, s9);
+            s10 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p8 + r2 + o), x, s10);
+            s11 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p8 + r3 + o), x, s11);
+            s12 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p12 + o), x, s12);
+            s13 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p12 + r1 + o), x, s13);
+            s14 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p12 + r2 + o), x, s14);
+            s15 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p12 + r3 + o), x, s15);
+        }
+
+        // Reduce the 16 running sums into one vector: lane j holds the dot product of row j.
+        Vector512<float> sums = Reduce16(s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12, s13, s14, s15);
+
+        // Finish a ragged K with scalar products.
+        if (i < k)
+        {
+            sums += TailDots16<TWeights>(a, w, rowBytes, i, k, 1, 16);
+        }
+
+        epilogue.Apply(sums, 0, col).Store(c);
+    }
+
+    /// <summary>
+    /// C[row0 .. row0 + m, col .. col + 3] = epilogue(A[0..m, :] · W[col .. col + 3, :]ᵀ) for m in 1..4: 4 W rows ×
+    /// 4 A rows of running sums (A rows past m repeat row 0 and are dropped); <paramref name="a"/> points at row row0.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Dot4x4<TWeights, TEpilogue>(
+        float* a,
+        int m,
+        int row0,
+        byte* w,
+        long rowBytes,
+        int k,
+        float* c,
+        int ldc,
+        int col,
+        ref TEpilogue epilogue)
+        where TWeights : unmanaged, IWeightFormat
+        where TEpilogue : unmanaged, IMatMulEpilogue
+    {
+        // Rows of A (missing ones alias row 0) and of W.
+        float* a0 = a;
+        float* a1 = m > 1 ? a + k : a;
+        float* a2 = m > 2 ? a + (2 * k) : a;
+        float* a3 = m > 3 ? a + (3 * k) : a;
+        nint r1 = (nint)rowBytes;
+        byte* w0 = w;
+        byte* w1 = w + r1;
+        byte* w2 = w + (2 * r1);
+        byte* w3 = w + (3 * r1);
+        Vector512<float> s00 = default, s01 = default, s02 = default, s03 = default;
+        Vector512<float> s10 = default, s11 = default, s12 = default, s13 = default;
+        Vector512<float> s20 = default, s21 = default, s22 = default, s23 = default;
+        Vector512<float> s30 = default, s31 = default, s32 = default, s33 = default;
+
+        // Each step: 4 W loads, 4 A loads, 16 fused multiply-adds.
+        int i = 0;
+        for (; i + 16 <= k; i += 16)
+        {
+            nint o = (nint)i * TWeights.Size;
+            Vector512<float> v0 = TWeights.Load16(w0 + o);
+            Vector512<float> v1 = TWeights.Load16(w1 + o);
+            Vector512<float> v2 = TWeights.Load16(w2 + o);
+            Vector512<float> v3 = TWeights.Load16(w3 + o);
+            Vector512<float> x = Vector512.Load(a0 + i);
+            s00 = Avx512F.FusedMultiplyAdd(v0, x, s00); s01 = Avx512F.FusedMultiplyAdd(v1, x, s01);
+            s02 = Avx512F.FusedMultiplyAdd(v2, x, s02); s03 = Avx512F.FusedMultiplyAdd(v3, x, s03);
+            x = Vector512.Load(a1 + i);
+            s10 = Avx512F.FusedMultiplyAdd(v0, x, s10); s11 = Avx512F.FusedMultiplyAdd(v1, x, s11);
+            s12 = Avx512F.FusedMultiplyAdd(v2, x, s12); s13 = Avx512F.FusedMultiplyAdd(v3, x, s13);
+            x = Vector512.Load(a2 + i);
+            s20 = Avx512F.FusedMultiplyAdd(v0, x, s20); s21 = Avx512F.FusedMultiplyAdd(v1, x, s21);
+            s22 = Avx512F.FusedMultiplyAdd(v2, x, s22); s23 = Avx512F.FusedMultiplyAdd(v3, x, s23);
+            x = Vector512.Load(a3 + i);
+            s30 = Avx512F.FusedMultiplyAdd(v0, x, s30); s31 = Avx512F.FusedMultiplyAdd(v1, x, s31);
+            s32 = Avx512F.FusedMultiplyAdd(v2, x, s32); s33 = Avx512F.FusedMultiplyAdd(v3, x, s33);
+        }
+
+        // Lane 4·r + j holds A row r · W row j.
+        Vector512<float> sums = Reduce16(s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, s31, s32, s33);
+        if (i < k)
+        {
+            sums += TailDots16<TWeights>(a, w, rowBytes, i, k, m, 4);
+        }
+
+        // Store the m valid rows through the scalar epilogue.
+        for (int r = 0; r < m; r++)
+        {
+            float* destination = c + ((long)(row0 + r) * ldc) + col;
+            for (int j = 0; j < 4; j++)
+            {
+                destination[j] = epilogue.Apply(sums.GetElement((4 * r) + j), row0 + r, col + j);
+            }
+        }
+    }
+
+    /// <summary>
+    /// The scalar products over k in [<paramref name="from"/>, <paramref name="k"/>) of a Dot kernel's 16 lanes:
+    /// lane <c>r·wRows + j</c> is A row r (row 0 when r ≥ m) · W row j.
+    /// </summary>
+    private static Vector512<float> TailDots16<TWeights>(float* a, byte* w, long rowBytes, int from, int k, int m, int wRows)
+        where TWeights : unmanaged, IWeightFormat
+    {
+        float* lanes = stackalloc float[16];
+        for (int lane = 0; lane < 16; lane++)
+        {
+            int r = lane / wRows;
+            float* aRow = a + ((long)(r < m ? r : 0) * k);
+            byte* wRow = w + ((lane % wRows) * rowBytes);
+            float sum = 0f;
+            for (int i = from; i < k; i++)
+            {
+                sum += aRow[i] * TWeights.Load1(wRow + ((long)i * TWeights.Size));
+            }
+
+            lanes[lane] = sum;
+        }
+
+        return Vector512.Load(lanes);
+    }
+
+    /// <summary>
+    /// Reduces 16 vectors to one whose lane j is the sum of the lanes of vector j: pairwise adds of 256-bit halves,
+    /// then 128-bit blocks, then pairs and single lanes within blocks, then one permute to put lanes in order.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector512<float> Reduce16(
+        Vector512<float> v0,
+        Vector512<float> v1,
+        Vector512<float> v2,
+        Vector512<float> v3,
+        Vector512<float> v4,
+        Vector512<float> v5,
+        Vector512<float> v6,
+        Vector512<float> v7,
+        Vector512<float> v8,
+        Vector512<float> v9,
+        Vector512<float> v10,
+        Vector512<float> v11,
+        Vector512<float> v12,
+        Vector512<float> v13,
+        Vector512<float> v14,
+        Vector512<float> v15)
+    {
+        // 16 -> 8: lanes 0-7 hold 8 partial sums of the first vector, lanes 8-15 of the second.
+        Vector512<float> u0 = Halves(v0, v1);
+        Vector512<float> u1 = Halves(v2, v3);
+        Vector512<float> u2 = Halves(v4, v5);
+        Vector512<float> u3 = Halves(v6, v7);
+        Vector512<float> u4 = Halves(v8, v9);
+        Vector512<float> u5 = Halves(v10, v11);
+        Vector512<float> u6 = Halves(v12, v13);
+        Vector512<float> u7 = Halves(v14, v15);
+
+        // 8 -> 4: 128-bit block b holds 4 partial sums of vector (4·pair + b).
+        Vector512<float> t0 = Blocks(u0, u1);
+        Vector512<float> t1 = Blocks(u2, u3);
+        Vector512<float> t2 = Blocks(u4, u5);
+        Vector512<float> t3 = Blocks(u6, u7);
+
+        // 4 -> 2 -> 1 within blocks: block b ends as [vector b, b + 4, b + 8, b + 12].
+        Vector512<float> q0 = Pairs(t0, t1);
+        Vector512<float> q1 = Pairs(t2, t3);
+        Vector512<float> all = Pairs(q0, q1);
+
+        // Lane 4·b + i holds vector 4·i + b; permute so that lane j holds vector j.
+        Vector512<int> order = Vector512.Create(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        return Avx512F.PermuteVar16x32(all, order);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> Halves(Vector512<float> x, Vector512<float> y)
+    {
+        // [x.lo, y.lo] + [x.hi, y.hi]
+        Vector512<float> low = Avx512F.Shuffle4x128(x, y, 0b01_00_01_00);
+        Vector512<float> high = Avx512F.Shuffle4x128(x, y, 0b11_10_11_10);
+        return low + high;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> Blocks(Vector512<float> x, Vector512<float> y)
+    {
+        // x and y each hold two vectors' 8 partials; the result holds four vectors' 4 partials, one per block.
+        Vector512<float> even = Avx512F.Shuffle4x128(x, y, 0b10_00_10_00);
+        Vector512<float> odd = Avx512F.Shuffle4x128(x, y, 0b11_01_11_01);
+        return even + odd;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> Pairs(Vector512<float> x, Vector512<float> y)
+    {
+        // Within each 128-bit block: [x0 + x1, x2 + x3, y0 + y1, y2 + y3].
+        Vector512<float> even = Avx512F.Shuffle(x, y, 0b10_00_10_00);
+        Vector512<float> odd = Avx512F.Shuffle(x, y, 0b11_01_11_01);
+        return even + odd;
+    }
+
+    /// <summary>One dot product of an A row with a W row, in the given width.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static float Dot1<TWeights>(float* a, byte* w, int k, KernelWidth width)
+        where TWeights : unmanaged, IWeightFormat
+    {
+        int i = 0;
+        float sum = 0f;
+        if (width == KernelWidth.Vector512)
+        {
+            Vector512<float> s = default;
+            for (; i + 16 <= k; i += 16)
+            {
+                s = Avx512F.FusedMultiplyAdd(TWeights.Load16(w + ((nint)i * TWeights.Size)), Vector512.Load(a + i), s);
+            }
+
+            sum = Vector512.Sum(s);
+        }
+        else if (width == KernelWidth.Vector256)
+        {
+            Vector256<float> s0 = default;
+            Vector256<float> s1 = default;
+            for (; i + 16 <= k; i += 16)
+            {
+                s0 = Fma.MultiplyAdd(TWeights.Load8(w + ((nint)i * TWeights.Size)), Vector256.Load(a + i), s0);
+                s1 = Fma.MultiplyAdd(TWeights.Load8(w + ((nint)(i + 8) * TWeights.Size)), Vector256.Load(a + i + 8), s1);
+            }
+
+            sum = Vector256.Sum(s0 + s1);
+        }
+
+        for (; i < k; i++)
+        {
+            sum += a[i] * TWeights.Load1(w + ((nint)i * TWeights.Size));
+        }
+
+        return sum;
+    }
+}
