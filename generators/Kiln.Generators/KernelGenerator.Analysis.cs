@@ -125,14 +125,22 @@ public sealed partial class KernelGenerator
             sink.Report(DiagnosticDescriptors.DefinitionShape, location, name);
         }
 
-        // Parameters: roles, types and attributes.
+        // Parameters: roles, types and attributes. Later checks would only repeat a parameter's problem.
         List<ParameterModel> parameters = AnalyzeParameters(method, kind, sink, token);
+        if (sink.Count != before)
+        {
+            return null;
+        }
+
+        // Reductions, inputs, names, and the return type (float, or (float, float) for a rotary pair).
         CheckReductionSources(method, parameters, sink);
         CheckInputs(method, kind, parameters, location, sink);
         CheckNames(method, kind, parameters, sink);
-
-        // The return type: float, or (float, float) for a rotary pair.
         CheckReturnType(method, kind, syntax, location, sink);
+        if (sink.Count != before)
+        {
+            return null;
+        }
 
         // The body: one expression, translated into the expression tree.
         ExpressionSyntax? body = syntax is null ? null : SingleExpression(syntax, name, location, sink);
@@ -271,15 +279,20 @@ public sealed partial class KernelGenerator
 
     private static void CheckReductionSources(IMethodSymbol method, List<ParameterModel> parameters, DiagnosticSink sink)
     {
-        // A reduction names an input parameter of the same definition.
+        // A reduction names an input parameter of the same definition, and is not asked for twice.
         string inputs = string.Join(", ", parameters.Where(static p => p.Role == ParameterRole.Input).Select(static p => p.Name));
+        HashSet<(ReductionKind, string)> seen = new();
         foreach (ParameterModel parameter in parameters.Where(static p => p.Role == ParameterRole.Reduction))
         {
+            Location location = method.Parameters.First(p => p.Name == parameter.Name).Locations.FirstOrDefault() ?? Location.None;
             bool found = parameters.Any(p => p.Role == ParameterRole.Input && p.Name == parameter.Source);
             if (!found)
             {
-                Location location = method.Parameters.First(p => p.Name == parameter.Name).Locations.FirstOrDefault() ?? Location.None;
                 sink.Report(DiagnosticDescriptors.ReduceSource, location, method.Name, parameter.Name, parameter.Source, inputs.Length == 0 ? "(no inputs)" : inputs);
+            }
+            else if (!seen.Add((parameter.Reduction, parameter.Source)))
+            {
+                sink.Report(DiagnosticDescriptors.AttributeMisuse, location, method.Name, $"[Reduce({parameter.Reduction}, \"{parameter.Source}\")] on '{parameter.Name}'", "the same reduction is already a parameter; use that parameter");
             }
         }
     }

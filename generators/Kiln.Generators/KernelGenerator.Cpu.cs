@@ -144,8 +144,8 @@ public sealed partial class KernelGenerator
         ParameterModel[] loads = definition.Inputs().Where(p => used.Contains(p.Name)).ToArray();
 
         writer.Line($"/// <summary>");
-        writer.Line($"/// The CPU epilogue of <see cref=\"{definition.OpCref()}\"/>: MatMul runs it on the output elements as it stores");
-        writer.Line("/// them, 16, 8 or 1 at a time along a row.");
+        writer.Line($"/// The CPU epilogue of <see cref=\"{definition.OpCref()}\"/>:");
+        writer.Line("/// MatMul runs it on the output elements as it stores them, 16, 8 or 1 at a time along a row.");
         writer.Line("/// </summary>");
         writer.Open($"private struct {op}Epilogue : IMatMulEpilogue");
         EmitPointerFields(writer, definition, withLengths: true);

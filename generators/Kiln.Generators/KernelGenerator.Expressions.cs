@@ -312,6 +312,15 @@ public sealed partial class KernelGenerator
                 }
             }
 
+            // A float cast of double or int arithmetic: the arithmetic is the problem.
+            ExpressionSyntax inner = Unwrap(cast.Expression);
+            ITypeSymbol? innerType = _semantics.GetTypeInfo(inner, _token).Type;
+            if (IsFloat(target) && innerType is not null && innerType.SpecialType is SpecialType.System_Double or SpecialType.System_Int32)
+            {
+                NonFloat(inner, innerType);
+                return null;
+            }
+
             Unsupported(cast, $"the cast '{cast}'", "kernels compute in float; remove the cast or cast a constant or the [RowLength] parameter to float");
             return null;
         }

@@ -60,8 +60,8 @@ public sealed partial class KernelGenerator
                 break;
             case KernelKind.Row:
                 ParameterModel rowInput = definition.LeadInput();
-                writer.Line($"/// Computes {cref} for every row (the last axis) of <paramref name=\"{rowInput.Name}\"/>: first the row's");
-                writer.Line("/// reductions, then every element from them.");
+                writer.Line($"/// Computes {cref} for every row (the last axis) of");
+                writer.Line($"/// <paramref name=\"{rowInput.Name}\"/>: first the row's reductions, then every element from them.");
                 writer.Line("/// </summary>");
                 writer.Line("/// <remarks>");
                 writer.Line($"/// Other inputs have the shape of <paramref name=\"{rowInput.Name}\"/> or, without leading 1s, a suffix of it that holds");
@@ -73,12 +73,12 @@ public sealed partial class KernelGenerator
                 ParameterModel product = definition.WithRole(ParameterRole.Product)!;
                 string extras = string.Join(", ", definition.Parameters.Select(p => p.Role switch
                 {
-                    ParameterRole.Product => "(a · wᵀ)[m, n]",
+                    ParameterRole.Product => p.Name,
                     ParameterRole.Input => p.Name + "[m, n]",
                     _ => p.Name,
                 }));
-                writer.Line($"/// Computes the matrix product with {cref} fused into its store: output[m, n] = {name}({extras}),");
-                writer.Line($"/// where {product.Name} is (a · wᵀ)[m, n].");
+                writer.Line($"/// Computes the matrix product a · wᵀ with {cref} fused into its store:");
+                writer.Line($"/// output[m, n] = {name}({extras}) where {product.Name} = (a · wᵀ)[m, n].");
                 writer.Line("/// </summary>");
                 writer.Line("/// <remarks>");
                 writer.Line("/// Extra operands are [M, N] or, without leading 1s, a suffix of it that holds whole rows (such as a [N] bias).");
@@ -90,8 +90,8 @@ public sealed partial class KernelGenerator
             case KernelKind.Rotary:
                 ParameterModel x0 = definition.WithRole(ParameterRole.PairFirst)!;
                 ParameterModel x1 = definition.WithRole(ParameterRole.PairSecond)!;
-                writer.Line($"/// Computes {cref} for every pair ({x0.Name}, {x1.Name}) of the last axis of <paramref name=\"x\"/> [T, ..., Dh]:");
-                writer.Line("/// token t reads row startPosition + t of every table.");
+                writer.Line($"/// Computes {cref} for every pair ({x0.Name}, {x1.Name}) of the last axis of");
+                writer.Line("/// <paramref name=\"x\"/> [T, ..., Dh]; token t reads row startPosition + t of every table.");
                 writer.Line("/// </summary>");
                 writer.Line("/// <remarks>");
                 writer.Line("/// <paramref name=\"layout\"/> says which elements pair up: (2i, 2i + 1) or (i, i + Dh / 2). The output may be");
@@ -296,8 +296,9 @@ public sealed partial class KernelGenerator
 
         // Documentation.
         writer.Line("/// <summary>");
-        writer.Line($"/// Computes {cref} over one row held in spans, with SIMD on the calling thread: a building block for");
-        writer.Line($"/// hand-written kernels. Every span holds one row; <paramref name=\"output\"/> may be <paramref name=\"{lead.Name}\"/>.");
+        writer.Line($"/// Computes {cref} over one row held in spans, with SIMD on the calling");
+        writer.Line("/// thread: a building block for hand-written kernels. Every span holds one row;");
+        writer.Line($"/// <paramref name=\"output\"/> may be <paramref name=\"{lead.Name}\"/>.");
         writer.Line("/// </summary>");
         foreach (ParameterModel input in definition.Inputs())
         {

@@ -35,11 +35,11 @@ internal static class DiagnosticDescriptors
         "Kernel definition body must be a single expression",
         "The body of kernel definition '{0}' must be a single expression; write '=> expression' or '{{ return expression; }}'");
 
-    /// <summary>KLN0004: "Kernel definition '{0}' contains a {1}; loops and statements cannot be generated, write the computation as one expression (use a [Row] op with [Reduce] for sums over a row)".</summary>
+    /// <summary>KLN0004: "Kernel definition '{0}' contains a {1}, which cannot be generated; write the computation as one expression (use a [Row] op with [Reduce] for sums over a row)".</summary>
     public static readonly DiagnosticDescriptor Statement = Create(
         "KLN0004",
         "Loops and statements are not supported in kernel definitions",
-        "Kernel definition '{0}' contains a {1}; loops and statements cannot be generated, write the computation as one expression (use a [Row] op with [Reduce] for sums over a row)");
+        "Kernel definition '{0}' contains a {1}, which cannot be generated; write the computation as one expression (use a [Row] op with [Reduce] for sums over a row)");
 
     /// <summary>KLN0005: "Kernel definition '{0}' calls '{1}', which has no vector and GPU form; use one of " + SupportedFunctions.</summary>
     public static readonly DiagnosticDescriptor UnsupportedCall = Create(
@@ -53,11 +53,11 @@ internal static class DiagnosticDescriptors
         "Unsupported parameter type in a kernel definition",
         "Parameter '{1}' of kernel definition '{0}' has type '{2}'; use float (or int with [RowLength] in a [Row] op), passed by value");
 
-    /// <summary>KLN0007: "Kernel definition '{0}' returns '{1}'; a {2} definition must return {3}".</summary>
+    /// <summary>KLN0007: "Kernel definition '{0}' returns '{1}'; return {3} from a {2} definition".</summary>
     public static readonly DiagnosticDescriptor ReturnType = Create(
         "KLN0007",
         "Unsupported return type in a kernel definition",
-        "Kernel definition '{0}' returns '{1}'; a {2} definition must return {3}");
+        "Kernel definition '{0}' returns '{1}'; return {3} from a {2} definition");
 
     /// <summary>KLN0008: "[Reduce] on parameter '{1}' of kernel definition '{0}' names '{2}', which is not an input parameter; name one of: {3}".</summary>
     public static readonly DiagnosticDescriptor ReduceSource = Create(
@@ -95,11 +95,11 @@ internal static class DiagnosticDescriptors
         "Non-float arithmetic in a kernel definition",
         "Kernel definition '{0}' computes '{1}' in {2}; kernels compute in float, so use float literals such as 2f or 0.5f");
 
-    /// <summary>KLN0014: "Class '{1}' has more than one kernel definition named '{0}'; the generated ops would clash, so give each definition its own name".</summary>
+    /// <summary>KLN0014: "Class '{1}' has more than one kernel definition named '{0}', and their generated ops would clash; give each definition its own name".</summary>
     public static readonly DiagnosticDescriptor DuplicateName = Create(
         "KLN0014",
         "Duplicate kernel definition name",
-        "Class '{1}' has more than one kernel definition named '{0}'; the generated ops would clash, so give each definition its own name");
+        "Class '{1}' has more than one kernel definition named '{0}', and their generated ops would clash; give each definition its own name");
 
     /// <summary>KLN0015: "The [Kernels] class '{0}' needs unsafe code for its CPU loops; set <AllowUnsafeBlocks>true</AllowUnsafeBlocks> in the project file".</summary>
     public static readonly DiagnosticDescriptor UnsafeDisabled = Create(
