@@ -433,7 +433,7 @@ public sealed partial class KernelGenerator
             ReductionKind.Sum => $"{p.Name} = Σ {p.Source}",
             ReductionKind.SumOfSquares => $"{p.Name} = Σ {p.Source}²",
             ReductionKind.Max => $"{p.Name} = max {p.Source}",
-            _ => $"{step.MaxName} = max {p.Source} and {p.Name} = Σ exp({p.Source} - {step.MaxName}), online (the sum is rescaled whenever the max grows)",
+            _ => $"{step.MaxName} = max {p.Source} and {p.Name} = Σ exp({p.Source} - {step.MaxName}), online (the sum is rescaled when the max grows)",
         };
     }));
 
@@ -510,11 +510,16 @@ public sealed partial class KernelGenerator
                         writer.Line($"{lanes} = {v}.Max({lanes}, {p.Source});");
                         break;
                     case ReductionKind.SumExp:
+                        // Rescale only when some lane's max grows (rarely, after the first blocks): one exp per element.
                         string maxLanes = Names.Lanes(step.MaxName);
                         string next = Names.Next(step.MaxName);
+                        writer.Open($"if ({v}.GreaterThanAny({p.Source}, {maxLanes}))");
                         writer.Line($"{type} {next} = {v}.Max({maxLanes}, {p.Source});");
-                        writer.Line($"{lanes} = ({lanes} * {v}.Exp({maxLanes} - {next})) + {v}.Exp({p.Source} - {next});");
+                        writer.Line($"{lanes} *= {v}.Exp({maxLanes} - {next});");
                         writer.Line($"{maxLanes} = {next};");
+                        writer.Close();
+                        writer.Line();
+                        writer.Line($"{lanes} += {v}.Exp({p.Source} - {maxLanes});");
                         break;
                 }
             }
@@ -575,10 +580,13 @@ public sealed partial class KernelGenerator
                 writer.Line($"{p.Name} = MathF.Max({p.Name}, {p.Source});");
                 break;
             case ReductionKind.SumExp:
-                string next = Names.Next(step.MaxName);
-                writer.Line($"float {next} = MathF.Max({step.MaxName}, {p.Source});");
-                writer.Line($"{p.Name} = ({p.Name} * MathF.Exp({step.MaxName} - {next})) + MathF.Exp({p.Source} - {next});");
-                writer.Line($"{step.MaxName} = {next};");
+                // Rescale the sum when the max grows, then add this element's term.
+                writer.Open($"if ({p.Source} > {step.MaxName})");
+                writer.Line($"{p.Name} *= MathF.Exp({step.MaxName} - {p.Source});");
+                writer.Line($"{step.MaxName} = {p.Source};");
+                writer.Close();
+                writer.Line();
+                writer.Line($"{p.Name} += MathF.Exp({p.Source} - {step.MaxName});");
                 break;
         }
     }
