@@ -71,7 +71,7 @@ public sealed partial class KernelGenerator
         writer.Line($"/// <summary>Computes <see cref=\"{definition.DefinitionCref}\"/> over <paramref name=\"length\"/> contiguous elements.</summary>");
         writer.Open($"private static void {op}Span({parameters})");
         writer.Line("int index = 0;");
-        EmitMapLoops(writer, definition);
+        EmitMapLoops(writer, definition, definition.Results[0], MapLoads(definition, definition.Results[0]));
         writer.Close();
     }
 
@@ -123,16 +123,31 @@ public sealed partial class KernelGenerator
             writer.Line();
         }
 
-        List<ReductionStep> steps = ReductionSteps(definition);
+        CachedExp? cached = FindCachedExp(definition);
+        List<ReductionStep> steps = ReductionSteps(definition, cached);
         if (steps.Count > 0)
         {
             EmitCpuReductions(writer, steps);
         }
 
+        if (cached is not null)
+        {
+            EmitCachedExpPass(writer, cached);
+        }
+
         EmitUniformDeclarations(writer, definition, "Subexpressions that are the same for the whole row.");
         writer.Line("// Map every element of the row.");
         writer.Line(steps.Count > 0 ? "index = 0;" : "int index = 0;");
-        EmitMapLoops(writer, definition);
+        if (cached is null)
+        {
+            EmitMapLoops(writer, definition, definition.Results[0], MapLoads(definition, definition.Results[0]));
+        }
+        else
+        {
+            string term = Names.Term(cached.SumExp.Name);
+            EmitMapLoops(writer, definition, cached.Map, new[] { (term, "outputData") });
+        }
+
         writer.Close();
     }
 
@@ -331,10 +346,20 @@ public sealed partial class KernelGenerator
     /// Writes, for a vector mode, the broadcasts of the scalars and uniforms that the results use (for the scalar
     /// mode, plain locals); <paramref name="source"/> says where each value comes from. Returns whether it wrote any.
     /// </summary>
-    private static bool EmitUniformValues(IndentedWriter writer, DefinitionModel definition, PrintMode mode, System.Func<string, string> source)
+    private static bool EmitUniformValues(
+        IndentedWriter writer,
+        DefinitionModel definition,
+        PrintMode mode,
+        System.Func<string, string> source,
+        Expr? result = null)
     {
-        HashSet<string> used = definition.UsedInResults();
-        SortedSet<int> uniforms = definition.UniformsInResults();
+        HashSet<string> used = new();
+        SortedSet<int> uniforms = new();
+        foreach (Expr expr in result is null ? definition.Results : new EquatableArray<Expr>(System.Collections.Immutable.ImmutableArray.Create(result)))
+        {
+            DefinitionFacts.Collect(expr, used, uniforms);
+        }
+
         List<string> values = definition.Parameters
             .Where(p => p.Role is ParameterRole.Scalar or ParameterRole.Reduction or ParameterRole.RowLength && used.Contains(p.Name))
             .Select(static p => p.Name)
@@ -362,28 +387,37 @@ public sealed partial class KernelGenerator
         return wrote;
     }
 
-    /// <summary>Writes the Vector512, Vector256 and scalar loops that map <c>index</c> .. <c>length</c> into <c>outputData</c>.</summary>
-    private static void EmitMapLoops(IndentedWriter writer, DefinitionModel definition)
+    /// <summary>The element loads of a map: every input the result uses, from its own pointer.</summary>
+    private static (string Name, string Pointer)[] MapLoads(DefinitionModel definition, Expr result)
     {
-        HashSet<string> used = definition.UsedInResults();
-        ParameterModel[] loads = definition.Inputs().Where(p => used.Contains(p.Name)).ToArray();
+        HashSet<string> used = new();
+        DefinitionFacts.Collect(result, used);
+        return definition.Inputs().Where(p => used.Contains(p.Name)).Select(static p => (p.Name, Names.Data(p.Name))).ToArray();
+    }
+
+    /// <summary>
+    /// Writes the Vector512, Vector256 and scalar loops that map <c>index</c> .. <c>length</c> into <c>outputData</c>:
+    /// each element of <paramref name="loads"/> is read from its pointer, then <paramref name="result"/> is stored.
+    /// </summary>
+    private static void EmitMapLoops(IndentedWriter writer, DefinitionModel definition, Expr result, IReadOnlyList<(string Name, string Pointer)> loads)
+    {
         foreach (PrintMode mode in s_vectorModes)
         {
             string v = VectorType(mode);
             ExpressionPrinter printer = ExpressionPrinter.For(mode, definition);
             writer.Open($"if ({v}.IsHardwareAccelerated)");
-            if (EmitUniformValues(writer, definition, mode, static value => value))
+            if (EmitUniformValues(writer, definition, mode, static value => value, result))
             {
                 writer.Line();
             }
 
             writer.Open($"for (; index <= length - {v}<float>.Count; index += {v}<float>.Count)");
-            foreach (ParameterModel input in loads)
+            foreach ((string name, string pointer) in loads)
             {
-                writer.Line($"{v}<float> {input.Name} = {v}.Load({Names.Data(input.Name)} + index);");
+                writer.Line($"{v}<float> {name} = {v}.Load({pointer} + index);");
             }
 
-            writer.Line($"{printer.Print(definition.Results[0], ExpressionPrinter.Primary)}.Store(outputData + index);");
+            writer.Line($"{printer.Print(result, ExpressionPrinter.Primary)}.Store(outputData + index);");
             writer.Close();
             writer.Close();
             writer.Line();
@@ -391,13 +425,106 @@ public sealed partial class KernelGenerator
 
         ExpressionPrinter scalar = ExpressionPrinter.For(PrintMode.Scalar, definition);
         writer.Open("for (; index < length; index++)");
-        foreach (ParameterModel input in loads)
+        foreach ((string name, string pointer) in loads)
         {
-            writer.Line($"float {input.Name} = {Names.Data(input.Name)}[index];");
+            writer.Line($"float {name} = {pointer}[index];");
         }
 
-        writer.Line($"outputData[index] = {scalar.Print(definition.Results[0])};");
+        writer.Line($"outputData[index] = {scalar.Print(result)};");
         writer.Close();
+    }
+
+    /// <summary>
+    /// A row op whose map uses exp(source - max) of its SumExp reduction, with max its own [Reduce(Max)] parameter (a
+    /// softmax). On the CPU that term is then computed once: a first pass finds the max, a second computes the terms
+    /// into the output and sums them, and the map reads them back: one exp per element instead of two.
+    /// </summary>
+    /// <param name="SumExp">The SumExp parameter.</param>
+    /// <param name="MaxName">The [Reduce(Max)] parameter of the same source.</param>
+    /// <param name="Map">The result with the exp term replaced by the cached value.</param>
+    private sealed record CachedExp(ParameterModel SumExp, string MaxName, Expr Map);
+
+    /// <summary>The cached-exp plan of a row op, or null when the map does not fit it.</summary>
+    private static CachedExp? FindCachedExp(DefinitionModel definition)
+    {
+        // One SumExp, whose source also has a [Reduce(Max)] parameter.
+        ParameterModel[] sumExps = definition.Reductions().Where(static p => p.Reduction == ReductionKind.SumExp).ToArray();
+        if (sumExps.Length != 1)
+        {
+            return null;
+        }
+
+        ParameterModel sumExp = sumExps[0];
+        ParameterModel? max = definition.Reductions().FirstOrDefault(p => p.Reduction == ReductionKind.Max && p.Source == sumExp.Source);
+        if (max is null)
+        {
+            return null;
+        }
+
+        // The map uses exp(source - max), and no input besides (the terms overwrite the row when it runs in place).
+        Expr term = new CallExpr("Exp", new Expr[] { new BinaryExpr(BinaryOperator.Subtract, new ParameterExpr(sumExp.Source), new ParameterExpr(max.Name)) }.ToEquatableArray());
+        Expr map = Replace(definition.Results[0], term, new ParameterExpr(Names.Term(sumExp.Name)));
+        HashSet<string> used = new();
+        DefinitionFacts.Collect(map, used);
+        bool usesTerm = used.Contains(Names.Term(sumExp.Name));
+        bool usesInputs = definition.Inputs().Any(p => used.Contains(p.Name));
+        return usesTerm && !usesInputs ? new CachedExp(sumExp, max.Name, map) : null;
+    }
+
+    private static Expr Replace(Expr expr, Expr target, Expr replacement)
+    {
+        if (expr.Equals(target))
+        {
+            return replacement;
+        }
+
+        return expr switch
+        {
+            NegateExpr negate => new NegateExpr(Replace(negate.Operand, target, replacement)),
+            BinaryExpr binary => binary with { Left = Replace(binary.Left, target, replacement), Right = Replace(binary.Right, target, replacement) },
+            CallExpr call => call with { Arguments = call.Arguments.Select(argument => Replace(argument, target, replacement)).ToEquatableArray() },
+            ConditionalExpr conditional => new ConditionalExpr(
+                Replace(conditional.Condition, target, replacement),
+                Replace(conditional.WhenTrue, target, replacement),
+                Replace(conditional.WhenFalse, target, replacement)),
+            _ => expr,
+        };
+    }
+
+    private static void EmitCachedExpPass(IndentedWriter writer, CachedExp cached)
+    {
+        string source = cached.SumExp.Source;
+        string sum = cached.SumExp.Name;
+        string max = cached.MaxName;
+        string term = Names.Term(sum);
+        string lanes = Names.Lanes(sum);
+        writer.Line($"// Second pass: the terms {term} = exp({source} - {max}) go to the output, and {sum} = Σ {term}.");
+        writer.Line($"float {sum} = 0f;");
+        writer.Line("index = 0;");
+        foreach (PrintMode mode in s_vectorModes)
+        {
+            string v = VectorType(mode);
+            string type = $"{v}<float>";
+            writer.Open($"if ({v}.IsHardwareAccelerated && length >= {type}.Count)");
+            writer.Line($"{type} {Names.Vec(max)} = {v}.Create({max});");
+            writer.Line($"{type} {lanes} = {type}.Zero;");
+            writer.Open($"for (; index <= length - {type}.Count; index += {type}.Count)");
+            writer.Line($"{type} {term} = {v}.Exp({v}.Load({Names.Data(source)} + index) - {Names.Vec(max)});");
+            writer.Line($"{term}.Store(outputData + index);");
+            writer.Line($"{lanes} += {term};");
+            writer.Close();
+            writer.Line();
+            writer.Line($"{sum} += {v}.Sum({lanes});");
+            writer.Close();
+            writer.Line();
+        }
+
+        writer.Open("for (; index < length; index++)");
+        writer.Line($"float {term} = MathF.Exp({Names.Data(source)}[index] - {max});");
+        writer.Line($"outputData[index] = {term};");
+        writer.Line($"{sum} += {term};");
+        writer.Close();
+        writer.Line();
     }
 
     /// <summary>One reduction to compute in a row's reduction pass.</summary>
@@ -407,12 +534,19 @@ public sealed partial class KernelGenerator
     /// The reductions of a row op, in declaration order. A [Reduce(Max)] of a source that also has a SumExp is not
     /// a step of its own: the online SumExp computes it.
     /// </summary>
-    private static List<ReductionStep> ReductionSteps(DefinitionModel definition)
+    private static List<ReductionStep> ReductionSteps(DefinitionModel definition, CachedExp? cached = null)
     {
         List<ReductionStep> steps = new();
         foreach (ParameterModel reduction in definition.Reductions())
         {
-            bool coveredBySumExp = reduction.Reduction == ReductionKind.Max
+            // With a cached exp, the SumExp has a pass of its own and its max is a plain Max.
+            if (cached is not null && reduction == cached.SumExp)
+            {
+                continue;
+            }
+
+            bool coveredBySumExp = cached is null
+                && reduction.Reduction == ReductionKind.Max
                 && definition.Reductions().Any(p => p.Reduction == ReductionKind.SumExp && p.Source == reduction.Source);
             if (!coveredBySumExp)
             {

@@ -10,12 +10,13 @@ namespace Kiln.Generators.Helpers;
 // definition's parameter names cannot collide with them. The emitters use a parameter's own name for its value
 // (so the generated expressions read like the definition), and suffixed forms for everything around it:
 // xData (pointer or view), xLength (broadcast period), xVec (uniform broadcast to a vector), xStart (row offset),
-// xLanes (per-lane accumulator), xNext (online max update), xGroup (group-wide value), X (argument field).
+// xLanes (per-lane accumulator), xNext (online max update), xGroup (group-wide value), xTerm (a cached exp term),
+// X (argument field).
 
 /// <summary>Derived identifiers and the reserved-name check.</summary>
 internal static class Names
 {
-    private static readonly string[] s_suffixes = { "Data", "Length", "Vec", "Start", "Lanes", "Next", "Group", "Max" };
+    private static readonly string[] s_suffixes = { "Data", "Length", "Vec", "Start", "Lanes", "Next", "Group", "Max", "Term" };
 
     private static readonly HashSet<string> s_fixed = new()
     {
@@ -55,6 +56,9 @@ internal static class Names
 
     /// <summary>The updated running maximum inside an online-softmax step.</summary>
     public static string Next(string name) => name + "Next";
+
+    /// <summary>A cached term exp(x - max) of a softmax-like row op.</summary>
+    public static string Term(string name) => name + "Term";
 
     /// <summary>A group-wide value in a GPU row kernel.</summary>
     public static string Group(string name) => name + "Group";

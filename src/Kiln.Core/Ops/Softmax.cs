@@ -4,8 +4,10 @@ namespace Kiln;
 
 // Softmax over the last axis, stable: out = exp(x - max) / Σ exp(x - max). Subtracting the row's max keeps every
 // exponent ≤ 0, so large logits cannot overflow (TensorPrimitives.SoftMax skips this and returns NaN on them).
-// The max and the sum come from one online pass over the row (the sum is rescaled by exp(old max - new max)
-// whenever the max grows, as in Milakov & Gimelshein 2018), then one pass writes the output.
+// On the GPU the max and the sum come from one online pass over the row (the sum is rescaled by
+// exp(old max - new max) when the max grows, as in Milakov & Gimelshein 2018), then one pass writes the output. On
+// the CPU, where exp is the cost, the generator sees that the map reuses exp(x - max) and computes each
+// exponential once: a max pass, a pass writing the exponentials to the output and summing them, a scaling pass.
 // Generated op: Ops.Softmax(x, output), plus Ops.SoftmaxRow(x, output) over spans.
 // NOTE: a row whose elements are all -∞ has no softmax; it comes out as 0/0 = NaN.
 
