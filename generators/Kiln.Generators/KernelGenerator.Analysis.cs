@@ -60,7 +60,11 @@ public sealed partial class KernelGenerator
             seen[method.Name] = count + 1;
             if (count > 0)
             {
-                sink.Report(DiagnosticDescriptors.DuplicateName, method.Locations.FirstOrDefault() ?? classLocation, method.Name, type.Name);
+                sink.Report(
+                    DiagnosticDescriptors.DuplicateName,
+                    method.Locations.FirstOrDefault() ?? classLocation,
+                    method.Name,
+                    type.Name);
                 definitions.RemoveAll(definition => definition.Name == method.Name);
                 continue;
             }
@@ -99,7 +103,11 @@ public sealed partial class KernelGenerator
         }
     }
 
-    private static DefinitionModel? AnalyzeDefinition(IMethodSymbol method, Compilation compilation, DiagnosticSink sink, CancellationToken token)
+    private static DefinitionModel? AnalyzeDefinition(
+        IMethodSymbol method,
+        Compilation compilation,
+        DiagnosticSink sink,
+        CancellationToken token)
     {
         int before = sink.Count;
         string name = method.Name;
@@ -115,7 +123,12 @@ public sealed partial class KernelGenerator
         KernelKind kind = kinds[0].Kind;
         if (kinds.Length > 1)
         {
-            sink.Report(DiagnosticDescriptors.AttributeMisuse, location, name, "More than one kind attribute", "mark a definition with exactly one of [Pointwise], [Row], [Epilogue], [Rotary]");
+            sink.Report(
+                DiagnosticDescriptors.AttributeMisuse,
+                location,
+                name,
+                "More than one kind attribute",
+                "mark a definition with exactly one of [Pointwise], [Row], [Epilogue], [Rotary]");
             return null;
         }
 
@@ -164,10 +177,20 @@ public sealed partial class KernelGenerator
         // Hoist the subexpressions that are the same for every element.
         UniformHoister hoister = new(parameters);
         EquatableArray<Expr> hoisted = results.Select(hoister.Hoist).ToEquatableArray();
-        return new DefinitionModel(name, kind, parameters.ToEquatableArray(), hoisted, hoister.Uniforms.ToEquatableArray(), Cref(method));
+        return new DefinitionModel(
+            name,
+            kind,
+            parameters.ToEquatableArray(),
+            hoisted,
+            hoister.Uniforms.ToEquatableArray(),
+            Cref(method));
     }
 
-    private static List<ParameterModel> AnalyzeParameters(IMethodSymbol method, KernelKind kind, DiagnosticSink sink, CancellationToken token)
+    private static List<ParameterModel> AnalyzeParameters(
+        IMethodSymbol method,
+        KernelKind kind,
+        DiagnosticSink sink,
+        CancellationToken token)
     {
         List<ParameterModel> parameters = new();
         int elementCount = 0;
@@ -198,14 +221,24 @@ public sealed partial class KernelGenerator
             // Parameters are plain values.
             if (parameter.RefKind != RefKind.None || parameter.IsParams)
             {
-                sink.Report(DiagnosticDescriptors.ParameterType, location, method.Name, parameter.Name, parameter.ToDisplayString());
+                sink.Report(
+                    DiagnosticDescriptors.ParameterType,
+                    location,
+                    method.Name,
+                    parameter.Name,
+                    parameter.ToDisplayString());
                 continue;
             }
 
             // At most one role attribute.
             if ((scalar is not null ? 1 : 0) + (rowLength is not null ? 1 : 0) + (reduce is not null ? 1 : 0) > 1)
             {
-                sink.Report(DiagnosticDescriptors.AttributeMisuse, location, method.Name, $"Parameter '{parameter.Name}'s attributes", "a parameter takes at most one of [Scalar], [RowLength], [Reduce]");
+                sink.Report(
+                    DiagnosticDescriptors.AttributeMisuse,
+                    location,
+                    method.Name,
+                    $"Parameter '{parameter.Name}'s attributes",
+                    "a parameter takes at most one of [Scalar], [RowLength], [Reduce]");
                 continue;
             }
 
@@ -218,30 +251,51 @@ public sealed partial class KernelGenerator
                 role = ParameterRole.RowLength;
                 if (kind != KernelKind.Row)
                 {
-                    sink.Report(DiagnosticDescriptors.AttributeMisuse, location, method.Name, "[RowLength]", "it applies to [Row] definitions only");
+                    sink.Report(
+                        DiagnosticDescriptors.AttributeMisuse,
+                        location,
+                        method.Name,
+                        "[RowLength]",
+                        "it applies to [Row] definitions only");
                 }
                 else if (!isInt)
                 {
-                    sink.Report(DiagnosticDescriptors.ParameterType, location, method.Name, parameter.Name, parameter.Type.ToDisplayString());
+                    sink.Report(
+                        DiagnosticDescriptors.ParameterType,
+                        location,
+                        method.Name,
+                        parameter.Name,
+                        parameter.Type.ToDisplayString());
                 }
             }
             else if (reduce is not null)
             {
                 // [Reduce(kind, source)] float, row ops only.
                 role = ParameterRole.Reduction;
-                if (reduce.ConstructorArguments.Length == 2 && reduce.ConstructorArguments[0].Value is int value && value is >= 0 and <= 3)
+                ImmutableArray<TypedConstant> arguments = reduce.ConstructorArguments;
+                if (arguments.Length == 2 && arguments[0].Value is int value && value is >= 0 and <= 3)
                 {
                     reduction = (ReductionKind)value;
-                    source = reduce.ConstructorArguments[1].Value as string ?? string.Empty;
+                    source = arguments[1].Value as string ?? string.Empty;
                 }
 
                 if (kind != KernelKind.Row)
                 {
-                    sink.Report(DiagnosticDescriptors.AttributeMisuse, location, method.Name, "[Reduce]", "it applies to [Row] definitions only");
+                    sink.Report(
+                        DiagnosticDescriptors.AttributeMisuse,
+                        location,
+                        method.Name,
+                        "[Reduce]",
+                        "it applies to [Row] definitions only");
                 }
                 else if (!isFloat)
                 {
-                    sink.Report(DiagnosticDescriptors.ParameterType, location, method.Name, parameter.Name, parameter.Type.ToDisplayString());
+                    sink.Report(
+                        DiagnosticDescriptors.ParameterType,
+                        location,
+                        method.Name,
+                        parameter.Name,
+                        parameter.Type.ToDisplayString());
                 }
             }
             else
@@ -249,7 +303,12 @@ public sealed partial class KernelGenerator
                 // Floats: scalars or elements (the first elements of epilogues and rotary ops are special).
                 if (!isFloat)
                 {
-                    sink.Report(DiagnosticDescriptors.ParameterType, location, method.Name, parameter.Name, parameter.Type.ToDisplayString());
+                    sink.Report(
+                        DiagnosticDescriptors.ParameterType,
+                        location,
+                        method.Name,
+                        parameter.Name,
+                        parameter.Type.ToDisplayString());
                     continue;
                 }
 
@@ -280,24 +339,42 @@ public sealed partial class KernelGenerator
     private static void CheckReductionSources(IMethodSymbol method, List<ParameterModel> parameters, DiagnosticSink sink)
     {
         // A reduction names an input parameter of the same definition, and is not asked for twice.
-        string inputs = string.Join(", ", parameters.Where(static p => p.Role == ParameterRole.Input).Select(static p => p.Name));
+        string inputs = string.Join(
+            ", ",
+            parameters.Where(static p => p.Role == ParameterRole.Input).Select(static p => p.Name));
         HashSet<(ReductionKind, string)> seen = new();
         foreach (ParameterModel parameter in parameters.Where(static p => p.Role == ParameterRole.Reduction))
         {
-            Location location = method.Parameters.First(p => p.Name == parameter.Name).Locations.FirstOrDefault() ?? Location.None;
+            Location location = ParameterLocation(method, parameter.Name);
             bool found = parameters.Any(p => p.Role == ParameterRole.Input && p.Name == parameter.Source);
             if (!found)
             {
-                sink.Report(DiagnosticDescriptors.ReduceSource, location, method.Name, parameter.Name, parameter.Source, inputs.Length == 0 ? "(no inputs)" : inputs);
+                sink.Report(
+                    DiagnosticDescriptors.ReduceSource,
+                    location,
+                    method.Name,
+                    parameter.Name,
+                    parameter.Source,
+                    inputs.Length == 0 ? "(no inputs)" : inputs);
             }
             else if (!seen.Add((parameter.Reduction, parameter.Source)))
             {
-                sink.Report(DiagnosticDescriptors.AttributeMisuse, location, method.Name, $"[Reduce({parameter.Reduction}, \"{parameter.Source}\")] on '{parameter.Name}'", "the same reduction is already a parameter; use that parameter");
+                sink.Report(
+                    DiagnosticDescriptors.AttributeMisuse,
+                    location,
+                    method.Name,
+                    $"[Reduce({parameter.Reduction}, \"{parameter.Source}\")] on '{parameter.Name}'",
+                    "the same reduction is already a parameter; use that parameter");
             }
         }
     }
 
-    private static void CheckInputs(IMethodSymbol method, KernelKind kind, List<ParameterModel> parameters, Location location, DiagnosticSink sink)
+    private static void CheckInputs(
+        IMethodSymbol method,
+        KernelKind kind,
+        List<ParameterModel> parameters,
+        Location location,
+        DiagnosticSink sink)
     {
         // Every kind reads at least one tensor.
         string? problem = kind switch
@@ -316,7 +393,11 @@ public sealed partial class KernelGenerator
         }
     }
 
-    private static void CheckNames(IMethodSymbol method, KernelKind kind, List<ParameterModel> parameters, DiagnosticSink sink)
+    private static void CheckNames(
+        IMethodSymbol method,
+        KernelKind kind,
+        List<ParameterModel> parameters,
+        DiagnosticSink sink)
     {
         // Parameter names become locals and fields of the generated code; none may collide.
         string[] all = parameters.Select(static p => p.Name).ToArray();
@@ -325,13 +406,18 @@ public sealed partial class KernelGenerator
             string? clash = Names.Clash(parameter.Name, kind, all);
             if (clash is not null)
             {
-                Location location = method.Parameters.First(p => p.Name == parameter.Name).Locations.FirstOrDefault() ?? Location.None;
+                Location location = ParameterLocation(method, parameter.Name);
                 sink.Report(DiagnosticDescriptors.ReservedName, location, method.Name, parameter.Name, clash);
             }
         }
     }
 
-    private static void CheckReturnType(IMethodSymbol method, KernelKind kind, MethodDeclarationSyntax? syntax, Location location, DiagnosticSink sink)
+    private static void CheckReturnType(
+        IMethodSymbol method,
+        KernelKind kind,
+        MethodDeclarationSyntax? syntax,
+        Location location,
+        DiagnosticSink sink)
     {
         Location where = syntax?.ReturnType.GetLocation() ?? location;
         if (kind == KernelKind.Rotary)
@@ -341,17 +427,33 @@ public sealed partial class KernelGenerator
                 && tuple.TupleElements.All(static element => element.Type.SpecialType == SpecialType.System_Single);
             if (!pair)
             {
-                sink.Report(DiagnosticDescriptors.ReturnType, where, method.Name, method.ReturnType.ToDisplayString(), "[Rotary]", "the new pair as (float, float)");
+                sink.Report(
+                    DiagnosticDescriptors.ReturnType,
+                    where,
+                    method.Name,
+                    method.ReturnType.ToDisplayString(),
+                    "[Rotary]",
+                    "the new pair as (float, float)");
             }
         }
         else if (method.ReturnType.SpecialType != SpecialType.System_Single)
         {
             string kindName = "[" + kind + "]";
-            sink.Report(DiagnosticDescriptors.ReturnType, where, method.Name, method.ReturnType.ToDisplayString(), kindName, "float");
+            sink.Report(
+                DiagnosticDescriptors.ReturnType,
+                where,
+                method.Name,
+                method.ReturnType.ToDisplayString(),
+                kindName,
+                "float");
         }
     }
 
-    private static ExpressionSyntax? SingleExpression(MethodDeclarationSyntax syntax, string name, Location location, DiagnosticSink sink)
+    private static ExpressionSyntax? SingleExpression(
+        MethodDeclarationSyntax syntax,
+        string name,
+        Location location,
+        DiagnosticSink sink)
     {
         // Expression-bodied: => expression.
         if (syntax.ExpressionBody is not null)
@@ -392,7 +494,8 @@ public sealed partial class KernelGenerator
     }
 
     private static bool IsLoop(StatementSyntax statement) =>
-        statement is ForStatementSyntax or ForEachStatementSyntax or ForEachVariableStatementSyntax or WhileStatementSyntax or DoStatementSyntax;
+        statement is ForStatementSyntax or ForEachStatementSyntax or ForEachVariableStatementSyntax
+            or WhileStatementSyntax or DoStatementSyntax;
 
     private static string Describe(StatementSyntax statement) => statement switch
     {
@@ -405,6 +508,9 @@ public sealed partial class KernelGenerator
         ThrowStatementSyntax => "throw statement",
         _ => "statement",
     };
+
+    private static Location ParameterLocation(IMethodSymbol method, string name) =>
+        method.Parameters.First(p => p.Name == name).Locations.FirstOrDefault() ?? Location.None;
 
     private static string Cref(IMethodSymbol method)
     {
@@ -457,7 +563,10 @@ public sealed partial class KernelGenerator
                 NegateExpr negate => new NegateExpr(Hoist(negate.Operand)),
                 BinaryExpr binary => binary with { Left = Hoist(binary.Left), Right = Hoist(binary.Right) },
                 CallExpr call => call with { Arguments = call.Arguments.Select(Hoist).ToEquatableArray() },
-                ConditionalExpr conditional => new ConditionalExpr(Hoist(conditional.Condition), Hoist(conditional.WhenTrue), Hoist(conditional.WhenFalse)),
+                ConditionalExpr conditional => new ConditionalExpr(
+                    Hoist(conditional.Condition),
+                    Hoist(conditional.WhenTrue),
+                    Hoist(conditional.WhenFalse)),
                 _ => expr,
             };
         }
@@ -479,7 +588,8 @@ public sealed partial class KernelGenerator
             NegateExpr negate => IsUniform(negate.Operand),
             BinaryExpr binary => IsUniform(binary.Left) && IsUniform(binary.Right),
             CallExpr call => call.Arguments.All(IsUniform),
-            ConditionalExpr conditional => IsUniform(conditional.Condition) && IsUniform(conditional.WhenTrue) && IsUniform(conditional.WhenFalse),
+            ConditionalExpr conditional =>
+                IsUniform(conditional.Condition) && IsUniform(conditional.WhenTrue) && IsUniform(conditional.WhenFalse),
             _ => false,
         };
     }

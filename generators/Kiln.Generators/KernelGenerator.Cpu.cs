@@ -355,17 +355,21 @@ public sealed partial class KernelGenerator
     {
         HashSet<string> used = new();
         SortedSet<int> uniforms = new();
-        foreach (Expr expr in result is null ? definition.Results : new EquatableArray<Expr>(System.Collections.Immutable.ImmutableArray.Create(result)))
+        IEnumerable<Expr> results = result is null ? definition.Results : new[] { result };
+        foreach (Expr expr in results)
         {
             DefinitionFacts.Collect(expr, used, uniforms);
         }
 
         List<string> values = definition.Parameters
-            .Where(p => p.Role is ParameterRole.Scalar or ParameterRole.Reduction or ParameterRole.RowLength && used.Contains(p.Name))
+            .Where(p => used.Contains(p.Name))
+            .Where(static p => p.Role is ParameterRole.Scalar or ParameterRole.Reduction or ParameterRole.RowLength)
             .Select(static p => p.Name)
             .Concat(uniforms.Select(Names.Uniform))
             .ToList();
-        HashSet<string> rowLength = new(definition.Parameters.Where(static p => p.Role == ParameterRole.RowLength).Select(static p => p.Name));
+        HashSet<string> rowLength = new(definition.Parameters
+            .Where(static p => p.Role == ParameterRole.RowLength)
+            .Select(static p => p.Name));
         HashSet<string> fields = new(UniformFields(definition));
         bool wrote = false;
         foreach (string value in values)
@@ -392,14 +396,21 @@ public sealed partial class KernelGenerator
     {
         HashSet<string> used = new();
         DefinitionFacts.Collect(result, used);
-        return definition.Inputs().Where(p => used.Contains(p.Name)).Select(static p => (p.Name, Names.Data(p.Name))).ToArray();
+        return definition.Inputs()
+            .Where(p => used.Contains(p.Name))
+            .Select(static p => (p.Name, Names.Data(p.Name)))
+            .ToArray();
     }
 
     /// <summary>
     /// Writes the Vector512, Vector256 and scalar loops that map <c>index</c> .. <c>length</c> into <c>outputData</c>:
     /// each element of <paramref name="loads"/> is read from its pointer, then <paramref name="result"/> is stored.
     /// </summary>
-    private static void EmitMapLoops(IndentedWriter writer, DefinitionModel definition, Expr result, IReadOnlyList<(string Name, string Pointer)> loads)
+    private static void EmitMapLoops(
+        IndentedWriter writer,
+        DefinitionModel definition,
+        Expr result,
+        IReadOnlyList<(string Name, string Pointer)> loads)
     {
         foreach (PrintMode mode in s_vectorModes)
         {
@@ -455,14 +466,16 @@ public sealed partial class KernelGenerator
         }
 
         ParameterModel sumExp = sumExps[0];
-        ParameterModel? max = definition.Reductions().FirstOrDefault(p => p.Reduction == ReductionKind.Max && p.Source == sumExp.Source);
+        ParameterModel? max = definition.Reductions()
+            .FirstOrDefault(p => p.Reduction == ReductionKind.Max && p.Source == sumExp.Source);
         if (max is null)
         {
             return null;
         }
 
         // The map uses exp(source - max), and no input besides (the terms overwrite the row when it runs in place).
-        Expr term = new CallExpr("Exp", new Expr[] { new BinaryExpr(BinaryOperator.Subtract, new ParameterExpr(sumExp.Source), new ParameterExpr(max.Name)) }.ToEquatableArray());
+        Expr difference = new BinaryExpr(BinaryOperator.Subtract, new ParameterExpr(sumExp.Source), new ParameterExpr(max.Name));
+        Expr term = new CallExpr("Exp", new[] { difference }.ToEquatableArray());
         Expr map = Replace(definition.Results[0], term, new ParameterExpr(Names.Term(sumExp.Name)));
         HashSet<string> used = new();
         DefinitionFacts.Collect(map, used);
@@ -481,8 +494,15 @@ public sealed partial class KernelGenerator
         return expr switch
         {
             NegateExpr negate => new NegateExpr(Replace(negate.Operand, target, replacement)),
-            BinaryExpr binary => binary with { Left = Replace(binary.Left, target, replacement), Right = Replace(binary.Right, target, replacement) },
-            CallExpr call => call with { Arguments = call.Arguments.Select(argument => Replace(argument, target, replacement)).ToEquatableArray() },
+            BinaryExpr binary => binary with
+            {
+                Left = Replace(binary.Left, target, replacement),
+                Right = Replace(binary.Right, target, replacement),
+            },
+            CallExpr call => call with
+            {
+                Arguments = call.Arguments.Select(argument => Replace(argument, target, replacement)).ToEquatableArray(),
+            },
             ConditionalExpr conditional => new ConditionalExpr(
                 Replace(conditional.Condition, target, replacement),
                 Replace(conditional.WhenTrue, target, replacement),
@@ -550,7 +570,9 @@ public sealed partial class KernelGenerator
                 && definition.Reductions().Any(p => p.Reduction == ReductionKind.SumExp && p.Source == reduction.Source);
             if (!coveredBySumExp)
             {
-                string max = reduction.Reduction == ReductionKind.SumExp ? Names.OnlineMax(reduction, definition.Parameters) : string.Empty;
+                string max = reduction.Reduction == ReductionKind.SumExp
+                    ? Names.OnlineMax(reduction, definition.Parameters)
+                    : string.Empty;
                 steps.Add(new ReductionStep(reduction, max));
             }
         }
@@ -559,7 +581,9 @@ public sealed partial class KernelGenerator
     }
 
     /// <summary>Describes the reductions for a comment: "s = Σ x; m = max x".</summary>
-    private static string DescribeReductions(IEnumerable<ReductionStep> steps) => string.Join("; ", steps.Select(static step =>
+    private static string DescribeReductions(IEnumerable<ReductionStep> steps) => string.Join("; ", steps.Select(Describe));
+
+    private static string Describe(ReductionStep step)
     {
         ParameterModel p = step.Parameter;
         return p.Reduction switch
@@ -567,12 +591,14 @@ public sealed partial class KernelGenerator
             ReductionKind.Sum => $"{p.Name} = Σ {p.Source}",
             ReductionKind.SumOfSquares => $"{p.Name} = Σ {p.Source}²",
             ReductionKind.Max => $"{p.Name} = max {p.Source}",
-            _ => $"{step.MaxName} = max {p.Source} and {p.Name} = Σ exp({p.Source} - {step.MaxName}), online (the sum is rescaled when the max grows)",
+            _ => $"{step.MaxName} = max {p.Source} and {p.Name} = Σ exp({p.Source} - {step.MaxName}), online "
+                + "(the sum is rescaled when the max grows)",
         };
-    }));
+    }
 
     /// <summary>The sources the steps read, in first-use order.</summary>
-    private static IEnumerable<string> Sources(IEnumerable<ReductionStep> steps) => steps.Select(static s => s.Parameter.Source).Distinct();
+    private static IEnumerable<string> Sources(IEnumerable<ReductionStep> steps) =>
+        steps.Select(static s => s.Parameter.Source).Distinct();
 
     private static void EmitCpuReductions(IndentedWriter writer, List<ReductionStep> steps)
     {
@@ -698,7 +724,7 @@ public sealed partial class KernelGenerator
         writer.Line();
     }
 
-    /// <summary>Writes the scalar update of one reduction by one element (shared by the CPU tail and the GPU loop).</summary>
+    /// <summary>Writes the scalar update of one reduction by one element (the CPU tail and the GPU loop).</summary>
     private static void EmitScalarReductionUpdate(IndentedWriter writer, ReductionStep step, bool gpu = false)
     {
         ParameterModel p = step.Parameter;

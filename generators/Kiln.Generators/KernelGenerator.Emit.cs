@@ -108,7 +108,11 @@ public sealed partial class KernelGenerator
     };
 
     /// <summary>Writes the declarations of the hoisted uniforms, each computed once.</summary>
-    private static void EmitUniformDeclarations(IndentedWriter writer, DefinitionModel definition, string comment, PrintMode mode = PrintMode.Scalar)
+    private static void EmitUniformDeclarations(
+        IndentedWriter writer,
+        DefinitionModel definition,
+        string comment,
+        PrintMode mode = PrintMode.Scalar)
     {
         if (definition.Uniforms.IsEmpty)
         {
@@ -131,7 +135,9 @@ public sealed partial class KernelGenerator
     /// </summary>
     private static string[] UniformFields(DefinitionModel definition) =>
         definition.Scalars().Select(static p => p.Name)
-            .Concat(definition.Kind == KernelKind.Row ? Enumerable.Empty<string>() : Enumerable.Range(0, definition.Uniforms.Count).Select(Names.Uniform))
+            .Concat(definition.Kind == KernelKind.Row
+                ? Enumerable.Empty<string>()
+                : Enumerable.Range(0, definition.Uniforms.Count).Select(Names.Uniform))
             .ToArray();
 
     /// <summary>The argument field for a scalar parameter or a uniform local.</summary>

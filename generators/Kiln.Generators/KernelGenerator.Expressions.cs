@@ -46,7 +46,12 @@ public sealed partial class KernelGenerator
         private readonly DiagnosticSink _sink;
         private readonly CancellationToken _token;
 
-        public ExpressionTranslator(SemanticModel semantics, IMethodSymbol method, IEnumerable<ParameterModel> parameters, DiagnosticSink sink, CancellationToken token)
+        public ExpressionTranslator(
+            SemanticModel semantics,
+            IMethodSymbol method,
+            IEnumerable<ParameterModel> parameters,
+            DiagnosticSink sink,
+            CancellationToken token)
         {
             _semantics = semantics;
             _method = method;
@@ -102,7 +107,10 @@ public sealed partial class KernelGenerator
                 case CastExpressionSyntax cast:
                     return TranslateCast(cast);
                 default:
-                    Unsupported(node, DescribeSyntax(node), "write one float expression of parameters, constants, operators and MathF calls");
+                    Unsupported(
+                        node,
+                        DescribeSyntax(node),
+                        "write one float expression of parameters, constants, operators and MathF calls");
                     return null;
             }
         }
@@ -113,7 +121,10 @@ public sealed partial class KernelGenerator
             Optional<object?> constant = _semantics.GetConstantValue(node, _token);
             if (!constant.HasValue)
             {
-                Unsupported(node, $"the member access '{node}'", "only constants (such as MathF.PI) and MathF function calls may appear");
+                Unsupported(
+                    node,
+                    $"the member access '{node}'",
+                    "only constants (such as MathF.PI) and MathF function calls may appear");
                 return null;
             }
 
@@ -132,7 +143,9 @@ public sealed partial class KernelGenerator
             ISymbol? symbol = _semantics.GetSymbolInfo(identifier, _token).Symbol;
 
             // A parameter of this definition.
-            if (symbol is IParameterSymbol parameter && SymbolEqualityComparer.Default.Equals(parameter.ContainingSymbol, _method))
+            bool ownParameter = symbol is IParameterSymbol { ContainingSymbol: ISymbol owner }
+                && SymbolEqualityComparer.Default.Equals(owner, _method);
+            if (ownParameter && symbol is IParameterSymbol parameter)
             {
                 if (!_parameters.ContainsKey(parameter.Name))
                 {
@@ -156,7 +169,10 @@ public sealed partial class KernelGenerator
                 return TranslateConstant(identifier);
             }
 
-            Unsupported(identifier, $"'{identifier.Identifier.ValueText}'", "only the definition's parameters, constants and MathF functions may appear");
+            Unsupported(
+                identifier,
+                $"'{identifier.Identifier.ValueText}'",
+                "only the definition's parameters, constants and MathF functions may appear");
             return null;
         }
 
@@ -176,7 +192,10 @@ public sealed partial class KernelGenerator
                     Expr? operand = Translate(unary.Operand);
                     return operand is null ? null : new NegateExpr(operand);
                 default:
-                    Unsupported(unary, $"the operator '{unary.OperatorToken.Text}'", "use float arithmetic, comparisons and c ? a : b");
+                    Unsupported(
+                        unary,
+                        $"the operator '{unary.OperatorToken.Text}'",
+                        "use float arithmetic, comparisons and c ? a : b");
                     return null;
             }
         }
@@ -201,7 +220,10 @@ public sealed partial class KernelGenerator
             };
             if (op is null)
             {
-                Unsupported(binary, $"the operator '{binary.OperatorToken.Text}'", "use + - * / on floats, comparisons, && and ||");
+                Unsupported(
+                    binary,
+                    $"the operator '{binary.OperatorToken.Text}'",
+                    "use + - * / on floats, comparisons, && and ||");
                 return null;
             }
 
@@ -239,7 +261,10 @@ public sealed partial class KernelGenerator
             Expr? condition = Translate(node);
             if (condition is not null and not BinaryExpr { Operator: > BinaryOperator.Divide })
             {
-                Unsupported(node, "a condition that is not a comparison", "compare floats with < <= > >= == != (combined with && ||)");
+                Unsupported(
+                    node,
+                    "a condition that is not a comparison",
+                    "compare floats with < <= > >= == != (combined with && ||)");
                 return null;
             }
 
@@ -251,14 +276,18 @@ public sealed partial class KernelGenerator
             Expr? condition = TranslateCondition(conditional.Condition);
             Expr? whenTrue = Translate(conditional.WhenTrue);
             Expr? whenFalse = Translate(conditional.WhenFalse);
-            return condition is null || whenTrue is null || whenFalse is null ? null : new ConditionalExpr(condition, whenTrue, whenFalse);
+            return condition is null || whenTrue is null || whenFalse is null
+                ? null
+                : new ConditionalExpr(condition, whenTrue, whenFalse);
         }
 
         private Expr? TranslateCall(InvocationExpressionSyntax invocation)
         {
             // Only MathF functions with a vector and a GPU form, in their float overloads.
             IMethodSymbol? target = _semantics.GetSymbolInfo(invocation, _token).Symbol as IMethodSymbol;
-            string display = target is null ? invocation.Expression.ToString() : $"{target.ContainingType.Name}.{target.Name}";
+            string display = target is null
+                ? invocation.Expression.ToString()
+                : $"{target.ContainingType.Name}.{target.Name}";
             bool supported = target is not null
                 && target.ContainingType.ToDisplayString() == "System.MathF"
                 && SupportedFunctions.TryGetValue(target.Name, out int arity)
@@ -315,13 +344,17 @@ public sealed partial class KernelGenerator
             // A float cast of double or int arithmetic: the arithmetic is the problem.
             ExpressionSyntax inner = Unwrap(cast.Expression);
             ITypeSymbol? innerType = _semantics.GetTypeInfo(inner, _token).Type;
-            if (IsFloat(target) && innerType is not null && innerType.SpecialType is SpecialType.System_Double or SpecialType.System_Int32)
+            bool doubleOrInt = innerType?.SpecialType is SpecialType.System_Double or SpecialType.System_Int32;
+            if (IsFloat(target) && innerType is not null && doubleOrInt)
             {
                 NonFloat(inner, innerType);
                 return null;
             }
 
-            Unsupported(cast, $"the cast '{cast}'", "kernels compute in float; remove the cast or cast a constant or the [RowLength] parameter to float");
+            Unsupported(
+                cast,
+                $"the cast '{cast}'",
+                "kernels compute in float; remove the cast or cast a constant or the [RowLength] parameter to float");
             return null;
         }
 
@@ -341,7 +374,12 @@ public sealed partial class KernelGenerator
             _sink.Report(DiagnosticDescriptors.UnsupportedSyntax, node.GetLocation(), Name, what, hint);
 
         private void NonFloat(ExpressionSyntax node, ITypeSymbol? type) =>
-            _sink.Report(DiagnosticDescriptors.NonFloatArithmetic, node.GetLocation(), Name, node.ToString(), type?.ToDisplayString() ?? "an unknown type");
+            _sink.Report(
+                DiagnosticDescriptors.NonFloatArithmetic,
+                node.GetLocation(),
+                Name,
+                node.ToString(),
+                type?.ToDisplayString() ?? "an unknown type");
 
         private static string FormatConstant(ExpressionSyntax node, object? value)
         {
@@ -352,7 +390,8 @@ public sealed partial class KernelGenerator
                 return literal.Token.Text;
             }
 
-            if (unwrapped is MemberAccessExpressionSyntax member && member.Expression.ToString() is "MathF" or "float" or "Single")
+            if (unwrapped is MemberAccessExpressionSyntax { Expression: ExpressionSyntax owner } member
+                && owner.ToString() is "MathF" or "float" or "Single")
             {
                 return member.ToString();
             }

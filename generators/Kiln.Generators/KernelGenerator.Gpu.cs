@@ -177,7 +177,9 @@ public sealed partial class KernelGenerator
         writer.Open($"private static void {KernelName(definition)}({definition.Name}GpuArgs args)");
         writer.Line("int length = args.RowLength;");
         writer.Line("int rowStart = Grid.IdxX * length;");
-        foreach (ParameterModel input in definition.Inputs().Skip(1).Where(p => used.Contains(p.Name) || reductionSources.Contains(p.Name)))
+        IEnumerable<ParameterModel> offsetInputs = definition.Inputs().Skip(1)
+            .Where(p => used.Contains(p.Name) || reductionSources.Contains(p.Name));
+        foreach (ParameterModel input in offsetInputs)
         {
             writer.Line($"int {Names.Start(input.Name)} = rowStart % args.{Names.Field(Names.Length(input.Name))};");
         }

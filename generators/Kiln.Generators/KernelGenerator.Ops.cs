@@ -50,7 +50,9 @@ public sealed partial class KernelGenerator
         {
             case KernelKind.Pointwise:
                 ParameterModel lead = definition.LeadInput();
-                string arguments = string.Join(", ", definition.Parameters.Select(p => p.Role == ParameterRole.Input ? p.Name + "[i]" : p.Name));
+                string arguments = string.Join(
+                    ", ",
+                    definition.Parameters.Select(static p => p.Role == ParameterRole.Input ? p.Name + "[i]" : p.Name));
                 writer.Line($"/// Computes {cref} for every element: output[i] = {name}({arguments}).");
                 writer.Line("/// </summary>");
                 writer.Line("/// <remarks>");
@@ -110,7 +112,8 @@ public sealed partial class KernelGenerator
                 KernelKind.Rotary => "A table [S, Dh / 2], float32, with S at least startPosition + T.",
                 KernelKind.Epilogue => "An extra operand, float32: [M, N] or a broadcast suffix of it.",
                 _ when first => "An input, float32; the output has its shape.",
-                _ => $"An input, float32: the shape of <paramref name=\"{definition.LeadInput().Name}\"/> or a broadcast suffix of it.",
+                _ => $"An input, float32: the shape of <paramref name=\"{definition.LeadInput().Name}\"/> or a broadcast "
+                    + "suffix of it.",
             };
             writer.Line($"/// <param name=\"{input.Name}\">{text}</param>");
             first = false;
@@ -143,14 +146,18 @@ public sealed partial class KernelGenerator
     {
         // Dtypes first, then devices, all against the lead tensor.
         string op = definition.Name;
-        string[] tensors = definition.OpParameters().Where(static p => p.Type == "Tensor").Select(static p => p.Name).ToArray();
+        string[] tensors = definition.OpParameters()
+            .Where(static p => p.Type == "Tensor")
+            .Select(static p => p.Name)
+            .ToArray();
         writer.Line("// Check dtypes, devices and shapes.");
         if (definition.Kind == KernelKind.Epilogue)
         {
             writer.Line($"OpChecks.MatMulShapes(\"{op}\", a, w, output);");
         }
 
-        foreach (string tensor in tensors.Where(t => definition.Kind != KernelKind.Epilogue || (t != "a" && t != "w" && t != "output")))
+        bool epilogue = definition.Kind == KernelKind.Epilogue;
+        foreach (string tensor in tensors.Where(t => !epilogue || (t != "a" && t != "w" && t != "output")))
         {
             writer.Line($"OpChecks.Float32(\"{op}\", \"{tensor}\", {tensor});");
         }
@@ -161,7 +168,12 @@ public sealed partial class KernelGenerator
         }
     }
 
-    private static void EmitDeviceSwitch(IndentedWriter writer, DefinitionModel definition, System.Action cpu, System.Action gpu, bool namesDevices = true)
+    private static void EmitDeviceSwitch(
+        IndentedWriter writer,
+        DefinitionModel definition,
+        System.Action cpu,
+        System.Action gpu,
+        bool namesDevices = true)
     {
         writer.Open(namesDevices ? "if (output.Device is CpuDevice cpu)" : "if (output.Device is CpuDevice)");
         cpu();
@@ -217,7 +229,9 @@ public sealed partial class KernelGenerator
                 writer.Line("Output = output.FloatPointer,");
                 if (broadcast.Length > 0)
                 {
-                    string segment = broadcast.Aggregate("length", (inner, input) => $"Math.Min({inner}, {Names.Length(input.Name)})");
+                    string segment = broadcast.Aggregate(
+                        "length",
+                        static (inner, input) => $"Math.Min({inner}, {Names.Length(input.Name)})");
                     writer.Line($"Segment = {segment},");
                 }
 
@@ -324,7 +338,9 @@ public sealed partial class KernelGenerator
             writer.Line();
         }
 
-        string pins = string.Join(", ", definition.Inputs().Select(static p => $"{Names.Data(p.Name)} = {p.Name}").Concat(new[] { "outputData = output" }));
+        string pins = string.Join(", ", definition.Inputs()
+            .Select(static p => $"{Names.Data(p.Name)} = {p.Name}")
+            .Concat(new[] { "outputData = output" }));
         writer.Open($"fixed (float* {pins})");
         writer.Line($"{op}RowCore({RowCoreArguments(definition, $"{lead.Name}.Length", static p => Names.Data(p.Name), static s => s, "outputData")});");
         writer.Close();

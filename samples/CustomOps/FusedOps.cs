@@ -19,7 +19,7 @@ public static partial class FusedOps
     public static float GeluTanhGated(float gate, float up) =>
         0.5f * gate * (1f + MathF.Tanh(SqrtTwoOverPi * (gate + 0.044715f * gate * gate * gate))) * up;
 
-    /// <summary>LayerNorm with a bias: (x - mean) / √(var + eps) · weight + bias, from Σx and Σx² of one pass.</summary>
+    /// <summary>LayerNorm with a bias, (x - mean) / √(var + eps) · weight + bias, from Σx and Σx² of one pass.</summary>
     [Row]
     public static float LayerNorm(
         float x,
@@ -34,7 +34,8 @@ public static partial class FusedOps
     /// <summary>A matrix-product epilogue: GELU (tanh) of the product plus a bias, fused into the product's store.</summary>
     [Epilogue]
     public static float BiasGelu(float acc, float bias) =>
-        0.5f * (acc + bias) * (1f + MathF.Tanh(SqrtTwoOverPi * ((acc + bias) + 0.044715f * (acc + bias) * (acc + bias) * (acc + bias))));
+        0.5f * (acc + bias)
+        * (1f + MathF.Tanh(SqrtTwoOverPi * ((acc + bias) + 0.044715f * (acc + bias) * (acc + bias) * (acc + bias))));
 
     /// <summary>A matrix-product epilogue that scales the product: a plain projection when the scale is 1.</summary>
     [Epilogue]

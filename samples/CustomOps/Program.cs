@@ -27,7 +27,8 @@ for (int i = 0; i < cpuOutput.Length; i++)
     maxMagnitude = Math.Max(maxMagnitude, Math.Abs(cpuOutput[i]));
 }
 
-Console.WriteLine($"tiny MLP: T={tokens}, D={width}, F={hidden}, 2 layers (LayerNorm, BiasGelu, GeluTanhGated, Project, ResidualAdd)");
+Console.WriteLine($"tiny MLP: T={tokens}, D={width}, F={hidden}, 2 layers");
+Console.WriteLine("ops: LayerNorm, BiasGelu, Project, GeluTanhGated (FusedOps), ResidualAdd (Kiln)");
 Console.WriteLine($"output[0, 0..3] on cpu:       {string.Join(", ", cpuOutput.Take(4).Select(v => v.ToString("F6")))}");
 Console.WriteLine($"output[0, 0..3] on ilgpu-cpu: {string.Join(", ", gpuPathOutput.Take(4).Select(v => v.ToString("F6")))}");
 Console.WriteLine($"max |cpu - ilgpu-cpu| = {maxDifference:E2} (largest |output| {maxMagnitude:F3})");

@@ -24,7 +24,7 @@ public sealed class TinyMlp : IDisposable
     private readonly Tensor _wUp;
     private readonly Tensor _wDown;
 
-    /// <summary>Creates the weights from <paramref name="seed"/> on <paramref name="device"/>: the same values for the same seed.</summary>
+    /// <summary>Creates the weights from <paramref name="seed"/> on <paramref name="device"/> (same seed, same values).</summary>
     public TinyMlp(Device device, int width, int hidden, int seed)
     {
         Device = device;

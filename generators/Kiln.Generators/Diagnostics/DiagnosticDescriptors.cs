@@ -17,95 +17,133 @@ internal static class DiagnosticDescriptors
     public const string SupportedFunctions =
         "MathF.Abs, Ceiling, Cos, Exp, Floor, FusedMultiplyAdd, Log, Max, Min, Round, Sin, Sqrt, Tanh, Truncate";
 
-    /// <summary>KLN0001: "The [Kernels] class '{0}' must be a non-generic, top-level static partial class; declare it as 'static partial class {0}' directly in a namespace".</summary>
+    /// <summary>KLN0001: Kernels class must be a top-level static partial class.</summary>
+    /// <remarks>Message: "The [Kernels] class '{0}' must be a non-generic, top-level static partial class; declare it
+    /// as 'static partial class {0}' directly in a namespace".</remarks>
     public static readonly DiagnosticDescriptor ClassShape = Create(
         "KLN0001",
         "Kernels class must be a top-level static partial class",
-        "The [Kernels] class '{0}' must be a non-generic, top-level static partial class; declare it as 'static partial class {0}' directly in a namespace");
+        "The [Kernels] class '{0}' must be a non-generic, top-level static partial class; declare "
+        + "it as 'static partial class {0}' directly in a namespace");
 
-    /// <summary>KLN0002: "The kernel definition '{0}' must be a static, non-generic method; add 'static' and remove type parameters".</summary>
+    /// <summary>KLN0002: Kernel definition must be a static non-generic method.</summary>
+    /// <remarks>Message: "The kernel definition '{0}' must be a static, non-generic method; add 'static' and remove
+    /// type parameters".</remarks>
     public static readonly DiagnosticDescriptor DefinitionShape = Create(
         "KLN0002",
         "Kernel definition must be a static non-generic method",
-        "The kernel definition '{0}' must be a static, non-generic method; add 'static' and remove type parameters");
+        "The kernel definition '{0}' must be a static, non-generic method; add 'static' and "
+        + "remove type parameters");
 
-    /// <summary>KLN0003: "The body of kernel definition '{0}' must be a single expression; write '=> expression' or '{ return expression; }'".</summary>
+    /// <summary>KLN0003: Kernel definition body must be a single expression.</summary>
+    /// <remarks>Message: "The body of kernel definition '{0}' must be a single expression; write '=> expression' or
+    /// '{ return expression; }'".</remarks>
     public static readonly DiagnosticDescriptor SingleExpression = Create(
         "KLN0003",
         "Kernel definition body must be a single expression",
-        "The body of kernel definition '{0}' must be a single expression; write '=> expression' or '{{ return expression; }}'");
+        "The body of kernel definition '{0}' must be a single expression; write '=> expression' "
+        + "or '{{ return expression; }}'");
 
-    /// <summary>KLN0004: "Kernel definition '{0}' contains a {1}, which cannot be generated; write the computation as one expression (use a [Row] op with [Reduce] for sums over a row)".</summary>
+    /// <summary>KLN0004: Loops and statements are not supported in kernel definitions.</summary>
+    /// <remarks>Message: "Kernel definition '{0}' contains a {1}, which cannot be generated; write the computation as
+    /// one expression (use a [Row] op with [Reduce] for sums over a row)".</remarks>
     public static readonly DiagnosticDescriptor Statement = Create(
         "KLN0004",
         "Loops and statements are not supported in kernel definitions",
-        "Kernel definition '{0}' contains a {1}, which cannot be generated; write the computation as one expression (use a [Row] op with [Reduce] for sums over a row)");
+        "Kernel definition '{0}' contains a {1}, which cannot be generated; write the computation "
+        + "as one expression (use a [Row] op with [Reduce] for sums over a row)");
 
-    /// <summary>KLN0005: "Kernel definition '{0}' calls '{1}', which has no vector and GPU form; use one of " + SupportedFunctions.</summary>
+    /// <summary>KLN0005: Unsupported method call in a kernel definition.</summary>
+    /// <remarks>Message: "Kernel definition '{0}' calls '{1}', which has no vector and GPU form; use one of " +
+    /// SupportedFunctions + " (float overloads)".</remarks>
     public static readonly DiagnosticDescriptor UnsupportedCall = Create(
         "KLN0005",
         "Unsupported method call in a kernel definition",
-        "Kernel definition '{0}' calls '{1}', which has no vector and GPU form; use one of " + SupportedFunctions + " (float overloads)");
+        "Kernel definition '{0}' calls '{1}', which has no vector and GPU form; use one of "
+        + SupportedFunctions
+        + " (float overloads)");
 
-    /// <summary>KLN0006: "Parameter '{1}' of kernel definition '{0}' has type '{2}'; use float (or int with [RowLength] in a [Row] op), passed by value".</summary>
+    /// <summary>KLN0006: Unsupported parameter type in a kernel definition.</summary>
+    /// <remarks>Message: "Parameter '{1}' of kernel definition '{0}' has type '{2}'; use float (or int with
+    /// [RowLength] in a [Row] op), passed by value".</remarks>
     public static readonly DiagnosticDescriptor ParameterType = Create(
         "KLN0006",
         "Unsupported parameter type in a kernel definition",
-        "Parameter '{1}' of kernel definition '{0}' has type '{2}'; use float (or int with [RowLength] in a [Row] op), passed by value");
+        "Parameter '{1}' of kernel definition '{0}' has type '{2}'; use float (or int with "
+        + "[RowLength] in a [Row] op), passed by value");
 
-    /// <summary>KLN0007: "Kernel definition '{0}' returns '{1}'; return {3} from a {2} definition".</summary>
+    /// <summary>KLN0007: Unsupported return type in a kernel definition.</summary>
+    /// <remarks>Message: "Kernel definition '{0}' returns '{1}'; return {3} from a {2} definition".</remarks>
     public static readonly DiagnosticDescriptor ReturnType = Create(
         "KLN0007",
         "Unsupported return type in a kernel definition",
         "Kernel definition '{0}' returns '{1}'; return {3} from a {2} definition");
 
-    /// <summary>KLN0008: "[Reduce] on parameter '{1}' of kernel definition '{0}' names '{2}', which is not an input parameter; name one of: {3}".</summary>
+    /// <summary>KLN0008: [Reduce] names a missing input.</summary>
+    /// <remarks>Message: "[Reduce] on parameter '{1}' of kernel definition '{0}' names '{2}', which is not an input
+    /// parameter; name one of: {3}".</remarks>
     public static readonly DiagnosticDescriptor ReduceSource = Create(
         "KLN0008",
         "[Reduce] names a missing input",
-        "[Reduce] on parameter '{1}' of kernel definition '{0}' names '{2}', which is not an input parameter; name one of: {3}");
+        "[Reduce] on parameter '{1}' of kernel definition '{0}' names '{2}', which is not an "
+        + "input parameter; name one of: {3}");
 
-    /// <summary>KLN0009: "Kernel definition '{0}' has no tensor input; {1}".</summary>
+    /// <summary>KLN0009: Kernel definition has no tensor input.</summary>
+    /// <remarks>Message: "Kernel definition '{0}' has no tensor input; {1}".</remarks>
     public static readonly DiagnosticDescriptor NoInput = Create(
         "KLN0009",
         "Kernel definition has no tensor input",
         "Kernel definition '{0}' has no tensor input; {1}");
 
-    /// <summary>KLN0010: "Kernel definition '{0}' uses {1}, which cannot be generated; {2}".</summary>
+    /// <summary>KLN0010: Unsupported syntax in a kernel definition.</summary>
+    /// <remarks>Message: "Kernel definition '{0}' uses {1}, which cannot be generated; {2}".</remarks>
     public static readonly DiagnosticDescriptor UnsupportedSyntax = Create(
         "KLN0010",
         "Unsupported syntax in a kernel definition",
         "Kernel definition '{0}' uses {1}, which cannot be generated; {2}");
 
-    /// <summary>KLN0011: "Parameter '{1}' of kernel definition '{0}' clashes with a name the generated code uses ({2}); rename the parameter".</summary>
+    /// <summary>KLN0011: Parameter name clashes with generated code.</summary>
+    /// <remarks>Message: "Parameter '{1}' of kernel definition '{0}' clashes with a name the generated code uses
+    /// ({2}); rename the parameter".</remarks>
     public static readonly DiagnosticDescriptor ReservedName = Create(
         "KLN0011",
         "Parameter name clashes with generated code",
-        "Parameter '{1}' of kernel definition '{0}' clashes with a name the generated code uses ({2}); rename the parameter");
+        "Parameter '{1}' of kernel definition '{0}' clashes with a name the generated code uses "
+        + "({2}); rename the parameter");
 
-    /// <summary>KLN0012: "{1} on kernel definition '{0}' is not valid: {2}".</summary>
+    /// <summary>KLN0012: Kernel attribute used where it does not apply.</summary>
+    /// <remarks>Message: "{1} on kernel definition '{0}' is not valid: {2}".</remarks>
     public static readonly DiagnosticDescriptor AttributeMisuse = Create(
         "KLN0012",
         "Kernel attribute used where it does not apply",
         "{1} on kernel definition '{0}' is not valid: {2}");
 
-    /// <summary>KLN0013: "Kernel definition '{0}' computes '{1}' in {2}; kernels compute in float, so use float literals such as 2f or 0.5f".</summary>
+    /// <summary>KLN0013: Non-float arithmetic in a kernel definition.</summary>
+    /// <remarks>Message: "Kernel definition '{0}' computes '{1}' in {2}; kernels compute in float, so use float
+    /// literals such as 2f or 0.5f".</remarks>
     public static readonly DiagnosticDescriptor NonFloatArithmetic = Create(
         "KLN0013",
         "Non-float arithmetic in a kernel definition",
-        "Kernel definition '{0}' computes '{1}' in {2}; kernels compute in float, so use float literals such as 2f or 0.5f");
+        "Kernel definition '{0}' computes '{1}' in {2}; kernels compute in float, so use float "
+        + "literals such as 2f or 0.5f");
 
-    /// <summary>KLN0014: "Class '{1}' has more than one kernel definition named '{0}', and their generated ops would clash; give each definition its own name".</summary>
+    /// <summary>KLN0014: Duplicate kernel definition name.</summary>
+    /// <remarks>Message: "Class '{1}' has more than one kernel definition named '{0}', and their generated ops would
+    /// clash; give each definition its own name".</remarks>
     public static readonly DiagnosticDescriptor DuplicateName = Create(
         "KLN0014",
         "Duplicate kernel definition name",
-        "Class '{1}' has more than one kernel definition named '{0}', and their generated ops would clash; give each definition its own name");
+        "Class '{1}' has more than one kernel definition named '{0}', and their generated ops "
+        + "would clash; give each definition its own name");
 
-    /// <summary>KLN0015: "The [Kernels] class '{0}' needs unsafe code for its CPU loops; set <AllowUnsafeBlocks>true</AllowUnsafeBlocks> in the project file".</summary>
+    /// <summary>KLN0015: Kernels need unsafe code.</summary>
+    /// <remarks>Message: "The [Kernels] class '{0}' needs unsafe code for its CPU loops; set
+    /// <AllowUnsafeBlocks>true</AllowUnsafeBlocks> in the project file".</remarks>
     public static readonly DiagnosticDescriptor UnsafeDisabled = Create(
         "KLN0015",
         "Kernels need unsafe code",
-        "The [Kernels] class '{0}' needs unsafe code for its CPU loops; set <AllowUnsafeBlocks>true</AllowUnsafeBlocks> in the project file");
+        "The [Kernels] class '{0}' needs unsafe code for its CPU loops; set "
+        + "<AllowUnsafeBlocks>true</AllowUnsafeBlocks> in the project file");
 
     private static readonly Dictionary<string, DiagnosticDescriptor> s_byId = new(StringComparer.Ordinal)
     {

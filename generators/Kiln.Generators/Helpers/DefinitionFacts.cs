@@ -104,7 +104,10 @@ internal static class DefinitionFacts
         return indices;
     }
 
-    /// <summary>Adds the parameter names <paramref name="expr"/> uses to <paramref name="names"/> (and its uniforms to <paramref name="uniforms"/>).</summary>
+    /// <summary>
+    /// Adds the parameter names <paramref name="expr"/> uses to <paramref name="names"/>, and its uniforms to
+    /// <paramref name="uniforms"/>.
+    /// </summary>
     public static void Collect(Expr expr, HashSet<string> names, SortedSet<int>? uniforms = null)
     {
         switch (expr)

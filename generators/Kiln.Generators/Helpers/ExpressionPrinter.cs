@@ -48,14 +48,17 @@ internal sealed class ExpressionPrinter
     private readonly PrintMode _mode;
     private readonly HashSet<string> _uniformNames;
 
-    /// <summary>Creates a printer for <paramref name="mode"/>; <paramref name="uniformNames"/> are the parameters that are one value per op or row.</summary>
+    /// <summary>
+    /// Creates a printer for <paramref name="mode"/>; <paramref name="uniformNames"/> are the parameters that are one
+    /// value per op or row.
+    /// </summary>
     public ExpressionPrinter(PrintMode mode, IEnumerable<string> uniformNames)
     {
         _mode = mode;
         _uniformNames = new HashSet<string>(uniformNames);
     }
 
-    /// <summary>A printer for <paramref name="mode"/> that knows the uniform parameters of <paramref name="definition"/>.</summary>
+    /// <summary>A printer for <paramref name="mode"/> knowing the uniform parameters of <paramref name="definition"/>.</summary>
     public static ExpressionPrinter For(PrintMode mode, DefinitionModel definition) =>
         new(mode, definition.Parameters
             .Where(static p => p.Role is ParameterRole.Scalar or ParameterRole.Reduction or ParameterRole.RowLength)
@@ -65,7 +68,7 @@ internal sealed class ExpressionPrinter
 
     private string VectorType => _mode == PrintMode.Vector512 ? "Vector512" : "Vector256";
 
-    /// <summary>Prints <paramref name="expr"/>, parenthesised if its precedence is below <paramref name="context"/>.</summary>
+    /// <summary>Prints <paramref name="expr"/>, in parentheses if its precedence is below <paramref name="context"/>.</summary>
     public string Print(Expr expr, int context = 0)
     {
         (string text, int precedence) = Render(expr);
@@ -81,7 +84,9 @@ internal sealed class ExpressionPrinter
                     ? ($"{VectorType}.Create({literal.Text})", Primary)
                     : (literal.Text, literal.Text.StartsWith("-", StringComparison.Ordinal) ? Unary : Primary);
             case ParameterExpr parameter:
-                return (IsVector && _uniformNames.Contains(parameter.Name) ? Names.Vec(parameter.Name) : parameter.Name, Primary);
+                return (
+                    IsVector && _uniformNames.Contains(parameter.Name) ? Names.Vec(parameter.Name) : parameter.Name,
+                    Primary);
             case UniformExpr uniform:
                 return (IsVector ? Names.Vec(Names.Uniform(uniform.Index)) : Names.Uniform(uniform.Index), Primary);
             case NegateExpr negate:
@@ -94,10 +99,12 @@ internal sealed class ExpressionPrinter
             case ConditionalExpr conditional:
                 if (IsVector)
                 {
-                    return ($"{VectorType}.ConditionalSelect({Print(conditional.Condition)}, {Print(conditional.WhenTrue)}, {Print(conditional.WhenFalse)})", Primary);
+                    string mask = Print(conditional.Condition);
+                    return ($"{VectorType}.ConditionalSelect({mask}, {Print(conditional.WhenTrue)}, {Print(conditional.WhenFalse)})", Primary);
                 }
 
-                return ($"{Print(conditional.Condition, Or)} ? {Print(conditional.WhenTrue, Or)} : {Print(conditional.WhenFalse, Or)}", Conditional);
+                string condition = Print(conditional.Condition, Or);
+                return ($"{condition} ? {Print(conditional.WhenTrue, Or)} : {Print(conditional.WhenFalse, Or)}", Conditional);
             default:
                 throw new InvalidOperationException("Unknown expression node " + expr.GetType().Name);
         }

@@ -16,13 +16,17 @@ namespace Kiln.Generators.Helpers;
 /// <summary>Derived identifiers and the reserved-name check.</summary>
 internal static class Names
 {
-    private static readonly string[] s_suffixes = { "Data", "Length", "Vec", "Start", "Lanes", "Next", "Group", "Max", "Term" };
+    private static readonly string[] s_suffixes =
+    {
+        "Data", "Length", "Vec", "Start", "Lanes", "Next", "Group", "Max", "Term",
+    };
 
     private static readonly HashSet<string> s_fixed = new()
     {
         // Locals and parameters of generated methods.
         "index", "length", "output", "outputData", "args", "state", "start", "end", "device", "kernel", "cpu",
-        "segmentEnd", "element", "rowStart", "row", "rows", "column", "columns", "scratch", "half", "pair", "first", "second",
+        "segmentEnd", "element", "rowStart", "row", "rows", "column", "columns", "scratch", "half", "pair", "first",
+        "second",
         "tableStart", "tableIndex", "low", "high", "rotated0", "rotated1", "tokens", "rowsPerToken", "headDim",
         "startPosition", "layout", "range", "epilogue", "product", "accelerator",
 
@@ -99,7 +103,8 @@ internal static class Names
         }
 
         // Fixed locals, parameters and type names of the generated code.
-        bool perKind = (kind == KernelKind.Epilogue && (name == "a" || name == "w")) || (kind == KernelKind.Rotary && name == "x");
+        bool perKind = (kind == KernelKind.Epilogue && (name == "a" || name == "w"))
+            || (kind == KernelKind.Rotary && name == "x");
         if (s_fixed.Contains(name) || perKind)
         {
             return $"'{name}' is a local, parameter or type name in the generated code";

@@ -8,13 +8,23 @@ namespace Kiln.Generators.Models;
 // pipeline and be turned back into a Roslyn Diagnostic when reported.
 
 /// <summary>A diagnostic found during analysis.</summary>
-internal sealed record DiagnosticInfo(string Id, string FilePath, TextSpan Span, LinePositionSpan LineSpan, EquatableArray<string> Arguments)
+internal sealed record DiagnosticInfo(
+    string Id,
+    string FilePath,
+    TextSpan Span,
+    LinePositionSpan LineSpan,
+    EquatableArray<string> Arguments)
 {
     /// <summary>Captures a diagnostic of <paramref name="descriptor"/> at <paramref name="location"/>.</summary>
     public static DiagnosticInfo Create(DiagnosticDescriptor descriptor, Location location, params string[] arguments)
     {
         FileLinePositionSpan lines = location.GetLineSpan();
-        return new DiagnosticInfo(descriptor.Id, lines.Path ?? string.Empty, location.SourceSpan, lines.Span, arguments.ToEquatableArray());
+        return new DiagnosticInfo(
+            descriptor.Id,
+            lines.Path ?? string.Empty,
+            location.SourceSpan,
+            lines.Span,
+            arguments.ToEquatableArray());
     }
 
     /// <summary>Rebuilds the Roslyn diagnostic.</summary>
@@ -32,5 +42,5 @@ internal sealed record DiagnosticInfo(string Id, string FilePath, TextSpan Span,
     }
 }
 
-/// <summary>The result of analysing one [Kernels] class: the model (null when nothing can be emitted) and diagnostics.</summary>
+/// <summary>The result of analysing one [Kernels] class: the model (null when nothing can be emitted), the diagnostics.</summary>
 internal sealed record AnalysisResult(ClassModel? Model, EquatableArray<DiagnosticInfo> Diagnostics);

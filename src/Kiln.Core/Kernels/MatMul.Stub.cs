@@ -71,7 +71,9 @@ public static class MatMul
         Check(a, w, output);
         if (output.Device is not IlgpuDevice device)
         {
-            throw new ArgumentException($"MatMul.ComputeGpu: the tensors are on {output.Device.Name}; use Compute for the CPU.", nameof(output));
+            throw new ArgumentException(
+                $"MatMul.ComputeGpu: the tensors are on {output.Device.Name}; use Compute for the CPU.",
+                nameof(output));
         }
 
         if (output.Length == 0)
@@ -79,9 +81,10 @@ public static class MatMul
             return;
         }
 
-        Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, TGpuEpilogue> kernel = device.GetKernel(
-            KernelKey<TGpuEpilogue>.Value,
-            static accelerator => accelerator.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, TGpuEpilogue>(DotKernel));
+        Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, TGpuEpilogue> kernel =
+            device.GetKernel(KernelKey<TGpuEpilogue>.Value, static accelerator => accelerator
+                .LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, TGpuEpilogue>(
+                    DotKernel));
         kernel((int)output.Length, a.View<float>(), w.View<float>(), output.View<float>(), a.Shape[1], w.Shape[0], epilogue);
     }
 

@@ -18,7 +18,13 @@ public static partial class Ops
         /// <summary>
         /// (a · wᵀ)[m, n] + residual[(m · N + n) mod |residual|] in float64, for a [M, K] and w [N, K], row-major.
         /// </summary>
-        public static double[] ResidualAdd(ReadOnlySpan<float> a, ReadOnlySpan<float> w, ReadOnlySpan<float> residual, int m, int k, int n)
+        public static double[] ResidualAdd(
+            ReadOnlySpan<float> a,
+            ReadOnlySpan<float> w,
+            ReadOnlySpan<float> residual,
+            int m,
+            int k,
+            int n)
         {
             double[] result = new double[m * n];
             for (int row = 0; row < m; row++)

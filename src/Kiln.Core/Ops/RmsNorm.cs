@@ -22,7 +22,7 @@ public static partial class Ops
 
     public static partial class Reference
     {
-        /// <summary>RmsNorm of every row of <paramref name="x"/> (rows of <paramref name="rowLength"/>) in float64.</summary>
+        /// <summary>RmsNorm of every row of <paramref name="x"/>, rows of <paramref name="rowLength"/>, in float64.</summary>
         public static double[] RmsNorm(ReadOnlySpan<float> x, ReadOnlySpan<float> weight, int rowLength, float eps)
         {
             double[] result = new double[x.Length];

@@ -11,7 +11,7 @@ namespace Kiln;
 
 public static partial class Ops
 {
-    /// <summary>The definition of <c>Rope</c>: the pair (x0, x1) rotated by the angle whose cosine and sine are given.</summary>
+    /// <summary>The definition of <c>Rope</c>: the pair (x0, x1) rotated by the angle of the given cosine and sine.</summary>
     [Rotary]
     public static (float, float) Rope(float x0, float x1, float cos, float sin) =>
         (x0 * cos - x1 * sin, x0 * sin + x1 * cos);
@@ -31,17 +31,26 @@ public static partial class Ops
         // Check the arguments.
         if (maxPositions < 1)
         {
-            throw new ArgumentOutOfRangeException(nameof(maxPositions), maxPositions, "RopeTables: maxPositions must be at least 1; pass the context length.");
+            throw new ArgumentOutOfRangeException(
+                nameof(maxPositions),
+                maxPositions,
+                "RopeTables: maxPositions must be at least 1; pass the context length.");
         }
 
         if (headDim < 2 || headDim % 2 != 0)
         {
-            throw new ArgumentOutOfRangeException(nameof(headDim), headDim, "RopeTables: headDim must be even and at least 2; pass the model's head width Dh.");
+            throw new ArgumentOutOfRangeException(
+                nameof(headDim),
+                headDim,
+                "RopeTables: headDim must be even and at least 2; pass the model's head width Dh.");
         }
 
         if (!(theta > 0) || float.IsInfinity(theta))
         {
-            throw new ArgumentOutOfRangeException(nameof(theta), theta, "RopeTables: theta must be a positive finite number; pass the model's RoPE base (e.g. 10000).");
+            throw new ArgumentOutOfRangeException(
+                nameof(theta),
+                theta,
+                "RopeTables: theta must be a positive finite number; pass the model's RoPE base (e.g. 10000).");
         }
 
         // Fill both tables in float64, rounding once.

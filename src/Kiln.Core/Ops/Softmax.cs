@@ -23,7 +23,7 @@ public static partial class Ops
 
     public static partial class Reference
     {
-        /// <summary>The stable softmax of every row of <paramref name="x"/> (rows of <paramref name="rowLength"/>) in float64.</summary>
+        /// <summary>The softmax of every row of <paramref name="x"/>, rows of <paramref name="rowLength"/>, in float64.</summary>
         public static double[] Softmax(ReadOnlySpan<float> x, int rowLength)
         {
             double[] result = new double[x.Length];

@@ -19,14 +19,16 @@ public static class OpChecks
         if (tensor.DType != DType.Float32)
         {
             throw new ArgumentException(
-                $"{op}: {name} is {tensor.DType.Name()} {Tensor.FormatShape(tensor.Shape)}, but this op computes in float32; pass a float32 tensor.",
+                $"{op}: {name} is {tensor.DType.Name()} {Tensor.FormatShape(tensor.Shape)}, but this op computes in float32; "
+                + "pass a float32 tensor.",
                 name);
         }
 
         if (!tensor.IsContiguous)
         {
             throw new ArgumentException(
-                $"{op}: {name} {Tensor.FormatShape(tensor.Shape)} is a strided view; pass a contiguous tensor (copy it with To(device)).",
+                $"{op}: {name} {Tensor.FormatShape(tensor.Shape)} is a strided view; "
+                + "pass a contiguous tensor (copy it with To(device)).",
                 name);
         }
     }
@@ -37,9 +39,12 @@ public static class OpChecks
     {
         if (!ReferenceEquals(tensor.Device, reference.Device))
         {
-            string where = tensor.Device.Name == reference.Device.Name ? "another " + tensor.Device.Name + " device" : tensor.Device.Name;
+            string where = tensor.Device.Name == reference.Device.Name
+                ? "another " + tensor.Device.Name + " device"
+                : tensor.Device.Name;
             throw new ArgumentException(
-                $"{op}: {name} is on {where} but {referenceName} is on {reference.Device.Name}; all tensors of an op must be on one device, so move {name} with To(device).",
+                $"{op}: {name} is on {where} but {referenceName} is on {reference.Device.Name}; "
+                + $"all tensors of an op must be on one device, so move {name} with To(device).",
                 name);
         }
     }
@@ -51,7 +56,8 @@ public static class OpChecks
         if (!tensor.Shape.SequenceEqual(reference.Shape))
         {
             throw new ArgumentException(
-                $"{op}: {name} has shape {Tensor.FormatShape(tensor.Shape)} but {referenceName} has shape {Tensor.FormatShape(reference.Shape)}; pass a {name} of shape {Tensor.FormatShape(reference.Shape)}.",
+                $"{op}: {name} has shape {Tensor.FormatShape(tensor.Shape)} but {referenceName} has shape "
+                + $"{Tensor.FormatShape(reference.Shape)}; pass a {name} of shape {Tensor.FormatShape(reference.Shape)}.",
                 name);
         }
     }
@@ -63,7 +69,8 @@ public static class OpChecks
         if (tensor.Rank < rank)
         {
             throw new ArgumentException(
-                $"{op}: {name} has shape {Tensor.FormatShape(tensor.Shape)} but needs at least {rank} dimension(s), laid out {layout}.",
+                $"{op}: {name} has shape {Tensor.FormatShape(tensor.Shape)} but needs at least {rank} dimension(s), "
+                + $"laid out {layout}.",
                 name);
         }
     }
@@ -75,7 +82,13 @@ public static class OpChecks
     /// must also hold whole rows. Returns the period.
     /// </summary>
     /// <exception cref="ArgumentException">The shape does not broadcast.</exception>
-    public static int BroadcastLength(string op, string name, Tensor tensor, string referenceName, Tensor reference, int rowLength = 1)
+    public static int BroadcastLength(
+        string op,
+        string name,
+        Tensor tensor,
+        string referenceName,
+        Tensor reference,
+        int rowLength = 1)
     {
         // Skip the leading 1s, then compare with the end of the reference shape.
         ReadOnlySpan<int> shape = tensor.Shape;
@@ -91,7 +104,9 @@ public static class OpChecks
         {
             string example = target.Length == 0 ? "[]" : Tensor.FormatShape(target[^1..]);
             throw new ArgumentException(
-                $"{op}: {name} has shape {Tensor.FormatShape(tensor.Shape)}, which does not broadcast to {referenceName} {Tensor.FormatShape(target)}; pass a {name} whose shape ends the shape of {referenceName}, such as {example} or {Tensor.FormatShape(target)}.",
+                $"{op}: {name} has shape {Tensor.FormatShape(tensor.Shape)}, which does not broadcast to {referenceName} "
+                + $"{Tensor.FormatShape(target)}; pass a {name} whose shape ends the shape of {referenceName}, "
+                + $"such as {example} or {Tensor.FormatShape(target)}.",
                 name);
         }
 
@@ -115,14 +130,16 @@ public static class OpChecks
         if (a.Rank != 2 || w.Rank != 2 || a.Shape[1] != w.Shape[1])
         {
             throw new ArgumentException(
-                $"{op}: a {Tensor.FormatShape(a.Shape)} and w {Tensor.FormatShape(w.Shape)} do not form a product a · wᵀ; pass a [M, K] and w [N, K] with the same K.",
+                $"{op}: a {Tensor.FormatShape(a.Shape)} and w {Tensor.FormatShape(w.Shape)} do not form a product a · wᵀ; "
+                + "pass a [M, K] and w [N, K] with the same K.",
                 a.Rank != 2 ? nameof(a) : nameof(w));
         }
 
         if (output.Rank != 2 || output.Shape[0] != a.Shape[0] || output.Shape[1] != w.Shape[0])
         {
             throw new ArgumentException(
-                $"{op}: output has shape {Tensor.FormatShape(output.Shape)} but a · wᵀ is [{a.Shape[0]}, {w.Shape[0]}]; pass an output of that shape.",
+                $"{op}: output has shape {Tensor.FormatShape(output.Shape)} but a · wᵀ is [{a.Shape[0]}, {w.Shape[0]}]; "
+                + "pass an output of that shape.",
                 nameof(output));
         }
     }
@@ -139,13 +156,16 @@ public static class OpChecks
         if (headDim % 2 != 0)
         {
             throw new ArgumentException(
-                $"{op}: x has shape {Tensor.FormatShape(x.Shape)} but its last dimension (Dh = {headDim}) must be even to form pairs; pass a tensor of shape [T, ..., Dh] with an even Dh.",
+                $"{op}: x has shape {Tensor.FormatShape(x.Shape)} but its last dimension (Dh = {headDim}) must be even "
+                + "to form pairs; pass a tensor of shape [T, ..., Dh] with an even Dh.",
                 nameof(x));
         }
 
         if (startPosition < 0)
         {
-            throw new ArgumentException($"{op}: startPosition is {startPosition}; pass the position of the first token (0 or more).", nameof(startPosition));
+            throw new ArgumentException(
+                $"{op}: startPosition is {startPosition}; pass the position of the first token (0 or more).",
+                nameof(startPosition));
         }
 
         int tokens = x.Shape[0];
@@ -162,14 +182,16 @@ public static class OpChecks
         if (table.Rank != 2 || table.Shape[1] != headDim / 2)
         {
             throw new ArgumentException(
-                $"{op}: {name} has shape {Tensor.FormatShape(table.Shape)} but a table for heads of width {headDim} is [S, {headDim / 2}]; build it with Ops.RopeTables.",
+                $"{op}: {name} has shape {Tensor.FormatShape(table.Shape)} but a table for heads of width {headDim} "
+                + $"is [S, {headDim / 2}]; build it with Ops.RopeTables.",
                 name);
         }
 
         if ((long)startPosition + tokens > table.Shape[0])
         {
             throw new ArgumentException(
-                $"{op}: {name} holds {table.Shape[0]} positions but tokens {startPosition}..{(long)startPosition + tokens - 1} need {(long)startPosition + tokens}; build a longer table with Ops.RopeTables.",
+                $"{op}: {name} holds {table.Shape[0]} positions but tokens {startPosition}..{(long)startPosition + tokens - 1} "
+                + $"need {(long)startPosition + tokens}; build a longer table with Ops.RopeTables.",
                 name);
         }
     }
@@ -180,7 +202,9 @@ public static class OpChecks
     {
         if (layout is not (RopeLayout.Adjacent or RopeLayout.HalfSplit))
         {
-            throw new ArgumentException($"{op}: layout {(int)layout} is not a RopeLayout; pass RopeLayout.Adjacent or RopeLayout.HalfSplit.", nameof(layout));
+            throw new ArgumentException(
+                $"{op}: layout {(int)layout} is not a RopeLayout; pass RopeLayout.Adjacent or RopeLayout.HalfSplit.",
+                nameof(layout));
         }
     }
 }

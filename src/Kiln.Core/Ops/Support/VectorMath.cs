@@ -62,7 +62,9 @@ public static class VectorMath
     public static float MaxAcross(Vector256<float> lanes)
     {
         Vector128<float> half = Vector128.Max(lanes.GetLower(), lanes.GetUpper());
-        return MathF.Max(MathF.Max(half.GetElement(0), half.GetElement(1)), MathF.Max(half.GetElement(2), half.GetElement(3)));
+        float left = MathF.Max(half.GetElement(0), half.GetElement(1));
+        float right = MathF.Max(half.GetElement(2), half.GetElement(3));
+        return MathF.Max(left, right);
     }
 
     /// <summary>
@@ -81,7 +83,10 @@ public static class VectorMath
         max = newMax;
     }
 
-    /// <summary>Folds per-lane online-softmax states; see <see cref="MergeSumExp(Vector512{float}, Vector512{float}, ref float, ref float)"/>.</summary>
+    /// <summary>
+    /// Folds per-lane online-softmax states; see
+    /// <see cref="MergeSumExp(Vector512{float}, Vector512{float}, ref float, ref float)"/>.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void MergeSumExp(Vector256<float> maxLanes, Vector256<float> sumLanes, ref float max, ref float sum)
     {
@@ -97,7 +102,11 @@ public static class VectorMath
     /// pairs 8..15) into their first elements (<paramref name="first"/>) and second elements (<paramref name="second"/>).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void Deinterleave(Vector512<float> low, Vector512<float> high, out Vector512<float> first, out Vector512<float> second)
+    public static void Deinterleave(
+        Vector512<float> low,
+        Vector512<float> high,
+        out Vector512<float> first,
+        out Vector512<float> second)
     {
         Vector512<int> evens = Vector512.Create(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         Vector512<int> odds = Vector512.Create(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
@@ -112,13 +121,24 @@ public static class VectorMath
         // Portable form: gather each source's evens (odds) into its lower half, then join the halves.
         Vector512<int> lowerEvens = evens & Vector512.Create(15);
         Vector512<int> lowerOdds = odds & Vector512.Create(15);
-        first = Vector512.Create(Vector512.Shuffle(low, lowerEvens).GetLower(), Vector512.Shuffle(high, lowerEvens).GetLower());
-        second = Vector512.Create(Vector512.Shuffle(low, lowerOdds).GetLower(), Vector512.Shuffle(high, lowerOdds).GetLower());
+        first = Vector512.Create(
+            Vector512.Shuffle(low, lowerEvens).GetLower(),
+            Vector512.Shuffle(high, lowerEvens).GetLower());
+        second = Vector512.Create(
+            Vector512.Shuffle(low, lowerOdds).GetLower(),
+            Vector512.Shuffle(high, lowerOdds).GetLower());
     }
 
-    /// <summary>Splits 8 adjacent pairs held in two vectors; see <see cref="Deinterleave(Vector512{float}, Vector512{float}, out Vector512{float}, out Vector512{float})"/>.</summary>
+    /// <summary>
+    /// Splits 8 adjacent pairs held in two vectors; see
+    /// <see cref="Deinterleave(Vector512{float}, Vector512{float}, out Vector512{float}, out Vector512{float})"/>.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void Deinterleave(Vector256<float> low, Vector256<float> high, out Vector256<float> first, out Vector256<float> second)
+    public static void Deinterleave(
+        Vector256<float> low,
+        Vector256<float> high,
+        out Vector256<float> first,
+        out Vector256<float> second)
     {
         Vector256<int> evens = Vector256.Create(0, 2, 4, 6, 0, 2, 4, 6);
         Vector256<int> odds = Vector256.Create(1, 3, 5, 7, 1, 3, 5, 7);
@@ -127,11 +147,16 @@ public static class VectorMath
     }
 
     /// <summary>
-    /// The inverse of <see cref="Deinterleave(Vector512{float}, Vector512{float}, out Vector512{float}, out Vector512{float})"/>:
+    /// The inverse of
+    /// <see cref="Deinterleave(Vector512{float}, Vector512{float}, out Vector512{float}, out Vector512{float})"/>:
     /// pairs (first[i], second[i]) for i in 0..7 go to <paramref name="low"/>, for i in 8..15 to <paramref name="high"/>.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void Interleave(Vector512<float> first, Vector512<float> second, out Vector512<float> low, out Vector512<float> high)
+    public static void Interleave(
+        Vector512<float> first,
+        Vector512<float> second,
+        out Vector512<float> low,
+        out Vector512<float> high)
     {
         Vector512<int> lowerPairs = Vector512.Create(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
         Vector512<int> upperPairs = Vector512.Create(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
@@ -148,9 +173,16 @@ public static class VectorMath
         high = Vector512.Shuffle(Vector512.Create(first.GetUpper(), second.GetUpper()), spread);
     }
 
-    /// <summary>The inverse of <see cref="Deinterleave(Vector256{float}, Vector256{float}, out Vector256{float}, out Vector256{float})"/>.</summary>
+    /// <summary>
+    /// The inverse of
+    /// <see cref="Deinterleave(Vector256{float}, Vector256{float}, out Vector256{float}, out Vector256{float})"/>.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void Interleave(Vector256<float> first, Vector256<float> second, out Vector256<float> low, out Vector256<float> high)
+    public static void Interleave(
+        Vector256<float> first,
+        Vector256<float> second,
+        out Vector256<float> low,
+        out Vector256<float> high)
     {
         Vector256<int> spread = Vector256.Create(0, 4, 1, 5, 2, 6, 3, 7);
         low = Vector256.Shuffle(Vector256.Create(first.GetLower(), second.GetLower()), spread);
