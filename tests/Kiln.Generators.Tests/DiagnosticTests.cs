@@ -95,7 +95,9 @@ public sealed class DiagnosticTests
 
         // The message says what to do.
         string message = diagnostic.GetMessage();
-        Assert.Matches("(;|:) (use|add|write|declare|rename|mark|name|return|set|give|remove|compare|pass|it applies|a parameter takes|kernels compute|only)", message);
+        Assert.Matches(
+            "(;|:) (use|add|write|declare|rename|mark|name|return|set|give|remove|compare|pass|it applies|a parameter takes|kernels compute|only)",
+            message);
     }
 
     /// <summary>KLN0015: a project without unsafe code gets one diagnostic on the class and no source.</summary>

@@ -80,7 +80,12 @@ public sealed class GeneratedTextTests
         Assert.Empty(run.CompileErrors);
 
         // The text is exactly the expected file.
-        string path = Path.Combine(GeneratorHarness.RepositoryRoot(), "tests", "Kiln.Generators.Tests", "Expected", hint + ".txt");
+        string path = Path.Combine(
+            GeneratorHarness.RepositoryRoot(),
+            "tests",
+            "Kiln.Generators.Tests",
+            "Expected",
+            hint + ".txt");
         string actual = run.Generated[hint];
         if (Environment.GetEnvironmentVariable("KILN_UPDATE_EXPECTED") == "1")
         {

@@ -21,7 +21,8 @@ public sealed record GeneratorRun(
     ImmutableArray<Diagnostic> GeneratorDiagnostics)
 {
     /// <summary>The compiler errors of the output compilation.</summary>
-    public IEnumerable<Diagnostic> CompileErrors => Output.GetDiagnostics().Where(static d => d.Severity == DiagnosticSeverity.Error);
+    public IEnumerable<Diagnostic> CompileErrors =>
+        Output.GetDiagnostics().Where(static d => d.Severity == DiagnosticSeverity.Error);
 }
 
 /// <summary>Compiles source text with the generator.</summary>
@@ -43,8 +44,12 @@ public static class GeneratorHarness
     public static CSharpCompilation Compile(bool allowUnsafe, params string[] sources)
     {
         CSharpParseOptions parse = new(LanguageVersion.Latest);
-        IEnumerable<SyntaxTree> trees = sources.Select((source, i) => CSharpSyntaxTree.ParseText(source, parse, path: $"File{i}.cs"));
-        CSharpCompilationOptions options = new(OutputKind.DynamicallyLinkedLibrary, allowUnsafe: allowUnsafe, nullableContextOptions: NullableContextOptions.Enable);
+        IEnumerable<SyntaxTree> trees = sources
+            .Select((source, i) => CSharpSyntaxTree.ParseText(source, parse, path: $"File{i}.cs"));
+        CSharpCompilationOptions options = new(
+            OutputKind.DynamicallyLinkedLibrary,
+            allowUnsafe: allowUnsafe,
+            nullableContextOptions: NullableContextOptions.Enable);
         return CSharpCompilation.Create("GeneratorTest", trees, s_references, options);
     }
 
@@ -57,8 +62,13 @@ public static class GeneratorHarness
         driver ??= CSharpGeneratorDriver.Create(
             new[] { new KernelGenerator().AsSourceGenerator() },
             parseOptions: new CSharpParseOptions(LanguageVersion.Latest),
-            driverOptions: new GeneratorDriverOptions(IncrementalGeneratorOutputKind.None, trackIncrementalGeneratorSteps: true));
-        driver = driver.RunGeneratorsAndUpdateCompilation(compilation, out Compilation output, out ImmutableArray<Diagnostic> diagnostics);
+            driverOptions: new GeneratorDriverOptions(
+                IncrementalGeneratorOutputKind.None,
+                trackIncrementalGeneratorSteps: true));
+        driver = driver.RunGeneratorsAndUpdateCompilation(
+            compilation,
+            out Compilation output,
+            out ImmutableArray<Diagnostic> diagnostics);
         GeneratorDriverRunResult result = driver.GetRunResult();
         ImmutableDictionary<string, string> generated = result.Results
             .SelectMany(static r => r.GeneratedSources)
@@ -75,6 +85,7 @@ public static class GeneratorHarness
             directory = directory.Parent;
         }
 
-        return directory?.FullName ?? throw new InvalidOperationException($"No Framework.sln above {AppContext.BaseDirectory}.");
+        return directory?.FullName
+            ?? throw new InvalidOperationException($"No Framework.sln above {AppContext.BaseDirectory}.");
     }
 }

@@ -51,12 +51,20 @@ public sealed class IncrementalTests
 
         // Change the unrelated file and run the same driver again.
         SyntaxTree unrelated = compilation.SyntaxTrees.Single(static t => t.FilePath == "File2.cs");
-        SyntaxTree edited = unrelated.WithChangedText(unrelated.GetText().Replace(unrelated.GetText().ToString().IndexOf("1;", StringComparison.Ordinal), 1, "2"));
+        SyntaxTree edited = Edit(unrelated, "Value => 1", "Value => 2");
         GeneratorRun second = GeneratorHarness.Run(compilation.ReplaceSyntaxTree(unrelated, edited), first.Driver);
 
         GeneratorRunResult result = second.Driver.GetRunResult().Results.Single();
-        AssertReasons(result, KernelGenerator.TrackingNames.Analysis, IncrementalStepRunReason.Unchanged, IncrementalStepRunReason.Cached);
-        AssertReasons(result, KernelGenerator.TrackingNames.Models, IncrementalStepRunReason.Unchanged, IncrementalStepRunReason.Cached);
+        AssertReasons(
+            result,
+            KernelGenerator.TrackingNames.Analysis,
+            IncrementalStepRunReason.Unchanged,
+            IncrementalStepRunReason.Cached);
+        AssertReasons(
+            result,
+            KernelGenerator.TrackingNames.Models,
+            IncrementalStepRunReason.Unchanged,
+            IncrementalStepRunReason.Cached);
         Assert.All(
             result.TrackedOutputSteps.SelectMany(static step => step.Value).SelectMany(static run => run.Outputs),
             static output => Assert.Equal(IncrementalStepRunReason.Cached, output.Reason));
@@ -72,8 +80,7 @@ public sealed class IncrementalTests
 
         // Change Shift's body from x - max to x + max.
         SyntaxTree definitions = compilation.SyntaxTrees.Single(static t => t.FilePath == "File1.cs");
-        string text = definitions.GetText().ToString();
-        SyntaxTree edited = definitions.WithChangedText(definitions.GetText().Replace(text.IndexOf("x - max", StringComparison.Ordinal), 7, "x + max"));
+        SyntaxTree edited = Edit(definitions, "x - max", "x + max");
         GeneratorRun second = GeneratorHarness.Run(compilation.ReplaceSyntaxTree(definitions, edited), first.Driver);
 
         GeneratorRunResult result = second.Driver.GetRunResult().Results.Single();
@@ -91,19 +98,34 @@ public sealed class IncrementalTests
         CSharpCompilation compilation = GeneratorHarness.Compile(true, KernelsFile, DefinitionsFile);
         GeneratorRun first = GeneratorHarness.Run(compilation);
         SyntaxTree kernels = compilation.SyntaxTrees.Single(static t => t.FilePath == "File0.cs");
-        string text = kernels.GetText().ToString();
-        SyntaxTree edited = kernels.WithChangedText(kernels.GetText().Replace(text.IndexOf("x * 2f", StringComparison.Ordinal), 6, "x /* doubled */ *  2f"));
+        SyntaxTree edited = Edit(kernels, "x * 2f", "x /* doubled */ *  2f");
         GeneratorRun second = GeneratorHarness.Run(compilation.ReplaceSyntaxTree(kernels, edited), first.Driver);
 
         GeneratorRunResult result = second.Driver.GetRunResult().Results.Single();
-        AssertReasons(result, KernelGenerator.TrackingNames.Models, IncrementalStepRunReason.Unchanged, IncrementalStepRunReason.Cached);
+        AssertReasons(
+            result,
+            KernelGenerator.TrackingNames.Models,
+            IncrementalStepRunReason.Unchanged,
+            IncrementalStepRunReason.Cached);
         Assert.Equal(first.Generated, second.Generated);
+    }
+
+    private static SyntaxTree Edit(SyntaxTree tree, string find, string replacement)
+    {
+        // Replace the first occurrence of the text, keeping the tree's path and options.
+        string text = tree.GetText().ToString();
+        int at = text.IndexOf(find, StringComparison.Ordinal);
+        Assert.True(at >= 0, $"'{find}' is not in {tree.FilePath}.");
+        return tree.WithChangedText(tree.GetText().Replace(at, find.Length, replacement));
     }
 
     private static void AssertReasons(GeneratorRunResult result, string step, params IncrementalStepRunReason[] allowed)
     {
         Assert.True(result.TrackedSteps.ContainsKey(step), $"The step {step} was not tracked.");
-        IncrementalStepRunReason[] reasons = result.TrackedSteps[step].SelectMany(static run => run.Outputs).Select(static output => output.Reason).ToArray();
+        IncrementalStepRunReason[] reasons = result.TrackedSteps[step]
+            .SelectMany(static run => run.Outputs)
+            .Select(static output => output.Reason)
+            .ToArray();
         Assert.NotEmpty(reasons);
         Assert.All(reasons, reason => Assert.Contains(reason, allowed));
     }

@@ -53,7 +53,11 @@ public sealed class CustomKernelTests : IClassFixture<CustomKernelDevices>
         {
             using TensorScope scope = new(device);
             Tensor output = scope.Zeros(c.Shape);
-            TestKernels.AllFunctions(scope.From(c.A, c.Shape), scope.From(c.B, c.BShape), scope.From(third, c.Shape), output);
+            TestKernels.AllFunctions(
+                scope.From(c.A, c.Shape),
+                scope.From(c.B, c.BShape),
+                scope.From(third, c.Shape),
+                output);
             double[] expected = c.A.Select((a, i) => TestKernels.Reference.AllFunctions(a, c.B[i % c.B.Length], third[i])).ToArray();
             Close.Check(expected, output.ToArray(), 2e-6, 1e-5, $"AllFunctions on {device.Name} ({c})");
         }
@@ -88,7 +92,12 @@ public sealed class CustomKernelTests : IClassFixture<CustomKernelDevices>
             Tensor output = scope.Zeros(c.Shape);
             TestKernels.ThreeInputs(scope.From(c.A, c.Shape), scope.From(c.B, c.BShape), scope.From(third, cShape), output);
             double[] expected = c.A.Select((a, i) => TestKernels.Reference.ThreeInputs(a, c.B[i % c.B.Length], third[i % third.Length])).ToArray();
-            Close.Check(expected, output.ToArray(), 1e-6, 1e-6, $"ThreeInputs on {device.Name} ({c}, c {Tensor.FormatShape(cShape)})");
+            Close.Check(
+                expected,
+                output.ToArray(),
+                1e-6,
+                1e-6,
+                $"ThreeInputs on {device.Name} ({c}, c {Tensor.FormatShape(cShape)})");
         }
     }
 
@@ -104,7 +113,12 @@ public sealed class CustomKernelTests : IClassFixture<CustomKernelDevices>
         {
             using TensorScope scope = new(device);
             Tensor output = scope.Zeros(c.Shape);
-            TestKernels.LayerNorm(scope.From(c.X, c.Shape), scope.From(c.Weight, c.WeightShape), scope.From(bias, c.WeightShape), 0.5f, output);
+            TestKernels.LayerNorm(
+                scope.From(c.X, c.Shape),
+                scope.From(c.Weight, c.WeightShape),
+                scope.From(bias, c.WeightShape),
+                0.5f,
+                output);
             double[] expected = TestKernels.Reference.LayerNorm(c.X, c.Weight, bias, c.RowLength, 0.5f);
             Close.Check(expected, output.ToArray(), 1e-4, 1e-4, $"LayerNorm on {device.Name} ({c})");
         }
@@ -133,7 +147,12 @@ public sealed class CustomKernelTests : IClassFixture<CustomKernelDevices>
             using TensorScope scope = new(device);
             Tensor output = scope.Zeros(c.Shape);
             TestKernels.TimesSumExp(scope.From(c.X, c.Shape), output);
-            Close.Check(TestKernels.Reference.TimesSumExp(c.X, c.RowLength), output.ToArray(), 1e-5, 1e-7, $"TimesSumExp on {device.Name} ({c})");
+            Close.Check(
+                TestKernels.Reference.TimesSumExp(c.X, c.RowLength),
+                output.ToArray(),
+                1e-5,
+                1e-7,
+                $"TimesSumExp on {device.Name} ({c})");
         }
     }
 

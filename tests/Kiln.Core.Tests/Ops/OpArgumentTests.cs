@@ -95,7 +95,9 @@ public sealed class OpArgumentTests : IClassFixture<CpuDevicesFixture>
         using (sin)
         {
             Tensor odd = scope.Zeros([2, 5]);
-            Assert.Contains("must be even", Assert.Throws<ArgumentException>(() => Kiln.Ops.Rope(odd, cos, sin, 0, RopeLayout.Adjacent, odd)).Message);
+            Assert.Contains(
+                "must be even",
+                Assert.Throws<ArgumentException>(() => Kiln.Ops.Rope(odd, cos, sin, 0, RopeLayout.Adjacent, odd)).Message);
 
             Tensor wide = scope.Zeros([2, 6]);
             ArgumentException table = Assert.Throws<ArgumentException>(() => Kiln.Ops.Rope(wide, cos, sin, 0, RopeLayout.Adjacent, wide));
@@ -105,8 +107,12 @@ public sealed class OpArgumentTests : IClassFixture<CpuDevicesFixture>
             ArgumentException late = Assert.Throws<ArgumentException>(() => Kiln.Ops.Rope(x, cos, sin, 6, RopeLayout.HalfSplit, x));
             Assert.Contains("cos holds 8 positions but tokens 6..8 need 9", late.Message);
 
-            Assert.Equal("startPosition", Assert.Throws<ArgumentException>(() => Kiln.Ops.Rope(x, cos, sin, -1, RopeLayout.HalfSplit, x)).ParamName);
-            Assert.Equal("layout", Assert.Throws<ArgumentException>(() => Kiln.Ops.Rope(x, cos, sin, 0, (RopeLayout)7, x)).ParamName);
+            Assert.Equal(
+                "startPosition",
+                Assert.Throws<ArgumentException>(() => Kiln.Ops.Rope(x, cos, sin, -1, RopeLayout.HalfSplit, x)).ParamName);
+            Assert.Equal(
+                "layout",
+                Assert.Throws<ArgumentException>(() => Kiln.Ops.Rope(x, cos, sin, 0, (RopeLayout)7, x)).ParamName);
         }
     }
 

@@ -18,7 +18,12 @@ public static class OpProperties
         Tensor b = scope.From(c.B, c.BShape);
         Tensor output = inPlace ? a : scope.Zeros(c.Shape);
         Kiln.Ops.Add(a, b, output);
-        Close.Check(Kiln.Ops.Reference.Add(c.A, c.B), output.ToArray(), 0, 0, $"Add on {device.Name} ({c}, in place {inPlace})");
+        Close.Check(
+            Kiln.Ops.Reference.Add(c.A, c.B),
+            output.ToArray(),
+            0,
+            0,
+            $"Add on {device.Name} ({c}, in place {inPlace})");
     }
 
     /// <summary>Scale: a 1/64-grid value times a 1/32-grid scalar is exact in float32.</summary>
@@ -28,7 +33,12 @@ public static class OpProperties
         Tensor x = scope.From(c.A, c.Shape);
         Tensor output = inPlace ? x : scope.Zeros(c.Shape);
         Kiln.Ops.Scale(x, c.Scalar, output);
-        Close.Check(Kiln.Ops.Reference.Scale(c.A, c.Scalar), output.ToArray(), 0, 0, $"Scale on {device.Name} ({c}, in place {inPlace})");
+        Close.Check(
+            Kiln.Ops.Reference.Scale(c.A, c.Scalar),
+            output.ToArray(),
+            0,
+            0,
+            $"Scale on {device.Name} ({c}, in place {inPlace})");
     }
 
     /// <summary>SiluMul: exp is accurate to a few ulp, then one division and one product: 2e-6 relative, 1e-7 absolute.</summary>
@@ -39,7 +49,12 @@ public static class OpProperties
         Tensor up = scope.From(c.B, c.BShape);
         Tensor output = inPlace ? gate : scope.Zeros(c.Shape);
         Kiln.Ops.SiluMul(gate, up, output);
-        Close.Check(Kiln.Ops.Reference.SiluMul(c.A, c.B), output.ToArray(), 2e-6, 1e-7, $"SiluMul on {device.Name} ({c}, in place {inPlace})");
+        Close.Check(
+            Kiln.Ops.Reference.SiluMul(c.A, c.B),
+            output.ToArray(),
+            2e-6,
+            1e-7,
+            $"SiluMul on {device.Name} ({c}, in place {inPlace})");
     }
 
     /// <summary>
@@ -86,7 +101,14 @@ public static class OpProperties
             Tensor output = inPlace ? x : scope.Zeros(c.Shape);
             Kiln.Ops.Rope(x, cosTable, sinTable, c.StartPosition, c.Layout, output);
             int rowsPerToken = c.Shape.Length == 3 ? c.Shape[1] : 1;
-            double[] expected = Kiln.Ops.Reference.Rope(c.X, rowsPerToken, c.Shape[^1], cosTable.ToArray(), sinTable.ToArray(), c.StartPosition, c.Layout);
+            double[] expected = Kiln.Ops.Reference.Rope(
+                c.X,
+                rowsPerToken,
+                c.Shape[^1],
+                cosTable.ToArray(),
+                sinTable.ToArray(),
+                c.StartPosition,
+                c.Layout);
             Close.Check(expected, output.ToArray(), 1e-6, 1e-5, $"Rope on {device.Name} ({c}, in place {inPlace})");
         }
     }

@@ -26,14 +26,16 @@ public sealed record RowCase(int[] Shape, float[] X, int[] WeightShape, float[] 
     public int RowLength => Shape[^1];
 
     /// <inheritdoc />
-    public override string ToString() => $"x {Tensor.FormatShape(Shape)}, weight {Tensor.FormatShape(WeightShape)}, eps {Eps}";
+    public override string ToString() =>
+        $"x {Tensor.FormatShape(Shape)}, weight {Tensor.FormatShape(WeightShape)}, eps {Eps}";
 }
 
 /// <summary>A rotary case: x [T, H, Dh] (or [T, Dh]), the tables' length S, the start position and layout.</summary>
 public sealed record RopeCase(int[] Shape, float[] X, int Positions, int StartPosition, float Theta, RopeLayout Layout)
 {
     /// <inheritdoc />
-    public override string ToString() => $"x {Tensor.FormatShape(Shape)}, S {Positions}, start {StartPosition}, theta {Theta}, {Layout}";
+    public override string ToString() =>
+        $"x {Tensor.FormatShape(Shape)}, S {Positions}, start {StartPosition}, theta {Theta}, {Layout}";
 }
 
 /// <summary>An epilogue case: a [M, K], w [N, K], residual [M, N] or [N].</summary>
@@ -53,13 +55,13 @@ public static class OpGen
     public static Gen<int> Dimension(int max) =>
         Gen.Frequency((2, Gen.Choose(1, Math.Min(max, 24))), (2, Gen.Elements(s_edgeSizes.Where(d => d <= max).ToArray())));
 
-    /// <summary>A shape of rank 1 to <paramref name="maxRank"/> holding at most <paramref name="budget"/> elements.</summary>
+    /// <summary>A shape of rank 1 to <paramref name="maxRank"/>, at most <paramref name="budget"/> elements.</summary>
     public static Gen<int[]> Shape(int maxRank, int budget, int maxDimension = 129) =>
         Gen.Choose(1, maxRank)
             .SelectMany(rank => Dimension(maxDimension).ArrayOf(rank))
             .Select(shape => Fit(shape, budget));
 
-    /// <summary>Values on a grid of 1/64 in [-<paramref name="range"/>, <paramref name="range"/>]: exact in float32.</summary>
+    /// <summary>Values on a grid of 1/64 in [-range, range]: exact in float32.</summary>
     public static Gen<float[]> Values(int count, int range = 8) =>
         Gen.Choose(-range * 64, range * 64).Select(i => i / 64f).ArrayOf(count);
 
@@ -88,7 +90,7 @@ public static class OpGen
         from s in Gen.Choose(-256, 256).Select(i => i / 32f)
         select new PointwiseCase(shape, a, bShape, b, s);
 
-    /// <summary>Row cases of at most <paramref name="budget"/> elements, values in [-<paramref name="range"/>, <paramref name="range"/>].</summary>
+    /// <summary>Row cases of at most <paramref name="budget"/> elements, values in [-range, range].</summary>
     public static Gen<RowCase> Row(int budget, int range = 8, int maxRowLength = 129) =>
         from shape in Shape(3, budget, maxRowLength)
         from x in Values(Count(shape), range)
@@ -102,7 +104,9 @@ public static class OpGen
         from rank in Gen.Choose(2, 3)
         from tokens in Gen.Choose(1, 5)
         from heads in Gen.Elements(1, 2, 3, 4)
-        from half in Gen.Frequency((2, Gen.Choose(1, Math.Min(maxHalf, 24))), (2, Gen.Elements(new[] { 1, 7, 8, 9, 15, 16, 17, 32, 33, 64 }.Where(h => h <= maxHalf).ToArray())))
+        from half in Gen.Frequency(
+            (2, Gen.Choose(1, Math.Min(maxHalf, 24))),
+            (2, Gen.Elements(new[] { 1, 7, 8, 9, 15, 16, 17, 32, 33, 64 }.Where(h => h <= maxHalf).ToArray())))
         let shape = Fit(rank == 2 ? new[] { tokens, 2 * half } : new[] { tokens, heads, 2 * half }, budget, keepLast: true)
         from x in Values(Count(shape))
         from start in Gen.Choose(0, 9)
@@ -168,7 +172,8 @@ public static class Close
             if (!(error <= absolute + (relative * Math.Abs(expected[i]))))
             {
                 throw new XunitException(
-                    $"{context}: element {i} is {actual[i]:R}, expected {expected[i]:R} (error {error:E2} > {absolute:E1} + {relative:E1}·|expected|).");
+                    $"{context}: element {i} is {actual[i]:R}, expected {expected[i]:R} "
+                    + $"(error {error:E2} > {absolute:E1} + {relative:E1}·|expected|).");
             }
         }
     }

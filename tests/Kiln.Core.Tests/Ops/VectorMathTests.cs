@@ -68,7 +68,11 @@ public sealed class VectorMathTests
     {
         // Pairs (2i, 2i + 1) hold the values 2i and 2i + 1.
         float[] pairs = Enumerable.Range(0, 32).Select(i => (float)i).ToArray();
-        VectorMath.Deinterleave(Vector512.Create(pairs.AsSpan(0, 16)), Vector512.Create(pairs.AsSpan(16, 16)), out Vector512<float> first, out Vector512<float> second);
+        VectorMath.Deinterleave(
+            Vector512.Create(pairs.AsSpan(0, 16)),
+            Vector512.Create(pairs.AsSpan(16, 16)),
+            out Vector512<float> first,
+            out Vector512<float> second);
         for (int i = 0; i < 16; i++)
         {
             Assert.Equal(2 * i, first[i]);
@@ -78,7 +82,11 @@ public sealed class VectorMathTests
         VectorMath.Interleave(first, second, out Vector512<float> low, out Vector512<float> high);
         Assert.Equal(pairs, low.ToArray().Concat(high.ToArray()));
 
-        VectorMath.Deinterleave(Vector256.Create(pairs.AsSpan(0, 8)), Vector256.Create(pairs.AsSpan(8, 8)), out Vector256<float> first8, out Vector256<float> second8);
+        VectorMath.Deinterleave(
+            Vector256.Create(pairs.AsSpan(0, 8)),
+            Vector256.Create(pairs.AsSpan(8, 8)),
+            out Vector256<float> first8,
+            out Vector256<float> second8);
         for (int i = 0; i < 8; i++)
         {
             Assert.Equal(2 * i, first8[i]);

@@ -68,7 +68,9 @@ public sealed class PtxCompilationTests : IDisposable
 
         // Unresolved functions would fail at module load on a GPU.
         string[] externs = ptx.Split('\n').Where(static line => line.Contains(".extern", StringComparison.Ordinal)).ToArray();
-        Assert.True(externs.Length == 0, $"{owner}.{op} leaves unresolved calls in its PTX (replace the function in the definition): {string.Join(" | ", externs)}");
+        Assert.True(
+            externs.Length == 0,
+            $"{owner}.{op} leaves unresolved calls in its PTX (replace the function in the definition): {string.Join(" | ", externs)}");
         Assert.Contains(".target sm_80", ptx);
 
         // Row kernels reduce across the group: warp shuffles and barriers.
