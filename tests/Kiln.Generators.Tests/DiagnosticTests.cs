@@ -53,6 +53,8 @@ public sealed class DiagnosticTests
         // KLN0010: unsupported syntax.
         { "KLN0010", "[Pointwise] public static float F(float x) => new float[] { x }[0];", "new float[] { x }[0]" },
         { "KLN0010", "[Pointwise] public static float F(float x) => x % 2f;", "x % 2f" },
+        { "KLN0010", "[Pointwise] public static float F(float x) => x = 2f;", "x = 2f" },
+        { "KLN0010", "[Pointwise] public static float F(float x) => x++;", "x++" },
         { "KLN0010", "[Pointwise] public static float F(float x) => x + Environment.ProcessorCount;", "Environment.ProcessorCount" },
         { "KLN0010", "[Pointwise] public static float F(float x) => !(x > 0f) ? 1f : 0f;", "!(x > 0f)" },
         { "KLN0010", "[Rotary] public static (float, float) F(float x0, float x1) => Pair(x0, x1); static (float, float) Pair(float a, float b) => (a, b);", "Pair(x0, x1)" },
