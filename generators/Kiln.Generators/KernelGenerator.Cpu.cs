@@ -70,6 +70,7 @@ public sealed partial class KernelGenerator
             .Concat(new[] { "float* outputData" }));
         writer.Line($"/// <summary>Computes <see cref=\"{definition.DefinitionCref}\"/> over <paramref name=\"length\"/> contiguous elements.</summary>");
         writer.Open($"private static void {op}Span({parameters})");
+        writer.Line("// Blocks of 16 lanes, then of 8, then single elements: the definition in three forms.");
         writer.Line("int index = 0;");
         EmitMapLoops(writer, definition, definition.Results[0], MapLoads(definition, definition.Results[0]));
         writer.Close();
