@@ -3,14 +3,15 @@ using Kiln.Kernels;
 namespace Kiln;
 
 // RmsNorm: root-mean-square normalisation of every row (Zhang & Sennrich 2019; Llama's RMSNorm),
-// out = x · weight / √(mean(x²) + eps), over the last axis N of x [..., N] with weight [N]. A row op: the
-// generated code first reduces Σ x² over the row (one vectorized pass), then maps every element; √(...) is the
-// same for the whole row and is computed once per row. Generated op: Ops.RmsNorm(x, weight, eps, output), plus
-// the single-row helper Ops.RmsNormRow(x, weight, eps, output) over spans.
+// out = weight · (x · 1/√(mean(x²) + eps)), over the last axis N of x [..., N] with weight [N], in the order of
+// operations of llama2.c's rmsnorm. A row op: the generated code first reduces Σ x² over the row (one vectorized
+// pass), then maps every element; 1/√(...) is the same for the whole row and is computed once per row, so the map
+// is two multiplications (a division per element would bound the loop by the divider). Generated op:
+// Ops.RmsNorm(x, weight, eps, output), plus the single-row helper Ops.RmsNormRow(x, weight, eps, output) over spans.
 
 public static partial class Ops
 {
-    /// <summary>The definition of <c>RmsNorm</c>: x · weight / √(Σx² / n + eps).</summary>
+    /// <summary>The definition of <c>RmsNorm</c>: weight · (x · 1 / √(Σx² / n + eps)), in llama2.c's order.</summary>
     [Row]
     public static float RmsNorm(
         float x,
@@ -18,7 +19,7 @@ public static partial class Ops
         [Reduce(Reduction.SumOfSquares, nameof(x))] float sumOfSquares,
         [RowLength] int n,
         [Scalar] float eps)
-        => x * weight / MathF.Sqrt(sumOfSquares / n + eps);
+        => weight * (x * (1f / MathF.Sqrt(sumOfSquares / n + eps)));
 
     public static partial class Reference
     {

@@ -2,8 +2,10 @@ using Kiln.Kernels;
 
 namespace Kiln;
 
-// Softmax over the last axis, stable: out = exp(x - max) / Σ exp(x - max). Subtracting the row's max keeps every
-// exponent ≤ 0, so large logits cannot overflow (TensorPrimitives.SoftMax skips this and returns NaN on them).
+// Softmax over the last axis, stable: out = exp(x - max) / Σ exp(x - max), written as a product with the reciprocal
+// of the sum (computed once per row; a division per element would bound the last pass by the divider). Subtracting
+// the row's max keeps every exponent ≤ 0, so large logits cannot overflow (TensorPrimitives.SoftMax skips this and
+// returns NaN on them).
 // On the GPU the max and the sum come from one online pass over the row (the sum is rescaled by
 // exp(old max - new max) when the max grows, as in Milakov & Gimelshein 2018), then one pass writes the output. On
 // the CPU, where exp is the cost, the generator sees that the map reuses exp(x - max) and computes each
@@ -13,13 +15,13 @@ namespace Kiln;
 
 public static partial class Ops
 {
-    /// <summary>The definition of <c>Softmax</c>: exp(x - max) / sum, with max and sum reduced over the row.</summary>
+    /// <summary>The definition of <c>Softmax</c>: exp(x - max) · (1 / sum), with max and sum reduced over the row.</summary>
     [Row]
     public static float Softmax(
         float x,
         [Reduce(Reduction.Max, nameof(x))] float max,
         [Reduce(Reduction.SumExp, nameof(x))] float sum)
-        => MathF.Exp(x - max) / sum;
+        => MathF.Exp(x - max) * (1f / sum);
 
     public static partial class Reference
     {
