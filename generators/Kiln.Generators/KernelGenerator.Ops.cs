@@ -383,7 +383,7 @@ public sealed partial class KernelGenerator
 
                 writer.Line("Columns = columns,");
                 writer.Close(";");
-                writer.Line("MatMul.Compute(a, w, output, ref epilogue);");
+                writer.Line("global::Kiln.Kernels.MatMul.Compute(a, w, output, ref epilogue);");
             },
             () =>
             {
@@ -401,7 +401,7 @@ public sealed partial class KernelGenerator
                 }
 
                 writer.Close(";");
-                writer.Line("MatMul.ComputeGpu(a, w, output, epilogue);");
+                writer.Line("global::Kiln.Kernels.MatMul.ComputeGpu(a, w, output, epilogue);");
             },
             namesDevices: false);
     }

@@ -65,10 +65,16 @@ public static class InferenceSessions
         static (weights, options) => new LlamaReferenceSession(weights, options);
 
     /// <summary>
-    /// The factory used by default everywhere (the CLI, benchmarks). Today the reference session; switch this one
-    /// line to the fast batched session when it exists.
+    /// The fast batched session (<see cref="LlamaSession"/>) on the cpu device; the reference session elsewhere
+    /// (the fast session's attention is CPU-only for now).
     /// </summary>
-    public static SessionFactory Default { get; } = Reference;
+    public static SessionFactory Fast { get; } =
+        static (weights, options) => weights.Device is Kiln.Devices.CpuDevice
+            ? new LlamaSession(weights, options)
+            : new LlamaReferenceSession(weights, options);
+
+    /// <summary>The factory used by default everywhere (the CLI, benchmarks): <see cref="Fast"/>.</summary>
+    public static SessionFactory Default { get; } = Fast;
 
     /// <summary>A short name of the default session for logs and benchmark output.</summary>
     public static string DefaultName => ReferenceEquals(Default, Reference) ? "reference" : "fast";

@@ -20,11 +20,8 @@ internal delegate int GemmBenchEntry(int m, int n, int k, int threads, bool json
 /// <summary>The <c>bench</c> command and its subcommands.</summary>
 internal static class BenchCommand
 {
-    /// <summary>
-    /// The matrix-product benchmark, or null while it is not part of the build. To hook it up, replace null with
-    /// <c>GemmBench.Run</c> (class Kiln.Cli.Bench.GemmBench).
-    /// </summary>
-    internal static readonly GemmBenchEntry? GemmBenchRun = null;
+    /// <summary>The matrix-product benchmark (Kiln.Cli.Bench.GemmBench).</summary>
+    internal static readonly GemmBenchEntry? GemmBenchRun = Bench.GemmBench.Run;
 
     /// <summary>Builds the command.</summary>
     public static Command Create(CliContext context)
