@@ -28,6 +28,25 @@ public sealed class FastSessionTests
     }
 
     [Fact]
+    public void TwoPromptsInARow_GiveWhatEachGivesAlone()
+    {
+        SamplerOptions options = new() { Temperature = 0.8f, TopK = 40, TopP = 0.95f, Seed = 7 };
+        GenerationResult Alone(string prompt)
+        {
+            using LlamaSession session = new(TestData.Stories, new SessionOptions());
+            return new TextGenerator(session, TestData.StoriesTok, new Sampler(512, options)).Generate(prompt, 80);
+        }
+
+        using LlamaSession shared = new(TestData.Stories, new SessionOptions());
+        TextGenerator generator = new(shared, TestData.StoriesTok, new Sampler(512, options));
+        GenerationResult first = generator.Generate("The dog ran", 80);
+        GenerationResult second = generator.Generate("Tom had a red car", 80);
+
+        Assert.Equal(Alone("The dog ran").GeneratedTokens, first.GeneratedTokens);
+        Assert.Equal(Alone("Tom had a red car").GeneratedTokens, second.GeneratedTokens);
+    }
+
+    [Fact]
     public void Stories260K_Logits_MatchReferenceSession_OneTokenAtATime()
     {
         using LlamaSession fast = new(TestData.Stories, new SessionOptions());
