@@ -135,6 +135,8 @@ public static unsafe class Attention
         public float Scale;
     }
 
+    // The scores are fully written before they are read, so the stack buffer is not zeroed.
+    [SkipLocalsInit]
     private static void Run(void* statePointer, int begin, int end)
     {
         ref State state = ref Unsafe.AsRef<State>(statePointer);
