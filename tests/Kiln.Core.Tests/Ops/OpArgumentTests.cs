@@ -30,6 +30,16 @@ public sealed class OpArgumentTests : IClassFixture<CpuDevicesFixture>
         Assert.Contains("such as [4] or [2, 4]", error.Message);
     }
 
+    /// <summary>Empty tensors of matching shapes are valid and leave nothing to do.</summary>
+    [Fact]
+    public void EmptyTensors_OfMatchingShapes_AreAccepted()
+    {
+        using TensorScope scope = new(_cpu);
+        Kiln.Ops.Add(scope.Zeros([0, 4]), scope.Zeros([0, 4]), scope.Zeros([0, 4]));
+        Kiln.Ops.RmsNorm(scope.Zeros([0, 4]), scope.Zeros([4]), 1e-5f, scope.Zeros([0, 4]));
+        Kiln.Ops.ResidualAdd(scope.Zeros([0, 3]), scope.Zeros([4, 3]), scope.Zeros([0, 4]), scope.Zeros([0, 4]));
+    }
+
     /// <summary>An output of the wrong shape is named with both shapes.</summary>
     [Fact]
     public void RmsNorm_WithWrongOutputShape_NamesTheOutput()

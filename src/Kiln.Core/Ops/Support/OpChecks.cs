@@ -99,7 +99,8 @@ public static class OpChecks
 
         ReadOnlySpan<int> target = reference.Shape;
         bool suffix = shape.Length <= target.Length && shape.SequenceEqual(target[(target.Length - shape.Length)..]);
-        bool wholeRows = rowLength <= 1 || (tensor.Length > 0 && tensor.Length % rowLength == 0);
+        // An empty input broadcasts only to an empty reference (its suffix has a zero); the ops then do nothing.
+        bool wholeRows = rowLength <= 1 || tensor.Length % rowLength == 0;
         if (!suffix || !wholeRows)
         {
             string example = target.Length == 0 ? "[]" : Tensor.FormatShape(target[^1..]);
