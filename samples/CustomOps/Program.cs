@@ -6,10 +6,24 @@ using Kiln.Devices;
 // weights and input, and prints the largest difference between the two outputs. Usage: dotnet run -c Release
 // [--tokens T] [--width D] [--hidden F] [--seed S].
 
-int tokens = Option("--tokens", 5);
-int width = Option("--width", 45);
-int hidden = Option("--hidden", 70);
-int seed = Option("--seed", 1234);
+Dictionary<string, int> options = new() { ["--tokens"] = 5, ["--width"] = 45, ["--hidden"] = 70, ["--seed"] = 1234 };
+for (int i = 0; i < args.Length; i += 2)
+{
+    // Every argument is a known flag followed by an integer; sizes are at least 1.
+    if (!options.ContainsKey(args[i]) || i + 1 >= args.Length || !int.TryParse(args[i + 1], out int value)
+        || (args[i] != "--seed" && value < 1))
+    {
+        Console.Error.WriteLine($"CustomOps: error: '{string.Join(' ', args.Skip(i).Take(2))}': expected --tokens, --width or --hidden with an integer >= 1, or --seed with an integer.");
+        return 2;
+    }
+
+    options[args[i]] = value;
+}
+
+int tokens = options["--tokens"];
+int width = options["--width"];
+int hidden = options["--hidden"];
+int seed = options["--seed"];
 
 // One input, the same on both devices.
 Random random = new(seed + 1);
@@ -43,8 +57,3 @@ float[] Run(string deviceName)
     return y.ToArray();
 }
 
-int Option(string name, int fallback)
-{
-    int at = Array.IndexOf(args, name);
-    return at >= 0 && at + 1 < args.Length && int.TryParse(args[at + 1], out int value) ? value : fallback;
-}
