@@ -118,7 +118,11 @@ internal static class GenerateCommand
         // Load the weights on the device and set up the session, sampler and generator.
         using Device device = CommonOptions.CreateDevice(request.Device, request.Threads);
         using LlamaWeights weights = Llama2cCheckpoint.Load(modelPath, device);
-        using IInferenceSession session = InferenceSessions.Default(weights, new SessionOptions());
+        // The session holds only the positions this run can use: the prompt and -n new tokens (all of seq_len for -1).
+        int contextLength = request.MaxNewTokens < 0
+            ? config.SeqLen
+            : (int)Math.Min(config.SeqLen, (long)promptTokens.Length + request.MaxNewTokens);
+        using IInferenceSession session = InferenceSessions.Default(weights, new SessionOptions { ContextLength = contextLength });
         ulong seed = request.Seed ?? RandomSeed();
         SamplerOptions sampling = new()
         {

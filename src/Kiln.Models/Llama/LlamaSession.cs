@@ -46,6 +46,7 @@ public sealed unsafe class LlamaSession : IInferenceSession
     /// <summary>Creates a session over <paramref name="weights"/>, which must outlive it.</summary>
     /// <exception cref="ArgumentException">The weights are not on a cpu device.</exception>
     /// <exception cref="ArgumentOutOfRangeException">The context length is outside 1..seq_len.</exception>
+    /// <exception cref="InsufficientMemoryException">The KV cache for the context cannot fit in this machine's memory.</exception>
     public LlamaSession(LlamaWeights weights, SessionOptions options)
     {
         ArgumentNullException.ThrowIfNull(weights);
@@ -61,6 +62,9 @@ public sealed unsafe class LlamaSession : IInferenceSession
         Config = c;
         ContextLength = options.ResolveContextLength(c);
         _chunk = Math.Min(PrefillChunk, ContextLength);
+
+        // Refuse a cache this machine cannot hold before allocating any of it.
+        SessionMemory.EnsureCacheFits(2L * c.Layers * c.KvDim * ContextLength * sizeof(float), ContextLength, c.SeqLen);
 
         // RoPE tables for every position of the context.
         (_cos, _sin) = Ops.RopeTables(ContextLength, c.HeadDim, c.RopeTheta, device);
