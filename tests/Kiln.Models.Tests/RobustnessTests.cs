@@ -1,10 +1,15 @@
 // Adversarial inputs found while trying to break Kiln, each pinned by a test: crafted headers whose context length
-// asks for more memory than the machine has, and command-line values at the edges of their ranges. Every case
+// asks for more memory than the machine has, sampling at extreme temperatures, and command-line values at the edges
+// of their ranges. Every case
 // must fail fast with one clear line (or succeed using only the memory it needs), never exhaust the machine.
 
+using FsCheck;
+using FsCheck.Fluent;
+using FsCheck.Xunit;
 using Kiln.Cli;
 using Kiln.Models.Formats;
 using Kiln.Models.Llama;
+using Kiln.Models.Sampling;
 using Xunit;
 
 namespace Kiln.Models.Tests;
@@ -67,6 +72,33 @@ public sealed class RobustnessTests : IDisposable
         Assert.StartsWith("kiln: error: The KV cache for a context of 16777216 positions", line);
         Assert.Contains("--context", line);
     }
+
+    /// <summary>
+    /// Top-k keeps the K largest logits whatever the temperature: at 1e30 every weight rounds to 1 and at 1e-30 all
+    /// but the maximum round to 0, but the kept set must still be the K best logits (ties: lower id).
+    /// </summary>
+    [Property(MaxTest = 300)]
+    public Property TopK_AtExtremeTemperatures_KeepsTheLargestLogits() => Prop.ForAll(
+        (from n in Gen.Choose(2, 300)
+         from logits in Gen.Choose(-500, 500).Select(i => i / 100f).ArrayOf(n)
+         from topK in Gen.Choose(1, n - 1)
+         from exponent in Gen.Elements(-30, -20, -8, 8, 20, 30)
+         select (logits, topK, exponent)).ToArbitrary(),
+        sample =>
+        {
+            (float[] logits, int topK, int exponent) = sample;
+            float temperature = MathF.Pow(10f, exponent);
+            Sampler sampler = new(logits.Length, new SamplerOptions { Temperature = temperature, TopK = topK, Seed = 3 });
+            int[] ids = new int[logits.Length];
+            float[] probabilities = new float[logits.Length];
+            int count = sampler.GetCandidates(logits, ids, probabilities);
+
+            // Reference: ids ordered by logit descending, then id ascending; the first K are kept.
+            int[] expected = [.. Enumerable.Range(0, logits.Length).OrderByDescending(i => logits[i]).ThenBy(i => i).Take(topK)];
+            int drawn = sampler.Sample(logits);
+            return (ids.AsSpan(0, count).SequenceEqual(expected) && expected.Contains(drawn))
+                .Label($"T 1e{exponent}, top-k {topK}: kept {string.Join(',', ids.Take(count))}, expected {string.Join(',', expected)}, drew {drawn}");
+        });
 
     // Writes a version-1 header for config followed by zero weights of exactly the right length (sparse on disk).
     private string WriteVersion1(LlamaConfig config)
