@@ -73,6 +73,22 @@ public sealed class RobustnessTests : IDisposable
         Assert.Contains("--context", line);
     }
 
+    [Theory]
+    [InlineData("100000", "100000", "100000", "A [M, K]")]
+    [InlineData("1", "65536", "65537", "W [N, K]")]
+    [InlineData("50000", "50000", "1", "C [M, N]")]
+    public void Cli_BenchGemmWithAMatrixTooLargeForATensor_IsAUsageError(string m, string n, string k, string matrix)
+    {
+        // These products overflow int (M·K = 10^10 wrapped to 1.4·10^9 floats were allocated before the check).
+        (int code, string stdout, string stderr) = Run("bench", "gemm", "--m", m, "--n", n, "--k", k);
+
+        Assert.Equal(2, code);
+        Assert.Equal(string.Empty, stdout);
+        string line = Assert.Single(stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        Assert.StartsWith($"kiln: error: --m {m} --n {n} --k {k}: {matrix}", line);
+        Assert.Contains("smaller sizes", line);
+    }
+
     /// <summary>
     /// Top-k keeps the K largest logits whatever the temperature: at 1e30 every weight rounds to 1 and at 1e-30 all
     /// but the maximum round to 0, but the kept set must still be the K best logits (ties: lower id).
