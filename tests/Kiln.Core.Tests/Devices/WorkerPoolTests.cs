@@ -1,0 +1,126 @@
+// The worker pool under misuse and load: an exception in a body reaches the caller and leaves the pool usable,
+// a loop started from inside a body of the same pool runs (inline) instead of deadlocking, several threads may
+// call For at once, and an idle pool disposes promptly. Each loop that could hang runs with a deadline.
+
+using System.Runtime.InteropServices;
+using Kiln.Devices;
+using Xunit;
+
+namespace Kiln.Core.Tests.Devices;
+
+public sealed class WorkerPoolTests
+{
+    private static readonly TimeSpan s_deadline = TimeSpan.FromSeconds(20);
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    public async Task NestedFor_OnTheSamePool_CompletesWithEveryIndex(int threads)
+    {
+        using WorkerPool pool = new(threads);
+
+        // Outer loop of 8 parts, each running an inner loop of 100 indices on the same pool.
+        int total = await Task.Run(() => RunNested(pool)).WaitAsync(s_deadline);
+
+        Assert.Equal(8 * 100, total);
+    }
+
+    [Fact]
+    public unsafe void ExceptionInABody_ReachesTheCaller_AndThePoolStaysUsable()
+    {
+        using WorkerPool pool = new(2);
+        int total = 0;
+
+        InvalidOperationException e = Assert.Throws<InvalidOperationException>(() => pool.For(100, 1, &ThrowInSecondHalf, null));
+        pool.For(100, 1, &Count, &total);
+
+        Assert.Equal("second half", e.Message);
+        Assert.Equal(100, total);
+    }
+
+    [Fact]
+    public async Task ConcurrentCallers_EachGetTheirWholeRange()
+    {
+        using WorkerPool pool = new(2);
+        int wrong = 0;
+
+        await Task.Run(() => Parallel.For(0, 4, _ =>
+        {
+            for (int i = 0; i < 500; i++)
+            {
+                if (CountOnce(pool, 64) != 64)
+                {
+                    Interlocked.Increment(ref wrong);
+                }
+            }
+        })).WaitAsync(s_deadline);
+
+        Assert.Equal(0, wrong);
+    }
+
+    [Fact]
+    public async Task DisposeWhileIdle_ReturnsPromptly_AndTwiceIsHarmless()
+    {
+        WorkerPool pool = new(3);
+        Assert.Equal(30, CountOnce(pool, 30));
+
+        await Task.Run(() =>
+        {
+            pool.Dispose();
+            pool.Dispose();
+        }).WaitAsync(s_deadline);
+
+        Assert.Throws<ObjectDisposedException>(() => CountOnce(pool, 30));
+    }
+
+    private static unsafe int CountOnce(WorkerPool pool, int count)
+    {
+        int total = 0;
+        pool.For(count, 1, &Count, &total);
+        return total;
+    }
+
+    private static unsafe int RunNested(WorkerPool pool)
+    {
+        GCHandle handle = GCHandle.Alloc(pool);
+        try
+        {
+            NestedState state = new() { Pool = GCHandle.ToIntPtr(handle) };
+            pool.For(8, 1, &Outer, &state);
+            return state.Total;
+        }
+        finally
+        {
+            handle.Free();
+        }
+    }
+
+    private static unsafe void Outer(void* state, int start, int end)
+    {
+        NestedState* nested = (NestedState*)state;
+        for (int i = start; i < end; i++)
+        {
+            int inner = 0;
+            WorkerPool pool = (WorkerPool)GCHandle.FromIntPtr(nested->Pool).Target!;
+            pool.For(100, 1, &Count, &inner);
+            Interlocked.Add(ref nested->Total, inner);
+        }
+    }
+
+    private static unsafe void Count(void* state, int start, int end) => Interlocked.Add(ref *(int*)state, end - start);
+
+    private static unsafe void ThrowInSecondHalf(void* state, int start, int end)
+    {
+        if (end > 50)
+        {
+            throw new InvalidOperationException("second half");
+        }
+    }
+
+    private struct NestedState
+    {
+        public nint Pool;
+        public int Total;
+    }
+}
