@@ -16,8 +16,8 @@ namespace Kiln.Models.Tests;
 
 public sealed class RobustnessTests : IDisposable
 {
-    // A tiny model whose header claims the largest context the reader accepts: 64 layers × 2 × 64 × 2^24 floats
-    // of KV cache (512 GiB) for about 5 MB of weights.
+    // A tiny model whose header claims the largest context the reader accepts (2^24 positions, 512 GiB of KV cache
+    // for 64 layers × 2 × 64 floats per position) for about 5 MB of weights.
     private static readonly LlamaConfig s_hugeContext = new()
     {
         Dim = 64,
@@ -30,6 +30,20 @@ public sealed class RobustnessTests : IDisposable
         HeadDim = 64,
     };
 
+    // A model whose KV cache exceeds the machine even within the fast session's longest context: 1024 layers × 2 ×
+    // 128 floats × 65536 positions = 64 GiB, for 282 MB of weights.
+    private static readonly LlamaConfig s_hugeCache = new()
+    {
+        Dim = 128,
+        HiddenDim = 8,
+        Layers = 1024,
+        Heads = 2,
+        KvHeads = 2,
+        VocabSize = 512,
+        SeqLen = LlamaSession.MaxContextLength,
+        HeadDim = 64,
+    };
+
     private readonly TempDirectory _temp = new();
 
     public void Dispose() => _temp.Dispose();
@@ -37,7 +51,8 @@ public sealed class RobustnessTests : IDisposable
     [Fact]
     public void FastSession_CacheLargerThanTheMachine_ThrowsBeforeAllocating()
     {
-        using LlamaWeights weights = LlamaWeights.Allocate(s_hugeContext);
+        Assert.True(2L * 1024 * 128 * 65536 * sizeof(float) > GC.GetGCMemoryInfo().TotalAvailableMemoryBytes, "the case must exceed this machine's memory");
+        using LlamaWeights weights = LlamaWeights.Allocate(s_hugeCache);
 
         InsufficientMemoryException e = Assert.Throws<InsufficientMemoryException>(
             () => new LlamaSession(weights, new SessionOptions()));
@@ -45,6 +60,46 @@ public sealed class RobustnessTests : IDisposable
         Assert.Contains("SessionOptions.ContextLength", e.Message);
         using LlamaSession small = new(weights, new SessionOptions { ContextLength = 8 });
         Assert.Equal(512, small.Forward([1, 2]).Length);
+    }
+
+    [Fact]
+    public void FastSession_ContextBeyondTheAttentionKernel_IsRejectedUpFront()
+    {
+        // seq_len 2^17 but the attention kernel holds at most 2^16 positions: position 65536 used to fail mid-run.
+        LlamaConfig config = s_hugeContext with { Layers = 1, SeqLen = 1 << 17 };
+        using LlamaWeights weights = LlamaWeights.Allocate(config);
+
+        ArgumentOutOfRangeException e = Assert.Throws<ArgumentOutOfRangeException>(
+            () => new LlamaSession(weights, new SessionOptions()));
+
+        Assert.Contains($"at most {LlamaSession.MaxContextLength}", e.Message);
+        using LlamaSession session = new(weights, new SessionOptions { ContextLength = LlamaSession.MaxContextLength });
+        Assert.Equal(LlamaSession.MaxContextLength, session.ContextLength);
+    }
+
+    [Fact]
+    public void Cli_GenerateUntilTheEnd_OnAContextBeyondTheAttentionKernel_Runs()
+    {
+        // Weights that make BOS (the stop token) the greedy choice at once: every embedding row is c · ones with
+        // c = 2 for BOS and 1 otherwise, the final norm is ones, and every block adds zero.
+        LlamaConfig config = s_hugeContext with { Layers = 1, SeqLen = 1 << 17 };
+        string path = WriteVersion1(config);
+        using (FileStream stream = new(path, FileMode.Open, FileAccess.Write))
+        using (BinaryWriter writer = new(stream))
+        {
+            stream.Seek(Llama2cCheckpoint.Version1HeaderBytes + (2L * config.Layers * config.Dim * sizeof(float)), SeekOrigin.Begin);
+            for (int i = 0; i < config.Dim * (1 + config.VocabSize); i++)
+            {
+                writer.Write(i / config.Dim == 2 ? 2f : 1f);
+            }
+        }
+
+        (int code, string stdout, string stderr) = Run(
+            "generate", "-m", path, "--tokenizer", TestData.StoriesTokenizer, "-p", "hi", "-n", "-1", "--temp", "0");
+
+        Assert.True(code == 0, stderr);
+        Assert.Equal("hi\n", stdout);
+        Assert.Contains("0 new tokens (end token)", stderr);
     }
 
     [Fact]
@@ -63,13 +118,13 @@ public sealed class RobustnessTests : IDisposable
     [Fact]
     public void Cli_BenchDecodeOnAHugeContextHeader_IsOneLineWithAHint()
     {
-        string path = WriteVersion1(s_hugeContext);
+        string path = WriteVersion1(s_hugeCache);
 
         (int code, _, string stderr) = Run("bench", "decode", "-m", path);
 
         Assert.Equal(1, code);
         string line = Assert.Single(stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
-        Assert.StartsWith("kiln: error: The KV cache for a context of 16777216 positions", line);
+        Assert.StartsWith("kiln: error: The KV cache for a context of 65536 positions", line);
         Assert.Contains("--context", line);
     }
 

@@ -67,15 +67,16 @@ internal static class BenchCommand
             string modelPath = ModelFiles.ResolveModel(parse.GetValue(model), context.Environment);
             Llama2cHeader header = Llama2cCheckpoint.ReadHeader(modelPath);
             int? contextFlag = parse.GetValue(length);
-            if (contextFlag is < 1 || contextFlag > header.Config.SeqLen)
+            int usableContext = Math.Min(header.Config.SeqLen, LlamaSession.MaxContextLength);
+            if (contextFlag is < 1 || contextFlag > usableContext)
             {
-                throw new CliException($"--context {contextFlag}: must be between 1 and the model's seq_len {header.Config.SeqLen}.");
+                throw new CliException($"--context {contextFlag}: must be between 1 and {usableContext} (the model's seq_len {header.Config.SeqLen}, at most {LlamaSession.MaxContextLength}).");
             }
 
             string deviceName = parse.GetValue(device) ?? "cpu";
             using Device target = CommonOptions.CreateDevice(deviceName, threadFlag);
             using LlamaWeights weights = Llama2cCheckpoint.Load(modelPath, target);
-            SessionOptions options = new() { ContextLength = contextFlag };
+            SessionOptions options = new() { ContextLength = contextFlag ?? usableContext };
             using IInferenceSession session = InferenceSessions.Default(weights, options);
 
             // Measure and report.
