@@ -84,6 +84,7 @@ public static class KilnCli
     {
         CliException cli => (OneLine(cli.Message), cli.ExitCode),
         ModelFormatException format => (OneLine(format.Message), CliException.FailureExitCode),
+        InsufficientMemoryException memory => ($"{OneLine(memory.Message).TrimEnd('.')}; in kiln, lower -n (generate) or --context (bench decode).", CliException.FailureExitCode),
         OutOfMemoryException => ("out of memory while loading or running the model; use a smaller model or a shorter context.", CliException.FailureExitCode),
         _ => ($"unexpected {e.GetType().Name}: {OneLine(e.Message)} (rerun with --verbose for the stack trace).", CliException.FailureExitCode),
     };

@@ -67,15 +67,16 @@ internal static class BenchCommand
             string modelPath = ModelFiles.ResolveModel(parse.GetValue(model), context.Environment);
             Llama2cHeader header = Llama2cCheckpoint.ReadHeader(modelPath);
             int? contextFlag = parse.GetValue(length);
-            if (contextFlag is < 1 || contextFlag > header.Config.SeqLen)
+            int usableContext = Math.Min(header.Config.SeqLen, LlamaSession.MaxContextLength);
+            if (contextFlag is < 1 || contextFlag > usableContext)
             {
-                throw new CliException($"--context {contextFlag}: must be between 1 and the model's seq_len {header.Config.SeqLen}.");
+                throw new CliException($"--context {contextFlag}: must be between 1 and {usableContext} (the model's seq_len {header.Config.SeqLen}, at most {LlamaSession.MaxContextLength}).");
             }
 
             string deviceName = parse.GetValue(device) ?? "cpu";
             using Device target = CommonOptions.CreateDevice(deviceName, threadFlag);
             using LlamaWeights weights = Llama2cCheckpoint.Load(modelPath, target);
-            SessionOptions options = new() { ContextLength = contextFlag };
+            SessionOptions options = new() { ContextLength = contextFlag ?? usableContext };
             using IInferenceSession session = InferenceSessions.Default(weights, options);
 
             // Measure and report.
@@ -118,6 +119,8 @@ internal static class BenchCommand
                 }
             }
 
+            // Each matrix must fit one tensor, and all the copies the benchmark makes must fit in memory.
+            CheckGemmSizes(parse.GetValue(m), parse.GetValue(n), parse.GetValue(k));
             int? threadFlag = parse.GetValue(threads);
             CommonOptions.CheckThreads(threadFlag);
             if (GemmBenchRun is null)
@@ -137,6 +140,27 @@ internal static class BenchCommand
                 context.Stderr);
         }));
         return command;
+    }
+
+    /// <summary>Checks that A [M, K], W [N, K] and C [M, N] each fit a tensor and that the run fits in memory.</summary>
+    private static void CheckGemmSizes(int m, int n, int k)
+    {
+        string sizes = $"--m {m} --n {n} --k {k}";
+        foreach ((string matrix, long elements) in new[] { ("A [M, K]", (long)m * k), ("W [N, K]", (long)n * k), ("C [M, N]", (long)m * n) })
+        {
+            if (elements > Tensor.MaxElements)
+            {
+                throw new CliException($"{sizes}: {matrix} would hold {elements} elements, more than a tensor holds ({Tensor.MaxElements}); use smaller sizes, e.g. the defaults (1024).");
+            }
+        }
+
+        // Host copy and tensor of A; host copy, tensor and packed copy of W; C and the copies of its results.
+        long bytes = sizeof(float) * ((2L * m * k) + (3L * n * k) + (3L * m * n));
+        long available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+        if (available > 0 && bytes > available)
+        {
+            throw new CliException($"{sizes}: the benchmark needs about {bytes >> 30} GiB but this machine has {available >> 30} GiB; use smaller sizes, e.g. the defaults (1024).");
+        }
     }
 
     private static string Json(string model, int threads, DecodeBench.Result result, string device)

@@ -110,15 +110,22 @@ internal static class GenerateCommand
         string tokenizerPath = ModelFiles.ResolveTokenizer(request.Tokenizer, modelPath, config.VocabSize);
         Llama2cTokenizer tokenizer = Llama2cTokenizer.Load(tokenizerPath, config.VocabSize);
         int[] promptTokens = tokenizer.Encode(request.Prompt, bos: true);
-        if (promptTokens.Length > config.SeqLen)
+        int usableContext = Math.Min(config.SeqLen, LlamaSession.MaxContextLength);
+        if (promptTokens.Length > usableContext)
         {
-            throw new CliException($"-p: the prompt is {promptTokens.Length} tokens (BOS included) but the model's context holds {config.SeqLen}; shorten the prompt.");
+            throw new CliException($"-p: the prompt is {promptTokens.Length} tokens (BOS included) but the model's context holds {usableContext}; shorten the prompt.");
         }
 
         // Load the weights on the device and set up the session, sampler and generator.
         using Device device = CommonOptions.CreateDevice(request.Device, request.Threads);
         using LlamaWeights weights = Llama2cCheckpoint.Load(modelPath, device);
-        using IInferenceSession session = InferenceSessions.Default(weights, new SessionOptions());
+        // The session holds only the positions this run can use: the prompt and -n new tokens (all of seq_len for
+        // -1), and no more than the fast session runs.
+        int contextLength = request.MaxNewTokens < 0
+            ? config.SeqLen
+            : (int)Math.Min(config.SeqLen, (long)promptTokens.Length + request.MaxNewTokens);
+        contextLength = Math.Min(contextLength, usableContext);
+        using IInferenceSession session = InferenceSessions.Default(weights, new SessionOptions { ContextLength = contextLength });
         ulong seed = request.Seed ?? RandomSeed();
         SamplerOptions sampling = new()
         {

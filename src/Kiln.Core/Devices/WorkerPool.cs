@@ -10,7 +10,9 @@ namespace Kiln.Devices;
 /// <remarks>
 /// Work is split into at most <see cref="ThreadCount"/> contiguous ranges, range 0 for the caller and range
 /// i for worker i. Each element is computed by exactly one thread with the same arithmetic whatever the split,
-/// so results do not depend on the thread count. Workers spin briefly between loops, then sleep.
+/// so results do not depend on the thread count. Workers spin briefly between loops, then sleep. A loop started
+/// from inside a body of the same pool (an op calling an op) runs inline on that thread: the pool's threads are
+/// all busy with the outer loop, so waiting for them would deadlock.
 /// </remarks>
 public sealed unsafe class WorkerPool : IDisposable
 {
@@ -37,6 +39,10 @@ public sealed unsafe class WorkerPool : IDisposable
 
     private int _generation;
     private volatile bool _disposed;
+
+    // The pool whose loop body this thread is running, if any: nested loops on that pool run inline.
+    [ThreadStatic]
+    private static WorkerPool? t_running;
 
     /// <summary>Creates a pool that runs loops on <paramref name="threadCount"/> threads (the caller included).</summary>
     /// <exception cref="ArgumentOutOfRangeException">The thread count is below 1.</exception>
@@ -79,9 +85,9 @@ public sealed unsafe class WorkerPool : IDisposable
             return;
         }
 
-        // Small loops, or a single-threaded pool, run inline: no synchronisation at all.
+        // Small loops, a single-threaded pool, or a loop nested in one of this pool's bodies run inline.
         int parts = Math.Min(ThreadCount, (count + Math.Max(grain, 1) - 1) / Math.Max(grain, 1));
-        if (parts <= 1)
+        if (parts <= 1 || t_running == this)
         {
             body(state, 0, count);
             return;
@@ -128,6 +134,8 @@ public sealed unsafe class WorkerPool : IDisposable
         // Even split of [0, count) into `parts` contiguous ranges.
         int start = (int)((long)_count * part / _parts);
         int end = (int)((long)_count * (part + 1) / _parts);
+        WorkerPool? outer = t_running;
+        t_running = this;
         try
         {
             _body(_state, start, end);
@@ -138,6 +146,7 @@ public sealed unsafe class WorkerPool : IDisposable
         }
         finally
         {
+            t_running = outer;
             Interlocked.Decrement(ref _pending);
         }
     }

@@ -35,7 +35,21 @@ public sealed unsafe class NativeBuffer : SafeHandle
     public long ByteLength { get; }
 
     /// <summary>The start of the memory. Valid until the buffer is disposed.</summary>
-    public void* Pointer => (void*)handle;
+    /// <exception cref="ObjectDisposedException">
+    /// The buffer was disposed: its memory is released, and reading or writing it would corrupt the native heap.
+    /// </exception>
+    public void* Pointer
+    {
+        get
+        {
+            if (IsClosed)
+            {
+                throw new ObjectDisposedException(nameof(NativeBuffer), "This memory was released by Dispose; a tensor, its views (Slice, Reshape) and packed weights cannot be used after their owner is disposed.");
+            }
+
+            return (void*)handle;
+        }
+    }
 
     /// <inheritdoc />
     public override bool IsInvalid => handle == IntPtr.Zero;

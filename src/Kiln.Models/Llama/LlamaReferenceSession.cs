@@ -56,6 +56,7 @@ public sealed unsafe class LlamaReferenceSession : IInferenceSession
 
     /// <summary>Creates a session over <paramref name="weights"/>, which must outlive it.</summary>
     /// <exception cref="ArgumentOutOfRangeException">The context length is outside 1..seq_len.</exception>
+    /// <exception cref="InsufficientMemoryException">The KV cache for the context cannot fit in this machine's memory.</exception>
     public LlamaReferenceSession(LlamaWeights weights, SessionOptions options)
     {
         ArgumentNullException.ThrowIfNull(weights);
@@ -92,6 +93,7 @@ public sealed unsafe class LlamaReferenceSession : IInferenceSession
             throw new ArgumentOutOfRangeException(nameof(options), $"A KV cache of {config.Layers} layers × {ContextLength} positions × {config.KvDim} is too large for the reference session; pass a shorter context length.");
         }
 
+        SessionMemory.EnsureCacheFits(2 * cacheLength * sizeof(float), ContextLength, config.SeqLen);
         _keyCache = new float[cacheLength];
         _valueCache = new float[cacheLength];
     }

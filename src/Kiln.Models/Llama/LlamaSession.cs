@@ -31,6 +31,9 @@ public sealed unsafe class LlamaSession : IInferenceSession
     /// <summary>The most tokens pushed through the blocks at once; longer prompts run in chunks of this size.</summary>
     public const int PrefillChunk = 256;
 
+    /// <summary>The longest context this session runs: the attention kernel's limit (its scores live on the stack).</summary>
+    public const int MaxContextLength = Attention.MaxContext;
+
     private readonly LlamaWeights _weights;
     private readonly CpuDevice _device;
     private readonly int _chunk;
@@ -45,7 +48,10 @@ public sealed unsafe class LlamaSession : IInferenceSession
 
     /// <summary>Creates a session over <paramref name="weights"/>, which must outlive it.</summary>
     /// <exception cref="ArgumentException">The weights are not on a cpu device.</exception>
-    /// <exception cref="ArgumentOutOfRangeException">The context length is outside 1..seq_len.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">
+    /// The context length is outside 1..seq_len or longer than <see cref="MaxContextLength"/>.
+    /// </exception>
+    /// <exception cref="InsufficientMemoryException">The KV cache for the context cannot fit in this machine's memory.</exception>
     public LlamaSession(LlamaWeights weights, SessionOptions options)
     {
         ArgumentNullException.ThrowIfNull(weights);
@@ -60,7 +66,15 @@ public sealed unsafe class LlamaSession : IInferenceSession
         _device = device;
         Config = c;
         ContextLength = options.ResolveContextLength(c);
+        if (ContextLength > MaxContextLength)
+        {
+            throw new ArgumentOutOfRangeException(nameof(options), $"The context length {ContextLength} (the model's seq_len is {c.SeqLen}) is longer than the fast session runs; pass SessionOptions.ContextLength of at most {MaxContextLength}.");
+        }
+
         _chunk = Math.Min(PrefillChunk, ContextLength);
+
+        // Refuse a cache this machine cannot hold before allocating any of it.
+        SessionMemory.EnsureCacheFits(2L * c.Layers * c.KvDim * ContextLength * sizeof(float), ContextLength, c.SeqLen);
 
         // RoPE tables for every position of the context.
         (_cos, _sin) = Ops.RopeTables(ContextLength, c.HeadDim, c.RopeTheta, device);

@@ -5,8 +5,9 @@
 //     2. top-p (P < 1): of what is left, sorted by weight, keep the shortest prefix whose mass reaches P times
 //        the mass left, the token that crosses P included (nucleus sampling);
 //     3. draw u uniform in [0, 1) and return the kept token where the running sum of weights passes u × mass.
-// Order within the kept set: weight descending, ties by lower id (so results are deterministic). NaN logits
-// count as -inf. Logits that are all -inf or NaN give id 0; a +inf logit wins outright (the first one).
+// Order within the kept set: logit descending (the weight order wherever weights differ, and still the right order
+// where extreme temperatures round weights to equal values), ties by lower id (so results are deterministic). NaN
+// logits count as -inf. Logits that are all -inf or NaN give id 0; a +inf logit wins outright (the first one).
 // Buffers are sized once for the vocabulary: a step allocates nothing. Sums run in float64.
 
 namespace Kiln.Models.Sampling;
@@ -56,7 +57,7 @@ public sealed record SamplerOptions
 public sealed class Sampler
 {
     private readonly float[] _weights;  // [V] exp((l - max) / T), 0 for NaN and -inf
-    private readonly ulong[] _keys;     // [V] (~weight bits) << 32 | id: ascending order = weight descending, id ascending
+    private readonly ulong[] _keys;     // [V] (~ordered logit bits) << 32 | id: ascending = logit descending, id ascending
     private XorShiftRandom _random;
 
     /// <summary>Creates a sampler for a vocabulary of <paramref name="vocabSize"/> tokens.</summary>
@@ -129,7 +130,7 @@ public sealed class Sampler
 
     /// <summary>
     /// Writes the tokens the sampler may draw from and their probabilities (renormalized over the kept set), in
-    /// sampling order: weight descending (ties: lower id) when top-k or top-p cut, else by id. Greedy gives the
+    /// sampling order: logit descending (ties: lower id) when top-k or top-p cut, else by id. Greedy gives the
     /// single argmax with probability 1.
     /// </summary>
     /// <returns>The number of candidates written.</returns>
@@ -227,11 +228,11 @@ public sealed class Sampler
             return VocabSize;
         }
 
-        // 3. Order keys so that ascending means weight descending, then id ascending.
+        // 3. Order keys so that ascending means logit descending, then id ascending.
         Span<ulong> keys = _keys;
         for (int i = 0; i < VocabSize; i++)
         {
-            keys[i] = Key(_weights[i], i);
+            keys[i] = Key(logits[i], i);
         }
 
         int kept = VocabSize;
@@ -257,7 +258,7 @@ public sealed class Sampler
             {
                 if (_weights[i] >= cutoff)
                 {
-                    keys[front++] = Key(_weights[i], i);
+                    keys[front++] = Key(logits[i], i);
                 }
             }
 
@@ -271,7 +272,7 @@ public sealed class Sampler
             {
                 for (int i = 0; i < VocabSize; i++)
                 {
-                    keys[i] = Key(_weights[i], i);
+                    keys[i] = Key(logits[i], i);
                 }
 
                 front = VocabSize;
@@ -306,8 +307,14 @@ public sealed class Sampler
         return kept;
     }
 
-    private static ulong Key(float weight, int id) =>
-        ((ulong)~BitConverter.SingleToUInt32Bits(weight) << 32) | (uint)id;
+    // The sort key of a logit: its bits mapped so that unsigned order is float order (negatives flipped, positives
+    // above them; NaN as -inf, -0 as +0), complemented so that ascending keys mean descending logits, then the id.
+    private static ulong Key(float logit, int id)
+    {
+        uint bits = BitConverter.SingleToUInt32Bits(float.IsNaN(logit) ? float.NegativeInfinity : logit + 0f);
+        uint ordered = (bits & 0x8000_0000u) != 0 ? ~bits : bits | 0x8000_0000u;
+        return ((ulong)~ordered << 32) | (uint)id;
+    }
 
     // Moves the k smallest keys to keys[0..k) (in any order): quickselect with a median-of-three pivot.
     private static void SelectSmallest(Span<ulong> keys, int k)

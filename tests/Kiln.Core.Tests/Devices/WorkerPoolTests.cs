@@ -1,40 +1,38 @@
-// The worker pool: every index is visited exactly once whatever the count, grain and thread count; body
-// exceptions reach the caller and leave the pool usable; concurrent callers are serialised; loops back to back
-// (the decode pattern) never lose a wake-up.
+// The worker pool: every index is visited exactly once whatever the count, grain and thread count; loops back to
+// back (the decode pattern) never lose a wake-up. Under misuse and load: an exception in a body reaches the caller and leaves the pool usable,
+// a loop started from inside a body of the same pool runs (inline) instead of deadlocking, several threads may
+// call For at once, and an idle pool disposes promptly. Each loop that could hang runs with a deadline.
+
+using System.Runtime.InteropServices;
 using Kiln.Devices;
+using Xunit;
 
 namespace Kiln.Core.Tests.Devices;
 
-public sealed unsafe class WorkerPoolTests
+public sealed class WorkerPoolTests
 {
-    private struct Counts
+    private static readonly TimeSpan s_deadline = TimeSpan.FromSeconds(20);
+
+    private unsafe struct Counts
     {
         public int* Hits;
-        public int Throw;
     }
 
-    private static void CountHits(void* state, int start, int end)
+    private static unsafe void CountHits(void* state, int start, int end)
     {
         Counts* counts = (Counts*)state;
         for (int i = start; i < end; i++)
         {
             Interlocked.Increment(ref counts->Hits[i]);
-            if (i == counts->Throw)
-            {
-                throw new InvalidOperationException($"index {i}");
-            }
         }
     }
-
-    // Runs the counting body; the state is this method's own parameter, so lambdas can call it.
-    private static void Run(WorkerPool pool, int count, int grain, Counts counts) => pool.For(count, grain, &CountHits, &counts);
 
     [Theory]
     [InlineData(1)]
     [InlineData(2)]
     [InlineData(3)]
     [InlineData(5)]
-    public void VisitsEveryIndexExactlyOnce(int threads)
+    public unsafe void VisitsEveryIndexExactlyOnce(int threads)
     {
         using WorkerPool pool = new(threads);
         foreach (int count in new[] { 0, 1, 2, 3, 7, 64, 1000, 4097 })
@@ -44,7 +42,7 @@ public sealed unsafe class WorkerPoolTests
                 int[] hits = new int[Math.Max(count, 1)];
                 fixed (int* pointer = hits)
                 {
-                    Counts counts = new() { Hits = pointer, Throw = -1 };
+                    Counts counts = new() { Hits = pointer };
                     pool.For(count, grain, &CountHits, &counts);
                 }
 
@@ -54,13 +52,13 @@ public sealed unsafe class WorkerPoolTests
     }
 
     [Fact]
-    public void ManyLoopsBackToBack_NoneIsLost()
+    public unsafe void ManyLoopsBackToBack_NoneIsLost()
     {
         using WorkerPool pool = new(2);
         int[] hits = new int[64];
         fixed (int* pointer = hits)
         {
-            Counts counts = new() { Hits = pointer, Throw = -1 };
+            Counts counts = new() { Hits = pointer };
             for (int loop = 0; loop < 20_000; loop++)
             {
                 pool.For(hits.Length, 1, &CountHits, &counts);
@@ -71,58 +69,120 @@ public sealed unsafe class WorkerPoolTests
     }
 
     [Fact]
-    public void ExceptionInABody_ReachesTheCaller_AndThePoolStaysUsable()
-    {
-        using WorkerPool pool = new(2);
-        int[] hits = new int[100];
-        fixed (int* pointer = hits)
-        {
-            // Index 90 runs on the worker (second half of the split).
-            Counts failing = new() { Hits = pointer, Throw = 90 };
-            InvalidOperationException error = Assert.Throws<InvalidOperationException>(() => Run(pool, 100, 1, failing));
-            Assert.Equal("index 90", error.Message);
-
-            Counts fine = new() { Hits = pointer, Throw = -1 };
-            pool.For(100, 1, &CountHits, &fine);
-        }
-
-        // The failing range stopped after index 90; everything else ran in both loops.
-        Assert.All(hits[..91], h => Assert.Equal(2, h));
-        Assert.All(hits[91..], h => Assert.Equal(1, h));
-    }
-
-    [Fact]
-    public void ConcurrentCallers_AreSerialised()
-    {
-        using WorkerPool pool = new(2);
-        int[] hits = new int[256];
-        Parallel.For(0, 4, _ =>
-        {
-            fixed (int* pointer = hits)
-            {
-                Counts counts = new() { Hits = pointer, Throw = -1 };
-                for (int loop = 0; loop < 500; loop++)
-                {
-                    pool.For(hits.Length, 1, &CountHits, &counts);
-                }
-            }
-        });
-
-        Assert.All(hits, h => Assert.Equal(2000, h));
-    }
-
-    [Fact]
-    public void RejectsAThreadCountBelowOne_AndLoopsAfterDispose()
+    public void RejectsAThreadCountBelowOne()
     {
         Assert.Throws<ArgumentOutOfRangeException>(() => new WorkerPool(0));
-        WorkerPool pool = new(2);
-        pool.Dispose();
-        pool.Dispose();
-        int[] hits = new int[8];
-        fixed (int* pointer = hits)
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    public async Task NestedFor_OnTheSamePool_CompletesWithEveryIndex(int threads)
+    {
+        using WorkerPool pool = new(threads);
+
+        // Outer loop of 8 parts, each running an inner loop of 100 indices on the same pool.
+        int total = await Task.Run(() => RunNested(pool)).WaitAsync(s_deadline);
+
+        Assert.Equal(8 * 100, total);
+    }
+
+    [Fact]
+    public unsafe void ExceptionInABody_ReachesTheCaller_AndThePoolStaysUsable()
+    {
+        using WorkerPool pool = new(2);
+        int total = 0;
+
+        InvalidOperationException e = Assert.Throws<InvalidOperationException>(() => pool.For(100, 1, &ThrowInSecondHalf, null));
+        pool.For(100, 1, &Count, &total);
+
+        Assert.Equal("second half", e.Message);
+        Assert.Equal(100, total);
+    }
+
+    [Fact]
+    public async Task ConcurrentCallers_EachGetTheirWholeRange()
+    {
+        using WorkerPool pool = new(2);
+        int wrong = 0;
+
+        await Task.Run(() => Parallel.For(0, 4, _ =>
         {
-            Counts counts = new() { Hits = pointer, Throw = -1 };
-            Assert.Throws<ObjectDisposedException>(() => Run(pool, 8, 1, counts));
+            for (int i = 0; i < 500; i++)
+            {
+                if (CountOnce(pool, 64) != 64)
+                {
+                    Interlocked.Increment(ref wrong);
+                }
+            }
+        })).WaitAsync(s_deadline);
+
+        Assert.Equal(0, wrong);
+    }
+
+    [Fact]
+    public async Task DisposeWhileIdle_ReturnsPromptly_AndTwiceIsHarmless()
+    {
+        WorkerPool pool = new(3);
+        Assert.Equal(30, CountOnce(pool, 30));
+
+        await Task.Run(() =>
+        {
+            pool.Dispose();
+            pool.Dispose();
+        }).WaitAsync(s_deadline);
+
+        Assert.Throws<ObjectDisposedException>(() => CountOnce(pool, 30));
+    }
+
+    private static unsafe int CountOnce(WorkerPool pool, int count)
+    {
+        int total = 0;
+        pool.For(count, 1, &Count, &total);
+        return total;
+    }
+
+    private static unsafe int RunNested(WorkerPool pool)
+    {
+        GCHandle handle = GCHandle.Alloc(pool);
+        try
+        {
+            NestedState state = new() { Pool = GCHandle.ToIntPtr(handle) };
+            pool.For(8, 1, &Outer, &state);
+            return state.Total;
         }
+        finally
+        {
+            handle.Free();
+        }
+    }
+
+    private static unsafe void Outer(void* state, int start, int end)
+    {
+        NestedState* nested = (NestedState*)state;
+        for (int i = start; i < end; i++)
+        {
+            int inner = 0;
+            WorkerPool pool = (WorkerPool)GCHandle.FromIntPtr(nested->Pool).Target!;
+            pool.For(100, 1, &Count, &inner);
+            Interlocked.Add(ref nested->Total, inner);
+        }
+    }
+
+    private static unsafe void Count(void* state, int start, int end) => Interlocked.Add(ref *(int*)state, end - start);
+
+    private static unsafe void ThrowInSecondHalf(void* state, int start, int end)
+    {
+        if (end > 50)
+        {
+            throw new InvalidOperationException("second half");
+        }
+    }
+
+    private struct NestedState
+    {
+        public nint Pool;
+        public int Total;
     }
 }
