@@ -160,11 +160,59 @@ public static unsafe class Attention
             Softmax(weights);
 
             // Each output dimension is the weights' dot product with that dimension's values.
-            float* output = state.Output + ((long)item * dh);
-            float* values = state.Values + kvBase;
-            for (int d = 0; d < dh; d++)
+            WeightedSums(weights, state.Values + kvBase, capacity, dh, state.Output + ((long)item * dh));
+        }
+    }
+
+    // output[d] = Σ_s weights[s] · values[d, s] for every d: four dimensions per pass over the positions, so each
+    // block of weights is loaded once for four value rows and the four sums run as independent chains.
+    private static void WeightedSums(Span<float> weights, float* values, int capacity, int dh, float* output)
+    {
+        int n = weights.Length;
+        fixed (float* w = weights)
+        {
+            int d = 0;
+            if (Vector512.IsHardwareAccelerated)
             {
-                output[d] = TensorPrimitives.Dot((ReadOnlySpan<float>)weights, new ReadOnlySpan<float>(values + ((long)d * capacity), keys));
+                for (; d + 4 <= dh; d += 4)
+                {
+                    float* v0 = values + ((long)d * capacity);
+                    float* v1 = v0 + capacity;
+                    float* v2 = v1 + capacity;
+                    float* v3 = v2 + capacity;
+                    Vector512<float> acc0 = Vector512<float>.Zero, acc1 = Vector512<float>.Zero;
+                    Vector512<float> acc2 = Vector512<float>.Zero, acc3 = Vector512<float>.Zero;
+                    int s = 0;
+                    for (; s + Vector512<float>.Count <= n; s += Vector512<float>.Count)
+                    {
+                        Vector512<float> block = Vector512.Load(w + s);
+                        acc0 = Vector512.FusedMultiplyAdd(block, Vector512.Load(v0 + s), acc0);
+                        acc1 = Vector512.FusedMultiplyAdd(block, Vector512.Load(v1 + s), acc1);
+                        acc2 = Vector512.FusedMultiplyAdd(block, Vector512.Load(v2 + s), acc2);
+                        acc3 = Vector512.FusedMultiplyAdd(block, Vector512.Load(v3 + s), acc3);
+                    }
+
+                    float sum0 = Vector512.Sum(acc0), sum1 = Vector512.Sum(acc1);
+                    float sum2 = Vector512.Sum(acc2), sum3 = Vector512.Sum(acc3);
+                    for (; s < n; s++)
+                    {
+                        sum0 = MathF.FusedMultiplyAdd(w[s], v0[s], sum0);
+                        sum1 = MathF.FusedMultiplyAdd(w[s], v1[s], sum1);
+                        sum2 = MathF.FusedMultiplyAdd(w[s], v2[s], sum2);
+                        sum3 = MathF.FusedMultiplyAdd(w[s], v3[s], sum3);
+                    }
+
+                    output[d] = sum0;
+                    output[d + 1] = sum1;
+                    output[d + 2] = sum2;
+                    output[d + 3] = sum3;
+                }
+            }
+
+            // The remaining dimensions (all of them without Vector512): one dot product each.
+            for (; d < dh; d++)
+            {
+                output[d] = TensorPrimitives.Dot((ReadOnlySpan<float>)weights, new ReadOnlySpan<float>(values + ((long)d * capacity), n));
             }
         }
     }
