@@ -91,17 +91,6 @@ public sealed unsafe class MatMulCpuProperties
         Assert.Contains("2-D [N, K]", error.Message);
     }
 
-    /// <summary>A K so large that the packed column block narrows (K = 9000: 224 columns), with a ragged second block.</summary>
-    [Theory]
-    [InlineData(DType.Float32)]
-    [InlineData(DType.BFloat16)]
-    public void LargeKNarrowsTheColumnBlock(DType wType)
-    {
-        GemmCase c = new(M: 40, N: 300, K: 9000, WType: wType, UseEpilogue: true, Seed: 13);
-
-        c.Check(Run(c, OneThread, CpuGemm.BestWidth), "CPU, K = 9000 on 1 thread");
-    }
-
     /// <summary>The public entry point on tensors: A of rank 3 is flattened, the epilogue is applied.</summary>
     [Fact]
     public void ComputeOnRank3TensorsMatchesReference()
