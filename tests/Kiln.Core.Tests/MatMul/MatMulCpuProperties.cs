@@ -19,7 +19,10 @@ public sealed unsafe class MatMulCpuProperties
     private static readonly CpuDevice OneThread = new(1);
     private static readonly CpuDevice TwoThreads = new(2);
 
-    private static readonly KernelWidth[] Widths = [KernelWidth.Vector512, KernelWidth.Vector256, KernelWidth.Scalar];
+    /// <summary>Every kernel family this machine can run: the best one and all narrower ones.</summary>
+    private static readonly KernelWidth[] Widths = new[] { KernelWidth.Vector512, KernelWidth.Vector256, KernelWidth.Scalar }
+        .Where(width => width <= CpuGemm.BestWidth)
+        .ToArray();
 
     /// <summary>M > 32 (packed panels): K up to 600 crosses the 256 K block twice.</summary>
     [Property(MaxTest = 60)]
