@@ -140,13 +140,15 @@ public sealed unsafe class MatMulCpuProperties
         c.Check(output.ToArray(), "Compute(identity)");
     }
 
-    /// <summary>Widening of special float16 values: subnormals, the largest finite value, infinities.</summary>
+    /// <summary>Widening of special float16 values (subnormals, the largest finite value, infinities, NaN) on the
+    /// streaming paths (M = 1, 2) and the packing path (M = 40).</summary>
     [Fact]
     public void Float16WideningIsExactForSpecialValues()
     {
         // Each W row is a one-hot of a special value, A is all ones: output column j is exactly value j.
         float[] specials = [0f, -0f, 6.1035156e-05f, 5.9604645e-08f, -5.9604645e-08f, 65504f, -65504f, 1f / 3,
-            float.PositiveInfinity, float.NegativeInfinity, 0.5f, -2f, 1.0009766f, 3.0517578e-05f, 1e-7f, 100.5f, 7f];
+            float.PositiveInfinity, float.NegativeInfinity, float.NaN, 0.5f, -2f, 1.0009766f, 3.0517578e-05f, 1e-7f, 100.5f,
+            7f, -1.5258789e-05f];
         int n = specials.Length;
         int k = 16;
         ushort[] bits = new ushort[n * k];
@@ -155,9 +157,9 @@ public sealed unsafe class MatMulCpuProperties
             bits[(j * k) + (j % k)] = BitConverter.HalfToUInt16Bits((Half)specials[j]);
         }
 
-        using Tensor a = Tensor.FromArray(Enumerable.Repeat(1f, 2 * k).ToArray(), [2, k], OneThread);
+        using Tensor a = Tensor.FromArray(Enumerable.Repeat(1f, 40 * k).ToArray(), [40, k], OneThread);
         using Tensor w = Tensor.FromBits(bits, [n, k], DType.Float16, OneThread);
-        foreach (int m in new[] { 1, 2 })
+        foreach (int m in new[] { 1, 2, 40 })
         {
             using Tensor output = Tensor.Empty([m, n], DType.Float32, OneThread);
             using Tensor rows = a.Slice(0, m);
