@@ -33,12 +33,12 @@ public static unsafe partial class MatMul
             return new PackedWeights(w, null, width, 1);
         }
 
-        // [ceil(N / NR)][K][NR] floats (panels padded apart, see CpuGemm.PanelStride), zero past N.
+        // [ceil(N / NR)][K][NR] floats, zero past N.
         int tileColumns = width == KernelWidth.Vector512 ? 32 : 16;
         int n = w.Size(0);
         int k = w.Size(1);
         long panels = (n + tileColumns - 1) / tileColumns;
-        NativeBuffer buffer = new(panels * CpuGemm.PanelStride(k, tileColumns) * sizeof(float));
+        NativeBuffer buffer = new(panels * k * tileColumns * sizeof(float));
         CpuGemm.PackPanels(w.DataPointer, w.DType, n, k, tileColumns, (float*)buffer.Pointer);
         return new PackedWeights(w, buffer, width, tileColumns);
     }

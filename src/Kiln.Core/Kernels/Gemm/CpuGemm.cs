@@ -1,16 +1,13 @@
 // The packed CPU matrix product C[M, N] = epilogue(A[M, K] · W[N, K]ᵀ) for M above CpuGemv.MaxRows, after the
 // GotoBLAS/BLIS layering, written for this project:
 //
-//   for each column block jc of up to NBlock columns       (the thread's share of N, or all of N)
-//     pack W[jc.., all K] into micro-panels [K][NR]        (transposed, widened; or read from MatMul.Prepack)
-//     for each K block pc (K split evenly, <= KBlock)      the slice [kc, nc] (≤ 512 KiB) stays in L2
+//   for each column block jc of NBlock columns             (the thread's share of N, or all of N)
+//     for each K block pc (K split evenly, <= KBlock)      W slice [kc, NBlock] packed once, kept in L2
+//       pack W[jc.., pc..] into micro-panels [kc][NR]      (transposed and widened to float32)
 //       for each micro-panel of MR rows ir                 A rows [MR, kc] copied to a fixed stride, kept in L1
 //         for each W micro-panel jr                        streamed from L2
 //           micro-kernel: MR×NR tile += A[ir, pc..] · W[jr, pc..]ᵀ, in registers
 //
-// Packing a whole column block for all of K at once reads 16 W rows as 16 long sequential streams (a per-slice
-// pack would read 512 rows in 1 KiB pieces, which one thread reads at a third of the speed); the block is capped
-// at PackedBlockFloats (8 MiB) per thread by narrowing the column block when K is very large.
 // Micro-tiles are 14×32 with Vector512 (28 zmm accumulators, 2 for W, 1 broadcast of A) or 6×16 with Vector256
 // (12 ymm accumulators, as 16 ymm registers allow). The copied A rows sit MaxKBlock + 16 floats apart, a constant,
 // so each broadcast of A is one instruction with a constant displacement. When K spans several K blocks the
@@ -48,12 +45,9 @@ internal static unsafe class CpuGemm
     /// </summary>
     internal static int KBlock = 256;
 
-    /// <summary>Column block (a multiple of 32): one K slice of the packed block, [KBlock, NBlock], is 512 KiB at
-    /// 256 × 512, a quarter of the 2 MiB L2. Settable for tuning sweeps only.</summary>
+    /// <summary>Column block (a multiple of 32): the packed W slice [KBlock, NBlock] is 512 KiB at 256 × 512, a
+    /// quarter of the 2 MiB L2. Settable for tuning sweeps only.</summary>
     internal static int NBlock = 512;
-
-    /// <summary>The most floats a per-call packed column block [columns, K] may take: 8 MiB per thread.</summary>
-    public const long PackedBlockFloats = 2L * 1024 * 1024;
 
     /// <summary>Products below this many multiply-adds run on the calling thread: waking workers costs more.</summary>
     public const long SingleThreadWork = 1L << 20;
@@ -102,13 +96,13 @@ internal static unsafe class CpuGemm
         switch (wType)
         {
             case DType.Float32:
-                PackW<Float32Weights>((byte*)w, k, 0, n, tileColumns, panels);
+                PackW<Float32Weights>((byte*)w, k, 0, n, 0, k, tileColumns, panels);
                 break;
             case DType.Float16:
-                PackW<Float16Weights>((byte*)w, k, 0, n, tileColumns, panels);
+                PackW<Float16Weights>((byte*)w, k, 0, n, 0, k, tileColumns, panels);
                 break;
             default:
-                PackW<BFloat16Weights>((byte*)w, k, 0, n, tileColumns, panels);
+                PackW<BFloat16Weights>((byte*)w, k, 0, n, 0, k, tileColumns, panels);
                 break;
         }
     }
@@ -224,39 +218,29 @@ internal static unsafe class CpuGemm
         int k = job->K;
         int n = job->N;
         int kBlock = KBlock;
+        int nBlock = NBlock;
         bool blockedK = k > kBlock;
         int kStep = BalancedKStep(k, kBlock);
         int rowGroups = (rowEnd - rowStart + tileRows - 1) / tileRows;
 
-        // Column blocks: NBlock wide, narrower when K is so large that a packed block would exceed its budget.
-        int nBlock = job->Prepacked is null ? BlockColumns(k, tileColumns) : NBlock;
-
         for (int jc = colStart; jc < colEnd; jc += nBlock)
         {
-            // The column block: W packed for the whole K as micro-panels [panels][K][NR] (prepacked, or packed here
-            // reading 16 whole rows at a time), and the partial tiles [rowGroups][panels].
+            // The column block and its buffers: packed W [panels][kc][NR], partial tiles [rowGroups][panels].
             int nc = Math.Min(nBlock, colEnd - jc);
             int panels = (nc + tileColumns - 1) / tileColumns;
-            float* packedBlock;
-            if (job->Prepacked is null)
-            {
-                packedBlock = scratch.PackedW(panels * PanelStride(k, tileColumns));
-                PackW<TWeights>(job->W, k, jc, nc, tileColumns, packedBlock);
-            }
-            else
-            {
-                packedBlock = job->Prepacked + ((jc / tileColumns) * PanelStride(k, tileColumns));
-            }
-
+            float* packedW = job->Prepacked is null ? scratch.PackedW((long)panels * tileColumns * kBlock) : null;
             float* partials = blockedK ? scratch.Partials((long)rowGroups * panels * tileRows * tileColumns) : null;
-            long panelStride = PanelStride(k, tileColumns);
 
             for (int pc = 0; pc < k; pc += kStep)
             {
-                // One K block: the W slice [kc, nc] is 16 pieces of [kc][NR], together ≤ 512 KiB, kept in L2.
+                // Pack the W slice [jc .. jc + nc, pc .. pc + kc) once for all rows.
                 int kc = Math.Min(kStep, k - pc);
                 bool accumulate = pc > 0;
                 bool final = pc + kc == k;
+                if (job->Prepacked is null)
+                {
+                    PackW<TWeights>(job->W, k, jc, nc, pc, kc, tileColumns, packedW);
+                }
 
                 for (int ir = rowStart, group = 0; ir < rowEnd; ir += tileRows, group++)
                 {
@@ -270,7 +254,9 @@ internal static unsafe class CpuGemm
                         int col = jc + (p * tileColumns);
                         int cols = Math.Min(tileColumns, jc + nc - col);
                         float* tile = blockedK ? partials + ((((long)group * panels) + p) * tileRows * tileColumns) : null;
-                        float* packedPanel = packedBlock + (p * panelStride) + ((long)pc * tileColumns);
+                        float* packedPanel = job->Prepacked is null
+                            ? packedW + ((long)p * kc * tileColumns)
+                            : job->Prepacked + (((((long)jc / tileColumns) + p) * k) + pc) * tileColumns;
                         float* cTile = job->C + ((long)ir * n) + col;
                         if (wide)
                         {
@@ -289,16 +275,6 @@ internal static unsafe class CpuGemm
     }
 
     /// <summary>
-    /// Columns per block when W is packed per call: <see cref="NBlock"/>, or fewer (a multiple of the micro-panel
-    /// width) so that the packed block [columns, K] stays within <see cref="PackedBlockFloats"/>.
-    /// </summary>
-    private static int BlockColumns(int k, int tileColumns)
-    {
-        long fit = PackedBlockFloats / PanelStride(k, tileColumns) * tileColumns;
-        return (int)Math.Clamp(fit, tileColumns, NBlock);
-    }
-
-    /// <summary>
     /// The K block size for a product over <paramref name="k"/>: K split into equal blocks of at most
     /// <paramref name="kBlock"/>, rounded up to whole 16-float cache lines (K = 288 gives 144 + 144, not 256 + 32).
     /// </summary>
@@ -310,44 +286,36 @@ internal static unsafe class CpuGemm
     }
 
     /// <summary>
-    /// Floats from one packed micro-panel [K][NR] to the next: K·NR plus 256 (1 KiB). Without the padding the
-    /// panels would sit a multiple of 128 KiB apart for K = 1024, 4096, ..., so the 16 pieces of one K slice would
-    /// compete for the same L2 sets (2 MiB, 16 ways: sets repeat every 128 KiB).
-    /// </summary>
-    internal static long PanelStride(int k, int tileColumns) => ((long)k * tileColumns) + 256;
-
-    /// <summary>
-    /// Packs W rows [n0, n0 + nc), all K, into micro-panels of <paramref name="tileColumns"/> rows, one every
-    /// <see cref="PanelStride"/> floats: panel p holds, for each k, the widened values of W rows n0 + p·NR ..
-    /// + NR - 1 (zeros past n0 + nc). With AVX-512, 16 rows × 16 k at a time are loaded along k and transposed in
-    /// registers, so the 16 rows are read as 16 parallel sequential streams (the hardware prefetchers follow them).
+    /// Packs W rows [n0, n0 + nc), columns [k0, k0 + kc) into micro-panels of <paramref name="tileColumns"/> rows:
+    /// panel p holds, for each k, the widened values of W rows n0 + p·NR .. + NR - 1 (zeros past n0 + nc).
+    /// With AVX-512, 16 rows × 16 k at a time are loaded along k and transposed in registers.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void PackW<TWeights>(byte* w, int k, int n0, int nc, int tileColumns, float* packed)
+    private static void PackW<TWeights>(byte* w, int k, int n0, int nc, int k0, int kc, int tileColumns, float* packed)
         where TWeights : unmanaged, IWeightFormat
     {
         long rowBytes = (long)k * TWeights.Size;
         int panels = (nc + tileColumns - 1) / tileColumns;
         for (int p = 0; p < panels; p++)
         {
-            float* panel = packed + (p * PanelStride(k, tileColumns));
+            float* panel = packed + ((long)p * kc * tileColumns);
             for (int half = 0; half < tileColumns; half += 16)
             {
                 // Sixteen W rows (fewer at the edge of N) fill columns [half, half + 16) of the panel.
                 int first = (p * tileColumns) + half;
                 int valid = Math.Clamp(nc - first, 0, 16);
-                byte* source = w + ((n0 + (long)first) * rowBytes);
+                byte* source = w + ((n0 + (long)first) * rowBytes) + ((long)k0 * TWeights.Size);
                 int i = 0;
                 if (Avx512F.IsSupported && valid == 16)
                 {
-                    for (; i + 16 <= k; i += 16)
+                    for (; i + 16 <= kc; i += 16)
                     {
                         Transpose16<TWeights>(source + ((long)i * TWeights.Size), rowBytes, panel + ((long)i * tileColumns) + half, tileColumns);
                     }
                 }
 
                 // The rest, element by element: the k tail, and panels that cross the end of N.
-                for (; i < k; i++)
+                for (; i < kc; i++)
                 {
                     float* destination = panel + ((long)i * tileColumns) + half;
                     int j = 0;

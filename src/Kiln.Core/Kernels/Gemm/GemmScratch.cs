@@ -6,7 +6,7 @@ using System.Runtime.InteropServices;
 
 namespace Kiln.Kernels.Gemm;
 
-/// <summary>The packing buffers of one thread: packed W block, copied A rows, partial-sum tiles, an edge tile.</summary>
+/// <summary>The packing buffers of one thread: packed W slice, copied A rows, partial-sum tiles, an edge tile.</summary>
 internal sealed unsafe class GemmScratch
 {
     [ThreadStatic]
@@ -41,7 +41,7 @@ internal sealed unsafe class GemmScratch
     /// <summary>One micro-tile [MaxTileRows, MaxTileColumns], staging stores of ragged edge tiles.</summary>
     public float* EdgeTile { get; }
 
-    /// <summary>The packed W column block (at most 8 MiB), at least <paramref name="floats"/> long.</summary>
+    /// <summary>The packed W slice, at least <paramref name="floats"/> long.</summary>
     public float* PackedW(long floats)
     {
         if (floats > _packedWCapacity)

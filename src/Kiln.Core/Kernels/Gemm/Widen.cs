@@ -66,7 +66,7 @@ internal readonly unsafe struct Float16Weights : IWeightFormat
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector512<float> Load16(byte* source) =>
-        Widen.HalfBits(Vector512.WidenLower(Vector256.Load((ushort*)source).ToVector512Unsafe()));
+        Widen.HalfBitsSigned(Vector512.WidenLower(Vector256.Load((short*)source).ToVector512Unsafe()));
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<float> Load8(byte* source) =>
@@ -95,6 +95,24 @@ internal static class Widen
         Vector512<uint> special = Vector512.GreaterThanOrEqual(magnitude, Vector512.Create(0x7C00u))
             & Vector512.Create(0x7F800000u);
         return (value.AsUInt32() | special | sign).AsSingle();
+    }
+
+    /// <summary>
+    /// Widens 16 float16 bit patterns, sign-extended to 32 bits, to float32 in fewer operations than
+    /// <see cref="HalfBits(Vector512{uint})"/>: the sign extension already puts the sign in bit 31, and Inf/NaN are
+    /// recognised after the rebias (they land in [2^16, 2^17)).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> HalfBitsSigned(Vector512<int> bits)
+    {
+        // Exponent and mantissa move up by 13 bits; the sign copies shifted into bits 28-31 are cleared.
+        Vector512<float> value = (Vector512.ShiftLeft(bits, 13) & Vector512.Create(0x0FFFE000)).AsSingle()
+            * Vector512.Create(HalfRebias);
+
+        // Inf and NaN keep their mantissa under an all-ones exponent; then the sign goes back in bit 31.
+        Vector512<int> special = Vector512.GreaterThanOrEqual(value, Vector512.Create(65536f)).AsInt32()
+            & Vector512.Create(0x7F800000);
+        return (value.AsInt32() | special | (bits & Vector512.Create(int.MinValue))).AsSingle();
     }
 
     /// <summary>Widens 8 float16 bit patterns (zero-extended to 32 bits) to float32.</summary>
