@@ -530,7 +530,7 @@ public sealed partial class KernelGenerator
             writer.Line($"{type} {Names.Vec(max)} = {v}.Create({max});");
             writer.Line($"{type} {lanes} = {type}.Zero;");
             writer.Open($"for (; index <= length - {type}.Count; index += {type}.Count)");
-            writer.Line($"{type} {term} = {v}.Exp({v}.Load({Names.Data(source)} + index) - {Names.Vec(max)});");
+            writer.Line($"{type} {term} = VectorMath.Exp({v}.Load({Names.Data(source)} + index) - {Names.Vec(max)});");
             writer.Line($"{term}.Store(outputData + index);");
             writer.Line($"{lanes} += {term};");
             writer.Close();

@@ -155,7 +155,7 @@ internal sealed class ExpressionPrinter
         }
 
         string arguments = string.Join(", ", call.Arguments.Select(argument => Print(argument)));
-        string owner = !IsVector ? "MathF" : call.Function == "Tanh" ? "VectorMath" : VectorType;
+        string owner = !IsVector ? "MathF" : call.Function is "Tanh" or "Exp" ? "VectorMath" : VectorType;
         return ($"{owner}.{call.Function}({arguments})", Primary);
     }
 }

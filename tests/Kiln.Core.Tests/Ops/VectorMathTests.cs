@@ -16,6 +16,53 @@ public sealed class VectorMathTests
     // 4 ulp of float32 relative to the value (2⁻²³ · 4 ≈ 4.8e-7), plus the smallest subnormal.
     private const double TanhRelative = 4.8e-7;
 
+    // 2 ulp of float32 relative to the value (2⁻²³ · 2 ≈ 2.4e-7), plus the smallest subnormal.
+    private const double ExpRelative = 2.4e-7;
+
+    /// <summary>Values on a 1/1024 grid over exp's finite float32 range, underflow included ([-110, 88.68]).</summary>
+    public static class ExpArbitraries
+    {
+        public static Arbitrary<float[]> ExpInputs() =>
+            Gen.Choose(-110 * 1024, (88 * 1024) + 700).Select(i => i / 1024f).ArrayOf(16).ToArbitrary();
+    }
+
+    /// <summary>Exp of both widths is within 2 ulp of Math.Exp rounded to float32, subnormal results included.</summary>
+    [Property(MaxTest = 500, Arbitrary = new[] { typeof(ExpArbitraries) })]
+    public void Exp_IsWithinTwoUlp(float[] values)
+    {
+        Vector512<float> wide = VectorMath.Exp(Vector512.Create(values));
+        Vector256<float> lower = VectorMath.Exp(Vector256.Create(values.AsSpan(0, 8)));
+        double[] expected = values.Select(v => (double)(float)Math.Exp(v)).ToArray();
+        float[] actual512 = new float[16];
+        float[] actual256 = new float[8];
+        wide.CopyTo(actual512);
+        lower.CopyTo(actual256);
+        Close.Check(expected, actual512, ExpRelative, 1.5e-45, "VectorMath.Exp(Vector512)");
+        Close.Check(expected[..8], actual256, ExpRelative, 1.5e-45, "VectorMath.Exp(Vector256)");
+    }
+
+    /// <summary>Exp overflows to +∞, underflows to 0, maps -∞ to 0 and keeps NaN.</summary>
+    [Fact]
+    public void Exp_EdgeValues()
+    {
+        float[] inputs = [float.PositiveInfinity, float.NegativeInfinity, float.NaN, 89f, -200f, 0f, -0f, 88.72f, -87.33f, -103.9f, 1e-30f, -1e-30f, 1f, -1f, 10f, -10f];
+        float[] actual = new float[16];
+        VectorMath.Exp(Vector512.Create(inputs)).CopyTo(actual);
+        Assert.Equal(float.PositiveInfinity, actual[0]);
+        Assert.Equal(0f, actual[1]);
+        Assert.True(float.IsNaN(actual[2]));
+        Assert.Equal(float.PositiveInfinity, actual[3]);
+        Assert.Equal(0f, actual[4]);
+        Assert.Equal(1f, actual[5]);
+        Assert.Equal(1f, actual[6]);
+        Assert.True(float.IsFinite(actual[7]) && actual[7] > 3.3e38f);
+        for (int i = 8; i < 16; i++)
+        {
+            double expected = (float)Math.Exp(inputs[i]);
+            Assert.True(Math.Abs(actual[i] - expected) <= (ExpRelative * Math.Abs(expected)) + 1.5e-45, $"exp({inputs[i]}) = {actual[i]}, expected {expected}");
+        }
+    }
+
     /// <summary>Values on a 1/256 grid in [-12, 12] and their scaled-down copies down to 1e-30.</summary>
     public static Arbitrary<float[]> TanhInputs() =>
         (from values in Gen.Choose(-3072, 3072).Select(i => i / 256f).ArrayOf(16)
