@@ -30,8 +30,10 @@ public static class KilnCli
         ParseResult parse = root.Parse(args);
         if (parse.Action is ParseErrorAction && parse.Errors.Count > 0)
         {
+            // An unrecognised word explains a missing command better than "required command was not provided".
             string command = parse.CommandResult.Command is RootCommand ? "kiln" : $"kiln {parse.CommandResult.Command.Name}";
-            stderr.WriteLine($"kiln: error: {OneLine(parse.Errors[0].Message).TrimEnd('.')}; see '{command} --help'.");
+            System.CommandLine.Parsing.ParseError error = parse.Errors.FirstOrDefault(static e => e.Message.StartsWith("Unrecognized", StringComparison.Ordinal)) ?? parse.Errors[0];
+            stderr.WriteLine($"kiln: error: {Readable(OneLine(error.Message)).TrimEnd('.')}; see '{command} --help'.");
             return CliException.UsageExitCode;
         }
 
@@ -88,6 +90,15 @@ public static class KilnCli
         OutOfMemoryException => ("out of memory while loading or running the model; use a smaller model or a shorter context.", CliException.FailureExitCode),
         _ => ($"unexpected {e.GetType().Name}: {OneLine(e.Message)} (rerun with --verbose for the stack trace).", CliException.FailureExitCode),
     };
+
+    /// <summary>A parse message with .NET type names replaced by what a user types ("an integer >= 0").</summary>
+    internal static string Readable(string message) => message
+        .Replace("expected type 'System.Nullable`1[System.UInt64]'", "a whole number >= 0", StringComparison.Ordinal)
+        .Replace("expected type 'System.UInt64'", "a whole number >= 0", StringComparison.Ordinal)
+        .Replace("expected type 'System.Nullable`1[System.Int32]'", "a whole number", StringComparison.Ordinal)
+        .Replace("expected type 'System.Int32'", "a whole number", StringComparison.Ordinal)
+        .Replace("expected type 'System.Nullable`1[System.Single]'", "a number", StringComparison.Ordinal)
+        .Replace("expected type 'System.Single'", "a number", StringComparison.Ordinal);
 
     /// <summary>The first line of a message, without the " (Parameter 'x')" suffix argument exceptions add.</summary>
     internal static string OneLine(string message)

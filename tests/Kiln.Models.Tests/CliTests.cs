@@ -156,7 +156,9 @@ public sealed class CliTests : IDisposable
     [InlineData(2, "--m 0", "bench", "gemm", "--m", "0")]
     [InlineData(2, "--k -5", "bench", "gemm", "--k", "-5")]
     [InlineData(2, "'--bogus'", "generate", "--bogus")]
-    [InlineData(2, "'abc'", "generate", "--temp", "abc")]
+    [InlineData(2, "'abc' for option '--temp' as a number", "generate", "--temp", "abc")]
+    [InlineData(2, "'-5' for option '--seed' as a whole number >= 0", "generate", "-s", "-5")]
+    [InlineData(2, "Unrecognized command or argument 'frobnicate'", "frobnicate")]
     [InlineData(2, "Required command", "bench")]
     public void BadFlags_AreOneLineErrors(int exitCode, string expected, params string[] args)
     {
