@@ -30,9 +30,11 @@ public static class KilnCli
         ParseResult parse = root.Parse(args);
         if (parse.Action is ParseErrorAction && parse.Errors.Count > 0)
         {
-            // An unrecognised word explains a missing command better than "required command was not provided".
-            string command = parse.CommandResult.Command is RootCommand ? "kiln" : $"kiln {parse.CommandResult.Command.Name}";
-            System.CommandLine.Parsing.ParseError error = parse.Errors.FirstOrDefault(static e => e.Message.StartsWith("Unrecognized", StringComparison.Ordinal)) ?? parse.Errors[0];
+            // At the top level an unrecognised word (a misspelt command) explains more than "required command was
+            // not provided"; below it, the missing subcommand is the better hint.
+            bool top = parse.CommandResult.Command is RootCommand;
+            string command = top ? "kiln" : $"kiln {parse.CommandResult.Command.Name}";
+            System.CommandLine.Parsing.ParseError error = (top ? parse.Errors.FirstOrDefault(static e => e.Message.StartsWith("Unrecognized", StringComparison.Ordinal)) : null) ?? parse.Errors[0];
             stderr.WriteLine($"kiln: error: {Readable(OneLine(error.Message)).TrimEnd('.')}; see '{command} --help'.");
             return CliException.UsageExitCode;
         }
