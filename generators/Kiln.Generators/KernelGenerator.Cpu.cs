@@ -601,10 +601,9 @@ public sealed partial class KernelGenerator
     private static IEnumerable<string> Sources(IEnumerable<ReductionStep> steps) =>
         steps.Select(static s => s.Parameter.Source).Distinct();
 
-    private static void EmitCpuReductions(IndentedWriter writer, List<ReductionStep> steps)
+    /// <summary>Declares the scalar accumulator of each reduction at its identity (and the running max of SumExp).</summary>
+    private static void EmitReductionAccumulators(IndentedWriter writer, List<ReductionStep> steps)
     {
-        // Scalar accumulators.
-        writer.Line($"// Reduce the row in one pass: {DescribeReductions(steps)}.");
         foreach (ReductionStep step in steps)
         {
             ParameterModel p = step.Parameter;
@@ -622,6 +621,13 @@ public sealed partial class KernelGenerator
                     break;
             }
         }
+    }
+
+    private static void EmitCpuReductions(IndentedWriter writer, List<ReductionStep> steps)
+    {
+        // Scalar accumulators.
+        writer.Line($"// Reduce the row in one pass: {DescribeReductions(steps)}.");
+        EmitReductionAccumulators(writer, steps);
 
         writer.Line("int index = 0;");
 

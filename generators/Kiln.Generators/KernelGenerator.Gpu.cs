@@ -201,23 +201,7 @@ public sealed partial class KernelGenerator
             // Per-thread partial reductions, then group-wide ones.
             writer.Line($"// Reduce the row: {DescribeReductions(steps)}.");
             writer.Line("ArrayView<float> scratch = SharedMemory.Allocate<float>(GroupReduce.ScratchLength);");
-            foreach (ReductionStep step in steps)
-            {
-                ParameterModel p = step.Parameter;
-                switch (p.Reduction)
-                {
-                    case ReductionKind.Max:
-                        writer.Line($"float {p.Name} = float.NegativeInfinity;");
-                        break;
-                    case ReductionKind.SumExp:
-                        writer.Line($"float {step.MaxName} = float.MinValue;");
-                        writer.Line($"float {p.Name} = 0f;");
-                        break;
-                    default:
-                        writer.Line($"float {p.Name} = 0f;");
-                        break;
-                }
-            }
+            EmitReductionAccumulators(writer, steps);
 
             writer.Open("for (int column = Group.IdxX; column < length; column += Group.DimX)");
             foreach (string source in Sources(steps))
