@@ -210,23 +210,7 @@ public sealed partial class KernelGenerator
             definition,
             () =>
             {
-                writer.Line($"{op}CpuArgs args = new()");
-                writer.Open();
-                foreach (ParameterModel input in definition.Inputs())
-                {
-                    writer.Line($"{Names.Field(input.Name)} = {input.Name}.FloatPointer,");
-                    if (input != lead)
-                    {
-                        writer.Line($"{Names.Field(Names.Length(input.Name))} = {Names.Length(input.Name)},");
-                    }
-                }
-
-                foreach (string value in UniformFields(definition))
-                {
-                    writer.Line($"{FieldOf(value)} = {value},");
-                }
-
-                writer.Line("Output = output.FloatPointer,");
+                EmitCpuArgsStart(writer, definition, op, lead);
                 if (broadcast.Length > 0)
                 {
                     string segment = broadcast.Aggregate(
@@ -271,23 +255,7 @@ public sealed partial class KernelGenerator
             definition,
             () =>
             {
-                writer.Line($"{op}CpuArgs args = new()");
-                writer.Open();
-                foreach (ParameterModel input in definition.Inputs())
-                {
-                    writer.Line($"{Names.Field(input.Name)} = {input.Name}.FloatPointer,");
-                    if (input != lead)
-                    {
-                        writer.Line($"{Names.Field(Names.Length(input.Name))} = {Names.Length(input.Name)},");
-                    }
-                }
-
-                foreach (string value in UniformFields(definition))
-                {
-                    writer.Line($"{FieldOf(value)} = {value},");
-                }
-
-                writer.Line("Output = output.FloatPointer,");
+                EmitCpuArgsStart(writer, definition, op, lead);
                 writer.Line("RowLength = rowLength,");
                 writer.Close(";");
                 writer.Line($"cpu.Pool.For(rows, Math.Max(1, ParallelGrain / rowLength), &{op}CpuRange, &args);");
@@ -473,5 +441,30 @@ public sealed partial class KernelGenerator
             .Concat(definition.Inputs().Select(pointer))
             .Concat(UniformFields(definition).Select(scalar))
             .Concat(new[] { output }));
+    }
+
+    /// <summary>
+    /// Opens the initializer of the CPU arguments: a pointer per input, the broadcast length of every input but the
+    /// lead one, the uniform values, and the output pointer; the caller adds its own fields and closes it.
+    /// </summary>
+    private static void EmitCpuArgsStart(IndentedWriter writer, DefinitionModel definition, string op, ParameterModel lead)
+    {
+        writer.Line($"{op}CpuArgs args = new()");
+        writer.Open();
+        foreach (ParameterModel input in definition.Inputs())
+        {
+            writer.Line($"{Names.Field(input.Name)} = {input.Name}.FloatPointer,");
+            if (input != lead)
+            {
+                writer.Line($"{Names.Field(Names.Length(input.Name))} = {Names.Length(input.Name)},");
+            }
+        }
+
+        foreach (string value in UniformFields(definition))
+        {
+            writer.Line($"{FieldOf(value)} = {value},");
+        }
+
+        writer.Line("Output = output.FloatPointer,");
     }
 }
