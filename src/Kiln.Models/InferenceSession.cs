@@ -76,6 +76,7 @@ public static class InferenceSessions
     /// <summary>The factory used by default everywhere (the CLI, benchmarks): <see cref="Fast"/>.</summary>
     public static SessionFactory Default { get; } = Fast;
 
-    /// <summary>A short name of the default session for logs and benchmark output.</summary>
-    public static string DefaultName => ReferenceEquals(Default, Reference) ? "reference" : "fast";
+    /// <summary>A short name of the session <see cref="Default"/> creates on <paramref name="device"/>, for logs and benchmarks.</summary>
+    public static string DefaultNameOn(Kiln.Devices.Device device) =>
+        ReferenceEquals(Default, Reference) || device is not Kiln.Devices.CpuDevice ? "reference" : "fast";
 }

@@ -85,11 +85,11 @@ internal static class BenchCommand
             int threadCount = CommonOptions.ThreadCount(target, threadFlag);
             if (parse.GetValue(json))
             {
-                context.Stdout.WriteLine(Json(name, threadCount, result, target.Name));
+                context.Stdout.WriteLine(Json(name, threadCount, result, target.Name, InferenceSessions.DefaultNameOn(target)));
             }
             else
             {
-                context.Stdout.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{name}: {InferenceSessions.DefaultName} session on {CommonOptions.Describe(target)}: context {result.Context}, prefill {result.PrefillTokensPerSecond:F1} tok/s, decode {result.DecodeTokensPerSecond:F1} tok/s"));
+                context.Stdout.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{name}: {InferenceSessions.DefaultNameOn(target)} session on {CommonOptions.Describe(target)}: context {result.Context}, prefill {result.PrefillTokensPerSecond:F1} tok/s, decode {result.DecodeTokensPerSecond:F1} tok/s"));
             }
 
             return 0;
@@ -163,7 +163,7 @@ internal static class BenchCommand
         }
     }
 
-    private static string Json(string model, int threads, DecodeBench.Result result, string device)
+    private static string Json(string model, int threads, DecodeBench.Result result, string device, string session)
     {
         // One object, fields in a fixed order, speeds rounded to 0.1 tok/s.
         using MemoryStream buffer = new();
@@ -175,7 +175,7 @@ internal static class BenchCommand
             writer.WriteNumber("context", result.Context);
             writer.WriteNumber("prefill_tok_s", Math.Round(result.PrefillTokensPerSecond, 1));
             writer.WriteNumber("decode_tok_s", Math.Round(result.DecodeTokensPerSecond, 1));
-            writer.WriteString("session", InferenceSessions.DefaultName);
+            writer.WriteString("session", session);
             writer.WriteString("device", device);
             writer.WriteEndObject();
         }

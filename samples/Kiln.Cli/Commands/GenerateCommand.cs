@@ -144,7 +144,7 @@ internal static class GenerateCommand
 
         // Say what runs, then print the prompt and stream the continuation.
         TextWriter err = context.Stderr;
-        err.WriteLine(Invariant($"kiln: {Path.GetFileName(modelPath)}: llama2.c {FormatName(header.Format)}, {config.ParameterCount:N0} parameters, context {config.SeqLen}, vocab {config.VocabSize}; {CommonOptions.Describe(device)}, {InferenceSessions.DefaultName} session"));
+        err.WriteLine(Invariant($"kiln: {Path.GetFileName(modelPath)}: llama2.c {FormatName(header.Format)}, {config.ParameterCount:N0} parameters, context {config.SeqLen}, vocab {config.VocabSize}; {CommonOptions.Describe(device)}, {InferenceSessions.DefaultNameOn(device)} session"));
         err.WriteLine(Invariant($"kiln: sampling: {DescribeSampling(sampling)}"));
         if (request.Verbose)
         {
