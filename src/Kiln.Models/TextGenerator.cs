@@ -10,6 +10,8 @@
 using System.Diagnostics;
 using Kiln.Models.Sampling;
 using Kiln.Models.Tokenizers;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Kiln.Models;
 
@@ -75,10 +77,14 @@ public sealed class TextGenerator
     private readonly ITokenizer _tokenizer;
     private readonly Sampler _sampler;
     private readonly int[] _next = new int[1];
+    private readonly ILogger _logger;
 
-    /// <summary>Creates a generator; the three parts must outlive it.</summary>
+    /// <summary>
+    /// Creates a generator; the three parts must outlive it. <paramref name="logger"/> receives each generation's
+    /// summary (Information) and context-full notes (Warning); silent when null.
+    /// </summary>
     /// <exception cref="ArgumentException">The tokenizer, sampler and model vocabularies differ in size.</exception>
-    public TextGenerator(IInferenceSession session, ITokenizer tokenizer, Sampler sampler)
+    public TextGenerator(IInferenceSession session, ITokenizer tokenizer, Sampler sampler, ILogger? logger = null)
     {
         ArgumentNullException.ThrowIfNull(session);
         ArgumentNullException.ThrowIfNull(tokenizer);
@@ -92,6 +98,7 @@ public sealed class TextGenerator
         _session = session;
         _tokenizer = tokenizer;
         _sampler = sampler;
+        _logger = logger ?? NullLogger.Instance;
         StopTokenId = tokenizer.StopTokenId;
     }
 
@@ -185,11 +192,22 @@ public sealed class TextGenerator
         if (reason == StopReason.ContextFull)
         {
             string wanted = maxNewTokens < 0 ? string.Empty : $" of the {maxNewTokens} requested";
-            Note?.Invoke($"context full: all {context} positions are used; stopped after {generated.Count} new tokens{wanted}.");
+            string note = $"context full: all {context} positions are used; stopped after {generated.Count} new tokens{wanted}.";
+            _logger.LogWarning("{Note}", note);
+            Note?.Invoke(note);
         }
 
         double decodeSeconds = (double)decodeTicks / Stopwatch.Frequency;
-        return new GenerationResult(promptTokens, [.. generated], text.ToString(), reason, prefillSeconds, decodeSeconds, decodeSteps);
+        GenerationResult result = new(promptTokens, [.. generated], text.ToString(), reason, prefillSeconds, decodeSeconds, decodeSteps);
+        _logger.LogInformation(
+            "Generated {Tokens} tokens ({Reason}): prefill {PrefillTokens} tokens at {PrefillRate:F1} tok/s, decode {DecodeSteps} steps at {DecodeRate:F1} tok/s",
+            result.GeneratedTokens.Length,
+            reason,
+            promptTokens.Length,
+            result.PrefillTokensPerSecond,
+            decodeSteps,
+            result.DecodeTokensPerSecond);
+        return result;
     }
 
     private void Emit(string piece, System.Text.StringBuilder text)

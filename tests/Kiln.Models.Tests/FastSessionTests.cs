@@ -28,6 +28,29 @@ public sealed class FastSessionTests
     }
 
     [Fact]
+    public void Generation_LogsItsSummary_AndAFullContextAsAWarning()
+    {
+        using LlamaSession session = new(TestData.Stories, new SessionOptions { ContextLength = 12 });
+        ListLogger logger = new();
+        TextGenerator generator = new(session, TestData.StoriesTok, new Sampler(512, SamplerOptions.Greedy), logger);
+
+        generator.Generate("Once upon a time", 100);
+
+        Assert.Collection(
+            logger.Entries,
+            warning =>
+            {
+                Assert.Equal(Microsoft.Extensions.Logging.LogLevel.Warning, warning.Level);
+                Assert.Contains("context full: all 12 positions are used", warning.Message);
+            },
+            summary =>
+            {
+                Assert.Equal(Microsoft.Extensions.Logging.LogLevel.Information, summary.Level);
+                Assert.Contains("Generated 8 tokens (ContextFull): prefill 5 tokens", summary.Message);
+            });
+    }
+
+    [Fact]
     public void TwoPromptsInARow_GiveWhatEachGivesAlone()
     {
         SamplerOptions options = new() { Temperature = 0.8f, TopK = 40, TopP = 0.95f, Seed = 7 };
@@ -181,5 +204,23 @@ public sealed class FastSessionTests
         {
             Assert.True(Math.Abs(expected[i] - actual[i]) <= tolerance, $"{where}, logit {i}: {actual[i]} vs {expected[i]}");
         }
+    }
+
+    // Records what a generator logs.
+    private sealed class ListLogger : Microsoft.Extensions.Logging.ILogger
+    {
+        public List<(Microsoft.Extensions.Logging.LogLevel Level, string Message)> Entries { get; } = [];
+
+        public IDisposable? BeginScope<TState>(TState state)
+            where TState : notnull => null;
+
+        public bool IsEnabled(Microsoft.Extensions.Logging.LogLevel logLevel) => true;
+
+        public void Log<TState>(
+            Microsoft.Extensions.Logging.LogLevel logLevel,
+            Microsoft.Extensions.Logging.EventId eventId,
+            TState state,
+            Exception? exception,
+            Func<TState, Exception?, string> formatter) => Entries.Add((logLevel, formatter(state, exception)));
     }
 }
