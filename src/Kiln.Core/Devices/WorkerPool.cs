@@ -203,15 +203,20 @@ public sealed unsafe class WorkerPool : IDisposable
         }
     }
 
-    /// <summary>Stops the workers. Loops may not be started afterwards.</summary>
+    /// <summary>Stops the workers once the loop in flight, if any, has finished. Loops may not be started afterwards.</summary>
     public void Dispose()
     {
-        if (_disposed)
+        // Under the call lock: a worker woken for a loop must not see the pool disposed before it ran its part.
+        lock (_callLock)
         {
-            return;
+            if (_disposed)
+            {
+                return;
+            }
+
+            _disposed = true;
         }
 
-        _disposed = true;
         for (int i = 0; i < _workers.Length; i++)
         {
             _wake[i].Release();
