@@ -69,6 +69,43 @@ public sealed class WorkerPoolTests
     }
 
     [Fact]
+    public async Task LoopsOfAlternatingWidth_RunEveryIndexExactlyOnce()
+    {
+        // Loops alternate between 2 parts (the highest workers sit out) and one part per thread: a worker that sat
+        // out one loop must not mistake the next loop's fields for the one it skipped and run a range twice.
+        using WorkerPool pool = new(3);
+        int wrong = await Task.Run(() => RunAlternating(pool, 300)).WaitAsync(TimeSpan.FromSeconds(60));
+
+        Assert.Equal(0, wrong);
+    }
+
+    private static unsafe int RunAlternating(WorkerPool pool, int loops)
+    {
+        int wrong = 0;
+        int[] hits = new int[3];
+        fixed (int* pointer = hits)
+        {
+            Counts counts = new() { Hits = pointer };
+            for (int loop = 0; loop < loops; loop++)
+            {
+                int count = loop % 2 == 0 ? 2 : 3;
+                pool.For(count, 1, &CountHits, &counts);
+                for (int i = 0; i < count; i++)
+                {
+                    if (hits[i] != 1)
+                    {
+                        wrong++;
+                    }
+
+                    hits[i] = 0;
+                }
+            }
+        }
+
+        return wrong;
+    }
+
+    [Fact]
     public async Task DisposeDuringALoop_LetsTheLoopFinish()
     {
         // The workers fall asleep, a loop wakes them, and Dispose runs while the caller is in its own range: the
