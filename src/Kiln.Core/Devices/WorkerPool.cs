@@ -37,6 +37,9 @@ public sealed unsafe class WorkerPool : IDisposable
     private int _pending;
     private ExceptionDispatchInfo? _failure;
 
+    // The loop's number and part count in one word, written last and read in one load: a worker never pairs one
+    // loop's number with another loop's part count. _generation counts loops on the caller's side (under the lock).
+    private long _published;
     private int _generation;
     private volatile bool _disposed;
 
@@ -105,7 +108,8 @@ public sealed unsafe class WorkerPool : IDisposable
             Volatile.Write(ref _pending, parts);
 
             // Publish the loop, then wake only the workers that went to sleep.
-            Interlocked.Increment(ref _generation);
+            _generation++;
+            Interlocked.Exchange(ref _published, ((long)_generation << 32) | (uint)parts);
             for (int i = 0; i < _workers.Length; i++)
             {
                 if (Interlocked.Exchange(ref _sleeping[i], 0) == 1)
@@ -159,7 +163,7 @@ public sealed unsafe class WorkerPool : IDisposable
         {
             // Spin for a while: in a decode loop the next op follows within microseconds.
             int spins = 0;
-            while (Volatile.Read(ref _generation) == seen && !_disposed)
+            while (Generation(Volatile.Read(ref _published)) == seen && !_disposed)
             {
                 if (++spins < SpinIterations)
                 {
@@ -169,7 +173,7 @@ public sealed unsafe class WorkerPool : IDisposable
 
                 // Declare sleep, then check again so that a loop published meanwhile is not missed.
                 Interlocked.Exchange(ref _sleeping[index], 1);
-                if (Volatile.Read(ref _generation) != seen || _disposed)
+                if (Generation(Volatile.Read(ref _published)) != seen || _disposed)
                 {
                     Interlocked.Exchange(ref _sleeping[index], 0);
                     break;
@@ -184,34 +188,33 @@ public sealed unsafe class WorkerPool : IDisposable
                 return;
             }
 
-            // Read the loop like a sequence lock: the fields belong to generation `seen` only if the
-            // generation did not move while they were read (a loop this worker has no part in may end
-            // and the next one be published meanwhile).
-            int generation = Volatile.Read(ref _generation);
-            int parts = Volatile.Read(ref _parts);
-            if (Volatile.Read(ref _generation) != generation)
-            {
-                continue;
-            }
-
-            seen = generation;
-
-            if (part < parts)
+            // Take the loop's number and part count together. The other fields are stable while this worker has a
+            // part: the caller waits for it. A loop it has no part in may end and the next one be published meanwhile.
+            long published = Volatile.Read(ref _published);
+            seen = Generation(published);
+            if (part < (int)published)
             {
                 RunPart(part);
             }
         }
     }
 
-    /// <summary>Stops the workers. Loops may not be started afterwards.</summary>
+    private static int Generation(long published) => (int)(published >> 32);
+
+    /// <summary>Stops the workers once the loop in flight, if any, has finished. Loops may not be started afterwards.</summary>
     public void Dispose()
     {
-        if (_disposed)
+        // Under the call lock: a worker woken for a loop must not see the pool disposed before it ran its part.
+        lock (_callLock)
         {
-            return;
+            if (_disposed)
+            {
+                return;
+            }
+
+            _disposed = true;
         }
 
-        _disposed = true;
         for (int i = 0; i < _workers.Length; i++)
         {
             _wake[i].Release();

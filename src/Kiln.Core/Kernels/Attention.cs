@@ -37,7 +37,7 @@ public static unsafe class Attention
         RequireCache(keyCache, nameof(keyCache));
         RequireSameShape(keyCache, valueCache, nameof(valueCache));
         int hkv = keyCache.Size(0), dh = keyCache.Size(1), s = keyCache.Size(2);
-        int t = k.Size(0);
+        int t = k.Rank == 2 ? k.Size(0) : 0;
         if (k.Rank != 2 || k.Size(1) != hkv * dh || v.Rank != 2 || v.Size(0) != t || v.Size(1) != hkv * dh)
         {
             throw new ArgumentException($"Attention.Append: k {k} and v {v} must both be [T, {hkv * dh}] for a cache of {Tensor.FormatShape(keyCache.Shape)}.");
@@ -83,6 +83,11 @@ public static unsafe class Attention
         RequireCpuFloat(q, nameof(q));
         RequireCpuFloat(output, nameof(output));
         int hkv = keyCache.Size(0), dh = keyCache.Size(1), s = keyCache.Size(2);
+        if (q.Rank < 2)
+        {
+            throw new ArgumentException($"Attention: queries {q} must be [T, H, {dh}] or [T, H * {dh}].", nameof(q));
+        }
+
         int t = q.Size(0);
         long width = q.Length / Math.Max(t, 1);
         if (width % dh != 0 || (width / dh) % hkv != 0 || t == 0 && q.Length != 0)
@@ -325,9 +330,9 @@ public static unsafe class Attention
     private static void RequireCache(Tensor cache, string name)
     {
         RequireCpuFloat(cache, name);
-        if (cache.Rank != 3)
+        if (cache.Rank != 3 || cache.Size(0) == 0 || cache.Size(1) == 0)
         {
-            throw new ArgumentException($"Attention: {name} {cache} must be [Hkv, Dh, S].", name);
+            throw new ArgumentException($"Attention: {name} {cache} must be [Hkv, Dh, S] with Hkv and Dh at least 1.", name);
         }
     }
 

@@ -56,6 +56,21 @@ public sealed class AttentionTests : IDisposable
         Assert.Contains("do not fit", error.Message);
     }
 
+    [Fact]
+    public void RejectsScalarInputsAndEmptyHeads_WithArgumentException()
+    {
+        // A rank-0 query or key and a cache with Dh = 0 or Hkv = 0 are argument errors, not index or division faults.
+        using Tensor scalar = Tensor.Empty([], device: _one);
+        using Tensor rows = Tensor.Empty([2, 4], device: _one);
+        using Tensor cache = Tensor.Empty([1, 4, 8], device: _one);
+        using Tensor noWidth = Tensor.Empty([1, 0, 8], device: _one);
+        using Tensor noHeads = Tensor.Empty([0, 4, 8], device: _one);
+        Assert.Throws<ArgumentException>(() => Kernels.Attention.Compute(scalar, cache, cache, 0, scalar));
+        Assert.Throws<ArgumentException>(() => Kernels.Attention.Append(scalar, scalar, cache, cache, 0));
+        Assert.Throws<ArgumentException>(() => Kernels.Attention.Compute(rows, noWidth, noWidth, 0, rows));
+        Assert.Throws<ArgumentException>(() => Kernels.Attention.Compute(rows, noHeads, noHeads, 0, rows));
+    }
+
     private bool Check(Case c)
     {
         CpuDevice device = c.TwoThreads ? _two : _one;

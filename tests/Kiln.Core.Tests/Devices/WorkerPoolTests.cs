@@ -69,6 +69,103 @@ public sealed class WorkerPoolTests
     }
 
     [Fact]
+    public async Task LoopsOfAlternatingWidth_RunEveryIndexExactlyOnce()
+    {
+        // Loops alternate between 2 parts (the highest workers sit out) and one part per thread: a worker that sat
+        // out one loop must not mistake the next loop's fields for the one it skipped and run a range twice.
+        using WorkerPool pool = new(3);
+        int wrong = await Task.Run(() => RunAlternating(pool, 300)).WaitAsync(TimeSpan.FromSeconds(60));
+
+        Assert.Equal(0, wrong);
+    }
+
+    private static unsafe int RunAlternating(WorkerPool pool, int loops)
+    {
+        int wrong = 0;
+        int[] hits = new int[3];
+        fixed (int* pointer = hits)
+        {
+            Counts counts = new() { Hits = pointer };
+            for (int loop = 0; loop < loops; loop++)
+            {
+                int count = loop % 2 == 0 ? 2 : 3;
+                pool.For(count, 1, &CountHits, &counts);
+                for (int i = 0; i < count; i++)
+                {
+                    if (hits[i] != 1)
+                    {
+                        wrong++;
+                    }
+
+                    hits[i] = 0;
+                }
+            }
+        }
+
+        return wrong;
+    }
+
+    [Fact]
+    public async Task DisposeDuringALoop_LetsTheLoopFinish()
+    {
+        // The workers fall asleep, a loop wakes them, and Dispose runs while the caller is in its own range: the
+        // woken worker must still run its range (or the caller waits for it forever).
+        for (int attempt = 0; attempt < 20; attempt++)
+        {
+            WorkerPool pool = new(2);
+            Thread.Sleep(100);
+            DisposeRace race = new();
+            Task<int> loop = Task.Run(() => RunSignalling(pool, race));
+            Task dispose = Task.Run(() =>
+            {
+                while (Volatile.Read(ref race.Started) == 0)
+                {
+                }
+
+                pool.Dispose();
+            });
+
+            int total = await loop.WaitAsync(s_deadline);
+            await dispose.WaitAsync(s_deadline);
+            Assert.Equal(2, total);
+        }
+    }
+
+    private static unsafe int RunSignalling(WorkerPool pool, DisposeRace race)
+    {
+        GCHandle handle = GCHandle.Alloc(race);
+        try
+        {
+            NestedState state = new() { Pool = GCHandle.ToIntPtr(handle) };
+            pool.For(2, 1, &SignalThenCount, &state);
+            return state.Total;
+        }
+        finally
+        {
+            handle.Free();
+        }
+    }
+
+    private static unsafe void SignalThenCount(void* state, int start, int end)
+    {
+        // Range 0 (the caller's) tells the disposing thread to go, then stays busy for a moment.
+        NestedState* shared = (NestedState*)state;
+        if (start == 0)
+        {
+            DisposeRace race = (DisposeRace)GCHandle.FromIntPtr(shared->Pool).Target!;
+            Volatile.Write(ref race.Started, 1);
+            Thread.SpinWait(200_000);
+        }
+
+        Interlocked.Add(ref shared->Total, end - start);
+    }
+
+    private sealed class DisposeRace
+    {
+        public int Started;
+    }
+
+    [Fact]
     public void RejectsAThreadCountBelowOne()
     {
         Assert.Throws<ArgumentOutOfRangeException>(() => new WorkerPool(0));
