@@ -178,9 +178,9 @@ public sealed unsafe class LlamaSession : IInferenceSession
         if (withLogits)
         {
             // Classify the last token only.
-            Buffers last = b.LastRow;
-            Ops.RmsNorm(last.X, _weights.FinalNorm, c.NormEps, last.Xb);
-            MatMul.Compute(last.Xb, _weights.Classifier, _logits);
+            (Tensor lastX, Tensor lastXb) = b.LastRow;
+            Ops.RmsNorm(lastX, _weights.FinalNorm, c.NormEps, lastXb);
+            MatMul.Compute(lastXb, _weights.Classifier, _logits);
         }
     }
 
@@ -249,7 +249,7 @@ public sealed unsafe class LlamaSession : IInferenceSession
     {
         private readonly LlamaConfig _config;
         private readonly bool _owner;
-        private Buffers? _lastRow;
+        private (Tensor X, Tensor Xb)? _lastRow;
 
         public Buffers(LlamaConfig c, int rows, Device device)
             : this(c, rows, owner: true,
@@ -306,11 +306,8 @@ public sealed unsafe class LlamaSession : IInferenceSession
 
         public Tensor AttentionHeads { get; } // [T, H, Dh]
 
-        // The last row's X and Xb, for the classifier.
-        public Buffers LastRow => _lastRow ??= new Buffers(
-            _config, 1, owner: false,
-            X.Slice(Count - 1, 1), Xb.Slice(Count - 1, 1), Q.Slice(0, 1), K.Slice(0, 1), V.Slice(0, 1),
-            Attention.Slice(0, 1), Up.Slice(0, 1), Gate.Slice(0, 1));
+        // The last row of X and of Xb, for the classifier; made on first use.
+        public (Tensor X, Tensor Xb) LastRow => _lastRow ??= (X.Slice(Count - 1, 1), Xb.Slice(Count - 1, 1));
 
         public Buffers Rows(int rows) => new(
             _config, rows, owner: false,
