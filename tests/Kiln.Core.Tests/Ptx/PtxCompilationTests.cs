@@ -1,6 +1,5 @@
 using System.Reflection;
 using ILGPU;
-using ILGPU.Backends;
 using ILGPU.Backends.EntryPoints;
 using ILGPU.Backends.PTX;
 using ILGPU.Runtime;
@@ -11,37 +10,74 @@ using Xunit.Abstractions;
 
 namespace Kiln.Core.Tests.Ptx;
 
-// Every ILGPU kernel the generator emitted compiles to PTX offline, without a GPU, and the PTX calls nothing it
-// cannot resolve (no `.extern`: e.g. MathF.FusedMultiplyAdd or MathF.Log2 would leave one, and the module would
-// fail to load on a real device). The kernels are found through the GeneratedKernels registry of every [Kernels]
-// class in Kiln.Core and in this test assembly, so a new op is covered without touching this file. A fresh backend
-// is made per kernel, because a PTXBackend is unusable after one failed compile.
+// Every ILGPU kernel Kiln ships compiles to PTX offline, without a GPU, at each optimisation level Kiln uses (O1,
+// the default, and O2, where a known ILGPU bug crashes only there), and the PTX calls nothing it cannot resolve
+// (no `.extern`: MathF.FusedMultiplyAdd or MathF.Log2 would leave one, and the module would fail to load on a real
+// device). Kernels are found by reflection, so new ones are covered without touching this file:
+//   - `GeneratedKernels` of every generated [Kernels] class,
+//   - `GpuKernels` of every class holding hand-written kernels (internal classes included; generic kernels are
+//     listed closed, e.g. over each weight reader and epilogue),
+// in Kiln.Core, Kiln.Models and this test assembly. One ILGPU context per level, a fresh PTXBackend per kernel
+// (a backend is unusable after one failed compile). Explicitly grouped kernels must contain `bar.sync` exactly
+// when their IL calls Group.Barrier, and `shfl.sync` exactly when it calls a warp shuffle (KernelIntrinsics.cs).
 
-/// <summary>Offline PTX compilation of the generated kernels.</summary>
-public sealed class PtxCompilationTests : IDisposable
+/// <summary>One ILGPU context per optimisation level, shared by the PTX tests.</summary>
+public sealed class PtxContexts : IDisposable
 {
-    private readonly Context _context = Context.Create(builder => builder.CPU().EnableAlgorithms());
+    private readonly Dictionary<OptimizationLevel, Context> _contexts = new()
+    {
+        [OptimizationLevel.O1] = Context.Create(builder => builder.CPU().EnableAlgorithms().Optimize(OptimizationLevel.O1)),
+        [OptimizationLevel.O2] = Context.Create(builder => builder.CPU().EnableAlgorithms().Optimize(OptimizationLevel.O2)),
+    };
+
+    /// <summary>The context compiling at <paramref name="level"/>.</summary>
+    public Context this[OptimizationLevel level] => _contexts[level];
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        foreach (Context context in _contexts.Values)
+        {
+            context.Dispose();
+        }
+    }
+}
+
+/// <summary>Offline PTX compilation of every generated and hand-written kernel.</summary>
+public sealed class PtxCompilationTests : IClassFixture<PtxContexts>
+{
+    /// <summary>The optimisation levels Kiln runs kernels at, by name (O1 and Release are one enum value).</summary>
+    private static readonly string[] Levels = ["O1", "O2"];
+
+    /// <summary>The registries a kernel-holding class may expose.</summary>
+    private static readonly string[] RegistryNames = ["GeneratedKernels", "GpuKernels"];
+
+    private readonly PtxContexts _contexts;
     private readonly ITestOutputHelper _output;
 
-    /// <summary>Creates the shared context.</summary>
-    public PtxCompilationTests(ITestOutputHelper output)
+    /// <summary>Uses the shared contexts.</summary>
+    public PtxCompilationTests(PtxContexts contexts, ITestOutputHelper output)
     {
+        _contexts = contexts;
         _output = output;
     }
 
-    /// <summary>Every generated kernel, by class and op, for the theory.</summary>
+    /// <summary>Every kernel at every level, by a readable id, for the theory.</summary>
     public static TheoryData<string, string> Kernels()
     {
         TheoryData<string, string> data = new();
-        foreach ((Type owner, GeneratedKernel kernel) in AllKernels())
+        foreach (ListedKernel kernel in AllKernels())
         {
-            data.Add(owner.FullName!, kernel.Op);
+            foreach (string level in Levels)
+            {
+                data.Add(kernel.Id, level);
+            }
         }
 
         return data;
     }
 
-    /// <summary>The registry lists every kernel, built-in ops included.</summary>
+    /// <summary>The generated registry lists every built-in op.</summary>
     [Fact]
     public void Registry_ListsTheBuiltInOps()
     {
@@ -50,56 +86,98 @@ public sealed class PtxCompilationTests : IDisposable
         Assert.All(Kiln.Ops.GeneratedKernels, static k => Assert.True(k.Method.IsStatic));
     }
 
+    /// <summary>
+    /// The collector finds the hand-written registries of Kiln.Core (internal classes included) and the generated
+    /// ones of Kiln.Models, and every listed method is a static, fully closed kernel.
+    /// </summary>
+    [Fact]
+    public void Collector_FindsHandWrittenAndModelKernels()
+    {
+        ListedKernel[] kernels = AllKernels().ToArray();
+        Assert.Contains(kernels, static k => k.Owner == typeof(Kiln.Kernels.Gemm.GpuGemm) && k.Registry == "GpuKernels");
+        Assert.Contains(kernels, static k => k.Owner.Assembly == typeof(Kiln.Models.Llama.LlamaConfig).Assembly);
+        Assert.Equal(kernels.Length, kernels.Select(static k => k.Id).Distinct().Count());
+        Assert.All(kernels, static k =>
+        {
+            Assert.True(k.Kernel.Method.IsStatic, $"{k.Id} is not static");
+            Assert.False(k.Kernel.Method.ContainsGenericParameters, $"{k.Id} is an open generic; list it closed");
+        });
+    }
+
     /// <summary>The kernel compiles to PTX for sm_90 (emitted as sm_80) with no unresolved calls.</summary>
     [Theory]
     [MemberData(nameof(Kernels))]
-    public void Kernel_CompilesToPtx_WithoutExternCalls(string owner, string op)
+    public void Kernel_CompilesToPtx_WithoutExternCalls(string id, string level)
     {
-        GeneratedKernel kernel = AllKernels().Single(k => k.Owner.FullName == owner && k.Kernel.Op == op).Kernel;
+        ListedKernel listed = AllKernels().Single(k => k.Id == id);
+        GeneratedKernel kernel = listed.Kernel;
 
         // A new backend per kernel: one failed compile poisons a backend.
-        PTXBackend backend = new(_context, CudaArchitecture.SM_90, CudaInstructionSet.ISA_80, nvvmAPI: null!);
+        PTXBackend backend = new(_contexts[Enum.Parse<OptimizationLevel>(level)], CudaArchitecture.SM_90, CudaInstructionSet.ISA_80, nvvmAPI: null!);
         EntryPointDescription entry = kernel.IsExplicitlyGrouped
             ? EntryPointDescription.FromExplicitlyGroupedKernel(kernel.Method)
             : EntryPointDescription.FromImplicitlyGroupedKernel(kernel.Method);
         PTXCompiledKernel compiled = (PTXCompiledKernel)backend.Compile(entry, default(KernelSpecialization));
         string ptx = compiled.PTXAssembly;
-        _output.WriteLine($"{owner}.{op}: {ptx.Length} characters of PTX");
+        _output.WriteLine($"{id} at {level}: {ptx.Length} characters of PTX");
 
         // Unresolved functions would fail at module load on a GPU.
         string[] externs = ptx.Split('\n').Where(static line => line.Contains(".extern", StringComparison.Ordinal)).ToArray();
         Assert.True(
             externs.Length == 0,
-            $"{owner}.{op} leaves unresolved calls in its PTX (replace the function in the definition): {string.Join(" | ", externs)}");
+            $"{id} at {level} leaves unresolved calls in its PTX (replace the function in the kernel): {string.Join(" | ", externs)}");
         Assert.Contains(".target sm_80", ptx);
 
-        // Row kernels reduce across the group: warp shuffles and barriers.
-        if (kernel.IsExplicitlyGrouped)
-        {
-            Assert.Contains("shfl.sync", ptx);
-            Assert.Contains("bar.sync", ptx);
-        }
+        // Barriers and shuffles appear exactly where the kernel's code asks for them.
+        KernelIntrinsics uses = KernelIntrinsics.Of(kernel.Method);
+        bool hasBarrier = ptx.Contains("bar.sync", StringComparison.Ordinal);
+        bool hasShuffle = ptx.Contains("shfl.sync", StringComparison.Ordinal);
+        Assert.True(
+            kernel.IsExplicitlyGrouped || !(uses.Barrier || uses.MaybeBarrier || uses.Shuffle),
+            $"{id} is listed as implicitly grouped but calls group or warp intrinsics; list it as explicitly grouped");
+        Assert.True(
+            uses.Barrier ? hasBarrier : uses.MaybeBarrier || !hasBarrier,
+            $"{id} at {level}: its code {(uses.Barrier ? "calls" : "never calls")} Group.Barrier but the PTX "
+            + $"{(hasBarrier ? "has" : "has no")} bar.sync");
+        Assert.True(
+            uses.Shuffle == hasShuffle,
+            $"{id} at {level}: its code {(uses.Shuffle ? "shuffles" : "never shuffles")} but the PTX "
+            + $"{(hasShuffle ? "has" : "has no")} shfl.sync");
     }
 
-    /// <inheritdoc />
-    public void Dispose() => _context.Dispose();
-
-    private static IEnumerable<(Type Owner, GeneratedKernel Kernel)> AllKernels()
+    /// <summary>Every kernel listed in a registry of Kiln.Core, Kiln.Models or this assembly, ordered by id.</summary>
+    private static IEnumerable<ListedKernel> AllKernels()
     {
-        // Every type with a generated registry, in Kiln.Core and here.
-        foreach (Assembly assembly in new[] { typeof(Kiln.Ops).Assembly, typeof(PtxCompilationTests).Assembly })
+        Assembly[] assemblies =
+        [
+            typeof(Kiln.Ops).Assembly,
+            typeof(Kiln.Models.Llama.LlamaConfig).Assembly,
+            typeof(PtxCompilationTests).Assembly,
+        ];
+        List<ListedKernel> kernels = new();
+        foreach (Type type in assemblies.SelectMany(static a => a.GetTypes()).Where(static t => !t.ContainsGenericParameters))
         {
-            foreach (Type type in assembly.GetTypes().OrderBy(static t => t.FullName, StringComparer.Ordinal))
+            foreach (string name in RegistryNames)
             {
-                PropertyInfo? registry = type.GetProperty("GeneratedKernels", BindingFlags.Public | BindingFlags.Static);
-                if (registry?.GetValue(null) is IReadOnlyList<GeneratedKernel> kernels)
+                PropertyInfo? registry = type.GetProperty(name, BindingFlags.Public | BindingFlags.Static | BindingFlags.DeclaredOnly);
+                if (registry?.GetValue(null) is IReadOnlyList<GeneratedKernel> listed)
                 {
-                    foreach (GeneratedKernel kernel in kernels)
+                    for (int i = 0; i < listed.Count; i++)
                     {
-                        yield return (type, kernel);
+                        kernels.Add(new ListedKernel(type, name, i, listed[i]));
                     }
                 }
             }
         }
+
+        return kernels.OrderBy(static k => k.Id, StringComparer.Ordinal);
+    }
+
+    /// <summary>One entry of a registry.</summary>
+    private sealed record ListedKernel(Type Owner, string Registry, int Index, GeneratedKernel Kernel)
+    {
+        /// <summary>Owner, registry, position and the closed method, e.g. <c>Kiln.Ops.GeneratedKernels[1] ResidualAdd</c>.</summary>
+        public string Id { get; } =
+            $"{Owner.FullName}.{Registry}[{Index}] {Kernel.Op} <{string.Join(", ", Kernel.Method.GetGenericArguments().Select(static t => t.Name))}>";
     }
 }

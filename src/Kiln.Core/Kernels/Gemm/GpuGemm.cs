@@ -10,6 +10,7 @@
 //
 // Weights are read through IGpuWeights: float32, float16 as ILGPU.Half, bfloat16 as ushort widened with
 // Interop.IntAsFloat(bits << 16). No FMA intrinsic (a·b + c lets ptxas fuse), no System.Half, no throw.
+using System.Reflection;
 using ILGPU;
 using ILGPU.Runtime;
 using Kiln.Devices;
@@ -71,6 +72,32 @@ internal static class GpuGemm
     /// storing one row's 16 k values hit 16 different banks.
     /// </summary>
     public const int TileStride = MaxTile + 1;
+
+    /// <summary>
+    /// Every kernel of the matrix product, closed over each weight reader with <see cref="IdentityEpilogue"/>, and
+    /// over float32 weights with the generated ResidualAdd epilogue, for offline PTX compilation by the tests.
+    /// </summary>
+    public static IReadOnlyList<GeneratedKernel> GpuKernels { get; } = ListKernels();
+
+    private static GeneratedKernel[] ListKernels()
+    {
+        List<GeneratedKernel> kernels = new();
+        (string Op, string Method)[] methods = [("GemmTiled", nameof(TiledKernel)), ("GemmVector", nameof(VectorKernel))];
+        Type[] readers = [typeof(GpuFloat32Weights), typeof(GpuFloat16Weights), typeof(GpuBFloat16Weights)];
+        foreach ((string op, string name) in methods)
+        {
+            MethodInfo method = typeof(GpuGemm).GetMethod(name, BindingFlags.Static | BindingFlags.NonPublic)!;
+            foreach (Type reader in readers)
+            {
+                kernels.Add(new GeneratedKernel(op, method.MakeGenericMethod(reader, typeof(IdentityEpilogue)), true));
+            }
+
+            kernels.Add(new GeneratedKernel(
+                op, method.MakeGenericMethod(typeof(GpuFloat32Weights), typeof(Ops.ResidualAddGpuEpilogue)), true));
+        }
+
+        return kernels.ToArray();
+    }
 
     /// <summary>Queues C = epilogue(A · Wᵀ) on the device's default stream.</summary>
     public static void Launch<TEpilogue>(IlgpuDevice device, Tensor a, Tensor w, Tensor c, int m, int n, int k, TEpilogue epilogue)
