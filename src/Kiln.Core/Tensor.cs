@@ -160,6 +160,9 @@ public sealed unsafe class Tensor : IDisposable
         }
     }
 
+    /// <summary>Bytes from the start of the storage to element 0 (kernels check load alignment with it).</summary>
+    internal long ByteOffset => _offset * DType.SizeOf();
+
     /// <summary>The elements of a contiguous tensor on an ILGPU device, viewed as <typeparamref name="T"/>.</summary>
     public ArrayView<T> View<T>()
         where T : unmanaged

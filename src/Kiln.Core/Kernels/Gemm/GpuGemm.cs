@@ -21,11 +21,38 @@ using GpuHalf = ILGPU.Half;
 
 namespace Kiln.Kernels.Gemm;
 
-/// <summary>Reads one weight element, widened to float32, inside an ILGPU kernel.</summary>
+/// <summary>Four floats: one 16-byte load or store (ld.global.v4.f32 when the address is 16-byte aligned).</summary>
+internal struct Float4
+{
+    /// <summary>The elements.</summary>
+    public float X, Y, Z, W;
+}
+
+/// <summary>Four 32-bit words: one 16-byte load of 8 float16 or bfloat16 weights.</summary>
+internal struct UInt4
+{
+    /// <summary>The words, lowest address first.</summary>
+    public uint X, Y, Z, W;
+}
+
+/// <summary>Eight floats held in registers: eight consecutive weights, or one row of a thread's 8×8 outputs.</summary>
+internal struct Float8
+{
+    /// <summary>The elements.</summary>
+    public float V0, V1, V2, V3, V4, V5, V6, V7;
+}
+
+/// <summary>Reads weights, widened to float32, inside an ILGPU kernel.</summary>
 internal interface IGpuWeights
 {
     /// <summary>Element <paramref name="index"/> of the row-major [N, K] weights.</summary>
     float Load(long index);
+
+    /// <summary>
+    /// Elements [index, index + 8) as one 16-byte load (float16, bfloat16) or two (float32). The caller guarantees
+    /// that <paramref name="index"/> is a multiple of 8 and that the view starts 16-byte aligned.
+    /// </summary>
+    Float8 Load8(long index);
 }
 
 /// <summary>float32 weights.</summary>
@@ -36,6 +63,16 @@ internal struct GpuFloat32Weights : IGpuWeights
 
     /// <inheritdoc />
     public readonly float Load(long index) => Data[index];
+
+    /// <inheritdoc />
+    public readonly Float8 Load8(long index)
+    {
+        // Two 16-byte loads.
+        ArrayView<Float4> quads = Data.Cast<Float4>();
+        Float4 lo = quads[index / 4];
+        Float4 hi = quads[(index / 4) + 1];
+        return new Float8 { V0 = lo.X, V1 = lo.Y, V2 = lo.Z, V3 = lo.W, V4 = hi.X, V5 = hi.Y, V6 = hi.Z, V7 = hi.W };
+    }
 }
 
 /// <summary>float16 weights, as ILGPU.Half (System.Half does not compile in kernels).</summary>
@@ -46,6 +83,22 @@ internal struct GpuFloat16Weights : IGpuWeights
 
     /// <inheritdoc />
     public readonly float Load(long index) => (float)Data[index];
+
+    /// <inheritdoc />
+    public readonly Float8 Load8(long index)
+    {
+        // One 16-byte load; each word holds two halves, the lower address in the low bits.
+        UInt4 words = Data.Cast<UInt4>()[index / 8];
+        return new Float8
+        {
+            V0 = Widen(words.X & 0xFFFF), V1 = Widen(words.X >> 16),
+            V2 = Widen(words.Y & 0xFFFF), V3 = Widen(words.Y >> 16),
+            V4 = Widen(words.Z & 0xFFFF), V5 = Widen(words.Z >> 16),
+            V6 = Widen(words.W & 0xFFFF), V7 = Widen(words.W >> 16),
+        };
+    }
+
+    private static float Widen(uint bits) => (float)Interop.IntAsFloat((ushort)bits);
 }
 
 /// <summary>bfloat16 weights, stored as ushort bits and widened by a 16-bit shift.</summary>
@@ -56,26 +109,66 @@ internal struct GpuBFloat16Weights : IGpuWeights
 
     /// <inheritdoc />
     public readonly float Load(long index) => Interop.IntAsFloat((uint)Data[index] << 16);
+
+    /// <inheritdoc />
+    public readonly Float8 Load8(long index)
+    {
+        // One 16-byte load; a bfloat16 is the high half of a float32.
+        UInt4 words = Data.Cast<UInt4>()[index / 8];
+        return new Float8
+        {
+            V0 = Interop.IntAsFloat(words.X << 16), V1 = Interop.IntAsFloat(words.X & 0xFFFF0000u),
+            V2 = Interop.IntAsFloat(words.Y << 16), V3 = Interop.IntAsFloat(words.Y & 0xFFFF0000u),
+            V4 = Interop.IntAsFloat(words.Z << 16), V5 = Interop.IntAsFloat(words.Z & 0xFFFF0000u),
+            V6 = Interop.IntAsFloat(words.W << 16), V7 = Interop.IntAsFloat(words.W & 0xFFFF0000u),
+        };
+    }
 }
 
 /// <summary>The ILGPU kernels of the matrix product and their launch.</summary>
 internal static class GpuGemm
 {
-    /// <summary>Steps of K staged in shared memory per pass.</summary>
-    public const int TileK = 16;
+    /// <summary>Rows of A a matrix-vector group serves per pass; M up to <see cref="MaxVectorRows"/> uses it.</summary>
+    public const int RowsPerPass = 4;
 
-    /// <summary>Rows (and columns) of the largest group tile: 16 threads × 4 outputs.</summary>
-    public const int MaxTile = 64;
+    /// <summary>The largest M that runs the matrix-vector kernel (at most 4 passes over W); larger M is tiled.</summary>
+    public const int MaxVectorRows = 16;
+
+    /// <summary>Weights each lane reads per step of the matrix-vector kernel: one 16-byte load of halves.</summary>
+    public const int VectorWidth = 8;
+
+    /// <summary>Bytes of A rows a matrix-vector group caches in shared memory at most (of ILGPU's 48 KB).</summary>
+    public const int MaxCachedBytes = 32 * 1024;
+
+    /// <summary>Warps per matrix-vector group on a GPU (256 threads).</summary>
+    public const int VectorWarps = 8;
+
+    /// <summary>Steps of K staged in shared memory per pass of the tiled kernel.</summary>
+    public const int TileK = 8;
+
+    /// <summary>Rows (and columns) of the largest tile: 16×16 threads × 8 outputs each way.</summary>
+    public const int MaxTile = 128;
 
     /// <summary>
-    /// Floats between the k-rows of a shared tile: one more than <see cref="MaxTile"/>, so that the 16 threads
-    /// storing one row's 16 k values hit 16 different banks.
+    /// Floats between the k-rows of a shared tile: <see cref="MaxTile"/> + 4, which keeps 16-byte alignment and
+    /// spreads the 8 k values one thread stores over 8 different banks.
     /// </summary>
-    public const int TileStride = MaxTile + 1;
+    public const int TileStride = MaxTile + 4;
+
+    /// <summary>Floats of one shared buffer (A or W, one stage).</summary>
+    public const int TileFloats = TileK * TileStride;
+
+    /// <summary>Shared memory of the tiled kernel: A and W tiles, double-buffered.</summary>
+    public const int TiledSharedBytes = 2 * 2 * TileFloats * sizeof(float);
+
+    /// <summary>ILGPU's shared-memory limit per group on CUDA (it never opts in to the larger carve-out).</summary>
+    public const int MaxSharedBytes = 48 * 1024;
 
     /// <summary>
     /// Every kernel of the matrix product, closed over each weight reader with <see cref="IdentityEpilogue"/>, and
-    /// over float32 weights with the generated ResidualAdd epilogue, for offline PTX compilation by the tests.
+    /// over float32 weights with the generated ResidualAdd epilogue, for offline PTX compilation by the tests. The
+    /// kernels read their tile shape from the launch (Group.DimX), so the PTX compiled here is the one CUDA runs at
+    /// full size (16×16 threads, 128×128 tiles; 8 warps per matrix-vector group).
     /// </summary>
     public static IReadOnlyList<GeneratedKernel> GpuKernels { get; } = ListKernels();
 
@@ -111,21 +204,49 @@ internal static class GpuGemm
         switch (w.DType)
         {
             case DType.Float32:
-                Launch(device, a, new GpuFloat32Weights { Data = w.View<float>() }, c, m, n, k, epilogue);
+                Launch(device, a, new GpuFloat32Weights { Data = w.View<float>() }, w.ByteOffset, c, m, n, k, epilogue);
                 break;
             case DType.Float16:
-                Launch(device, a, new GpuFloat16Weights { Data = w.View<GpuHalf>() }, c, m, n, k, epilogue);
+                Launch(device, a, new GpuFloat16Weights { Data = w.View<GpuHalf>() }, w.ByteOffset, c, m, n, k, epilogue);
                 break;
             default:
-                Launch(device, a, new GpuBFloat16Weights { Data = w.View<ushort>() }, c, m, n, k, epilogue);
+                ArrayView<ushort> bf16 = w.View<ushort>();
+                Launch(device, a, new GpuBFloat16Weights { Data = bf16 }, w.ByteOffset, c, m, n, k, epilogue);
                 break;
         }
     }
+
+    /// <summary>The launch shape of the matrix-vector kernel on an accelerator.</summary>
+    /// <param name="Warps">Warps per group.</param>
+    /// <param name="Groups">Groups along N (each warp then loops over columns with a stride of all warps).</param>
+    internal readonly record struct VectorShape(int Warps, int Groups)
+    {
+        /// <summary>
+        /// Up to <see cref="VectorWarps"/> warps per group, and enough groups to fill every multiprocessor to its
+        /// thread limit but no more than one column per warp (more would only reload the cached A rows).
+        /// </summary>
+        public static VectorShape For(Accelerator accelerator, int n)
+        {
+            int warp = accelerator.WarpSize;
+            int warps = Math.Clamp(accelerator.MaxNumThreadsPerGroup / warp, 1, VectorWarps);
+            int resident = Math.Max(1, accelerator.MaxNumThreadsPerMultiprocessor / (warps * warp));
+            long fill = (long)accelerator.NumMultiprocessors * resident;
+            int groups = (int)Math.Clamp(fill, 1, (n + warps - 1) / warps);
+            return new VectorShape(warps, groups);
+        }
+    }
+
+    /// <summary>
+    /// The launch shape of the tiled kernel: S×S threads, S = 16 where a group holds 256 threads (CUDA), else 8
+    /// (the test accelerator's 64), so tiles are 8S×8S.
+    /// </summary>
+    internal static int TiledSide(Accelerator accelerator) => accelerator.MaxNumThreadsPerGroup >= 256 ? 16 : 8;
 
     private static void Launch<TWeights, TEpilogue>(
         IlgpuDevice device,
         Tensor a,
         TWeights weights,
+        long weightByteOffset,
         Tensor c,
         int m,
         int n,
@@ -135,30 +256,42 @@ internal static class GpuGemm
         where TEpilogue : struct, IGpuMatMulEpilogue
     {
         Accelerator accelerator = device.Accelerator;
-        int maxGroup = accelerator.MaxNumThreadsPerGroup;
-        if (m == 1)
+        ArrayView<float> aView = a.View<float>();
+        if (m <= MaxVectorRows)
         {
-            // One warp per column; as many warps per group as fit, up to 8.
-            int warp = accelerator.WarpSize;
-            int warps = Math.Max(1, Math.Min(8, maxGroup / warp));
-            Action<KernelConfig, ArrayView<float>, TWeights, ArrayView<float>, int, int, int, TEpilogue> vector =
+            // Wide loads need every weight row and A row to start 16-byte aligned: K a multiple of 8 and aligned views.
+            VectorShape shape = VectorShape.For(accelerator, n);
+            bool wide = k % VectorWidth == 0 && weightByteOffset % 16 == 0 && a.ByteOffset % 16 == 0;
+            int rows = Math.Min(m, RowsPerPass);
+            bool cache = (long)rows * k * sizeof(float) <= MaxCachedBytes;
+            Action<KernelConfig, ArrayView<float>, TWeights, ArrayView<float>, VectorArguments, TEpilogue> vector =
                 device.GetKernel(Keys<TWeights, TEpilogue>.Vector, static acc =>
-                    acc.LoadStreamKernel<ArrayView<float>, TWeights, ArrayView<float>, int, int, int, TEpilogue>(
+                    acc.LoadStreamKernel<ArrayView<float>, TWeights, ArrayView<float>, VectorArguments, TEpilogue>(
                         VectorKernel<TWeights, TEpilogue>));
-            KernelConfig config = new(new Index2D((n + warps - 1) / warps, m), new Index2D(warps * warp, 1));
-            vector(config, a.View<float>(), weights, c.View<float>(), m, n, k, epilogue);
+            KernelConfig config = new(
+                new Index2D(shape.Groups, (m + RowsPerPass - 1) / RowsPerPass),
+                new Index2D(shape.Warps * accelerator.WarpSize, 1),
+                SharedMemoryConfig.RequestDynamic<float>(cache ? rows * k : 1));
+            VectorArguments arguments = new() { M = m, N = n, K = k, Wide = wide ? 1 : 0, Cached = cache ? 1 : 0 };
+            vector(config, aView, weights, c.View<float>(), arguments, epilogue);
             return;
         }
 
-        // S×S threads per group, each computing 4×4 outputs.
-        int side = maxGroup >= 256 ? 16 : 8;
-        int tile = 4 * side;
+        // S×S threads per group, each computing 8×8 outputs; the shared budget is fixed at compile time.
+        if (TiledSharedBytes > MaxSharedBytes)
+        {
+            throw new InvalidOperationException(
+                $"GpuGemm: the tiled kernel needs {TiledSharedBytes} bytes of shared memory, over ILGPU's {MaxSharedBytes}.");
+        }
+
+        int side = TiledSide(accelerator);
+        int tile = 8 * side;
         Action<KernelConfig, ArrayView<float>, TWeights, ArrayView<float>, int, int, int, TEpilogue> tiled =
             device.GetKernel(Keys<TWeights, TEpilogue>.Tiled, static acc =>
                 acc.LoadStreamKernel<ArrayView<float>, TWeights, ArrayView<float>, int, int, int, TEpilogue>(
                     TiledKernel<TWeights, TEpilogue>));
         KernelConfig tiles = new(new Index2D((n + tile - 1) / tile, (m + tile - 1) / tile), new Index2D(side, side));
-        tiled(tiles, a.View<float>(), weights, c.View<float>(), m, n, k, epilogue);
+        tiled(tiles, aView, weights, c.View<float>(), m, n, k, epilogue);
     }
 
     /// <summary>The cache keys of one kernel instantiation (compared by reference).</summary>
@@ -168,8 +301,143 @@ internal static class GpuGemm
         public static readonly object Vector = new();
     }
 
+    /// <summary>The scalar arguments of the matrix-vector kernel.</summary>
+    internal struct VectorArguments
+    {
+        /// <summary>Rows of A and C.</summary>
+        public int M;
+
+        /// <summary>Columns of C (rows of W).</summary>
+        public int N;
+
+        /// <summary>The reduced dimension.</summary>
+        public int K;
+
+        /// <summary>1 when rows start 16-byte aligned and K is a multiple of 8: lanes read 8 weights per load.</summary>
+        public int Wide;
+
+        /// <summary>1 when the group's A rows are copied into dynamic shared memory first.</summary>
+        public int Cached;
+    }
+
     /// <summary>
-    /// The shared-memory tiled product: group (gx, gy) computes C rows [gy·4S, +4S), columns [gx·4S, +4S).
+    /// The matrix-vector product for M &lt;= 16: group (gx, gy) serves A rows [4·gy, 4·gy + 4) and every warp of the
+    /// grid walks the columns warp, warp + all warps, ... Per column, each lane reads 8 consecutive weights (one
+    /// 16-byte load of halves, two of floats) at k = 8·lane + 256·step, so a warp streams 512 (or 1024) contiguous
+    /// bytes of W per step; it keeps one sum per A row, and a butterfly of shuffles gives every lane the column's
+    /// sums. W is read once per pass of 4 rows. A rows come from shared memory when they fit, else from global
+    /// memory (L1/L2-resident).
+    /// </summary>
+    internal static void VectorKernel<TWeights, TEpilogue>(
+        ArrayView<float> a,
+        TWeights w,
+        ArrayView<float> c,
+        VectorArguments args,
+        TEpilogue epilogue)
+        where TWeights : struct, IGpuWeights
+        where TEpilogue : struct, IGpuMatMulEpilogue
+    {
+        int k = args.K;
+        int row0 = Grid.IdxY * RowsPerPass;
+        int rows = Math.Min(RowsPerPass, args.M - row0);
+
+        // Stage this pass's A rows [rows, K] in shared memory, coalesced over the whole group.
+        ArrayView<float> shared = SharedMemory.GetDynamic<float>();
+        ArrayView<float> x = a.SubView((long)row0 * k, (long)rows * k);
+        if (args.Cached != 0)
+        {
+            for (int i = Group.IdxX; i < rows * k; i += Group.DimX)
+            {
+                shared[i] = x[i];
+            }
+
+            Group.Barrier();
+            x = shared.SubView(0, rows * k);
+        }
+
+        int warps = Group.DimX / Warp.WarpSize;
+        int stride = Grid.DimX * warps;
+        for (int col = (Grid.IdxX * warps) + Warp.WarpIdx; col < args.N; col += stride)
+        {
+            // Each lane accumulates its share of the column for up to 4 rows.
+            long wRow = (long)col * k;
+            float s0 = 0f, s1 = 0f, s2 = 0f, s3 = 0f;
+            if (args.Wide != 0)
+            {
+                for (int i = Warp.LaneIdx * VectorWidth; i < k; i += Warp.WarpSize * VectorWidth)
+                {
+                    Float8 wv = w.Load8(wRow + i);
+                    s0 += Dot8(x, i, wv);
+                    if (rows > 1)
+                    {
+                        s1 += Dot8(x, k + i, wv);
+                    }
+
+                    if (rows > 2)
+                    {
+                        s2 += Dot8(x, (2 * k) + i, wv);
+                    }
+
+                    if (rows > 3)
+                    {
+                        s3 += Dot8(x, (3 * k) + i, wv);
+                    }
+                }
+            }
+            else
+            {
+                for (int i = Warp.LaneIdx; i < k; i += Warp.WarpSize)
+                {
+                    float wv = w.Load(wRow + i);
+                    s0 += x[i] * wv;
+                    if (rows > 1)
+                    {
+                        s1 += x[k + i] * wv;
+                    }
+
+                    if (rows > 2)
+                    {
+                        s2 += x[(2 * k) + i] * wv;
+                    }
+
+                    if (rows > 3)
+                    {
+                        s3 += x[(3 * k) + i] * wv;
+                    }
+                }
+            }
+
+            // Butterfly reduction: every lane ends with the four totals; lane r stores row r.
+            for (int offset = Warp.WarpSize / 2; offset > 0; offset /= 2)
+            {
+                s0 += Warp.ShuffleXor(s0, offset);
+                s1 += Warp.ShuffleXor(s1, offset);
+                s2 += Warp.ShuffleXor(s2, offset);
+                s3 += Warp.ShuffleXor(s3, offset);
+            }
+
+            int lane = Warp.LaneIdx;
+            if (lane < rows)
+            {
+                float sum = lane == 0 ? s0 : lane == 1 ? s1 : lane == 2 ? s2 : s3;
+                int row = row0 + lane;
+                c[((long)row * args.N) + col] = epilogue.Apply(sum, row, col, args.N);
+            }
+        }
+    }
+
+    /// <summary>Σ x[offset + j] · w.Vj over j &lt; 8.</summary>
+    private static float Dot8(ArrayView<float> x, int offset, Float8 w) =>
+        (x[offset] * w.V0) + (x[offset + 1] * w.V1) + (x[offset + 2] * w.V2) + (x[offset + 3] * w.V3)
+        + (x[offset + 4] * w.V4) + (x[offset + 5] * w.V5) + (x[offset + 6] * w.V6) + (x[offset + 7] * w.V7);
+
+    /// <summary>
+    /// The shared-memory tiled product for M &gt; 16. A group of S×S threads computes the 8S×8S tile of C at rows
+    /// [gy·8S, +8S), columns [gx·8S, +8S). Thread (tx, ty) owns 8 rows {4ty + i, 4S + 4ty + i} × 8 columns
+    /// {4tx + j, 4S + 4tx + j} (i, j &lt; 4): the two halves keep each thread's shared reads 4-float contiguous and
+    /// neighbouring threads' stores contiguous. K advances 8 at a time through two shared stages (A and W tiles,
+    /// k-major, stride 132): while the group multiplies stage p it loads the next 8 k into stage 1 - p, so one
+    /// barrier per step suffices. Zeros fill past M, N and K, so any size works.
     /// </summary>
     internal static void TiledKernel<TWeights, TEpilogue>(
         ArrayView<float> a,
@@ -182,84 +450,132 @@ internal static class GpuGemm
         where TWeights : struct, IGpuWeights
         where TEpilogue : struct, IGpuMatMulEpilogue
     {
-        // Shared tiles, k-major: aTile[kk·TileStride + r] = A[row0 + r, k0 + kk], wTile likewise for W rows.
-        ArrayView<float> aTile = SharedMemory.Allocate<float>(TileK * TileStride);
-        ArrayView<float> wTile = SharedMemory.Allocate<float>(TileK * TileStride);
+        // Two stages of [TileK, TileStride] for A and for W: 16.5 KB (TiledSharedBytes), under ILGPU's 48 KB.
+        ArrayView<float> aTiles = SharedMemory.Allocate<float>(2 * TileFloats);
+        ArrayView<float> wTiles = SharedMemory.Allocate<float>(2 * TileFloats);
 
+        int side = Group.DimX;
+        int tile = 8 * side;
+        int half = 4 * side;
         int tx = Group.IdxX;
         int ty = Group.IdxY;
-        int side = Group.DimX;
-        int tile = 4 * side;
         int row0 = Grid.IdxY * tile;
         int col0 = Grid.IdxX * tile;
         int thread = (ty * side) + tx;
         int threads = side * side;
 
-        float s00 = 0f, s01 = 0f, s02 = 0f, s03 = 0f;
-        float s10 = 0f, s11 = 0f, s12 = 0f, s13 = 0f;
-        float s20 = 0f, s21 = 0f, s22 = 0f, s23 = 0f;
-        float s30 = 0f, s31 = 0f, s32 = 0f, s33 = 0f;
+        Float8 c0 = default, c1 = default, c2 = default, c3 = default;
+        Float8 c4 = default, c5 = default, c6 = default, c7 = default;
 
+        // Stage 0 holds k [0, 8) before the loop.
+        LoadStage(a, w, aTiles, wTiles, 0, m, n, k, row0, col0, tile, thread, threads, 0);
+        Group.Barrier();
+
+        int stage = 0;
         for (int k0 = 0; k0 < k; k0 += TileK)
         {
-            // Load: consecutive threads read consecutive k of one row (coalesced), zeros outside the matrices.
-            for (int l = thread; l < tile * TileK; l += threads)
+            // Prefetch the next step into the other stage; nobody reads it until after the barrier below.
+            if (k0 + TileK < k)
             {
-                int r = l / TileK;
-                int kk = l - (r * TileK);
-                int gk = k0 + kk;
-                int gr = row0 + r;
-                int gc = col0 + r;
-                aTile[(kk * TileStride) + r] = gr < m && gk < k ? a[((long)gr * k) + gk] : 0f;
-                wTile[(kk * TileStride) + r] = gc < n && gk < k ? w.Load(((long)gc * k) + gk) : 0f;
+                LoadStage(a, w, aTiles, wTiles, (1 - stage) * TileFloats, m, n, k, row0, col0, tile, thread, threads, k0 + TileK);
             }
 
-            // Barrier: the tiles are complete.
-            Group.Barrier();
-
-            // Multiply: 16 rank-one updates of this thread's 4×4 sums.
+            // Multiply: 8 rank-one updates of this thread's 8×8 sums, operands read 4 floats at a time.
+            int offset = stage * TileFloats;
             for (int kk = 0; kk < TileK; kk++)
             {
-                int offset = kk * TileStride;
-                float a0 = aTile[offset + ty];
-                float a1 = aTile[offset + ty + side];
-                float a2 = aTile[offset + ty + (2 * side)];
-                float a3 = aTile[offset + ty + (3 * side)];
-                float w0 = wTile[offset + tx];
-                float w1 = wTile[offset + tx + side];
-                float w2 = wTile[offset + tx + (2 * side)];
-                float w3 = wTile[offset + tx + (3 * side)];
-                s00 += a0 * w0; s01 += a0 * w1; s02 += a0 * w2; s03 += a0 * w3;
-                s10 += a1 * w0; s11 += a1 * w1; s12 += a1 * w2; s13 += a1 * w3;
-                s20 += a2 * w0; s21 += a2 * w1; s22 += a2 * w2; s23 += a2 * w3;
-                s30 += a3 * w0; s31 += a3 * w1; s32 += a3 * w2; s33 += a3 * w3;
+                int at = offset + (kk * TileStride);
+                Float4 aLo = aTiles.SubView(at + (4 * ty), 4).Cast<Float4>()[0];
+                Float4 aHi = aTiles.SubView(at + half + (4 * ty), 4).Cast<Float4>()[0];
+                Float4 wLo = wTiles.SubView(at + (4 * tx), 4).Cast<Float4>()[0];
+                Float4 wHi = wTiles.SubView(at + half + (4 * tx), 4).Cast<Float4>()[0];
+                c0 = Update(c0, aLo.X, wLo, wHi);
+                c1 = Update(c1, aLo.Y, wLo, wHi);
+                c2 = Update(c2, aLo.Z, wLo, wHi);
+                c3 = Update(c3, aLo.W, wLo, wHi);
+                c4 = Update(c4, aHi.X, wLo, wHi);
+                c5 = Update(c5, aHi.Y, wLo, wHi);
+                c6 = Update(c6, aHi.Z, wLo, wHi);
+                c7 = Update(c7, aHi.W, wLo, wHi);
             }
 
-            // Barrier: everyone is done reading before the next load overwrites the tiles.
+            // Barrier: the next stage is complete, and this one may be overwritten.
             Group.Barrier();
+            stage = 1 - stage;
         }
 
-        // Store the 16 outputs that lie inside C through the epilogue.
-        int row = row0 + ty;
-        int col = col0 + tx;
-        Store(c, epilogue, m, n, row, col, side, s00, s01, s02, s03);
-        Store(c, epilogue, m, n, row + side, col, side, s10, s11, s12, s13);
-        Store(c, epilogue, m, n, row + (2 * side), col, side, s20, s21, s22, s23);
-        Store(c, epilogue, m, n, row + (3 * side), col, side, s30, s31, s32, s33);
+        // Store the outputs that lie inside C through the epilogue.
+        int rowLo = row0 + (4 * ty);
+        int rowHi = row0 + half + (4 * ty);
+        int colLo = col0 + (4 * tx);
+        int colHi = col0 + half + (4 * tx);
+        StoreRow(c, epilogue, m, n, rowLo, colLo, colHi, c0);
+        StoreRow(c, epilogue, m, n, rowLo + 1, colLo, colHi, c1);
+        StoreRow(c, epilogue, m, n, rowLo + 2, colLo, colHi, c2);
+        StoreRow(c, epilogue, m, n, rowLo + 3, colLo, colHi, c3);
+        StoreRow(c, epilogue, m, n, rowHi, colLo, colHi, c4);
+        StoreRow(c, epilogue, m, n, rowHi + 1, colLo, colHi, c5);
+        StoreRow(c, epilogue, m, n, rowHi + 2, colLo, colHi, c6);
+        StoreRow(c, epilogue, m, n, rowHi + 3, colLo, colHi, c7);
     }
 
-    private static void Store<TEpilogue>(
+    /// <summary>
+    /// Copies A[row0 .. +tile, k0 .. +8] and W[col0 .. +tile, k0 .. +8] into one stage, k-major: consecutive
+    /// threads read consecutive k of one row (a 32-byte sector per row), zeros outside the matrices.
+    /// </summary>
+    private static void LoadStage<TWeights>(
+        ArrayView<float> a,
+        TWeights w,
+        ArrayView<float> aTiles,
+        ArrayView<float> wTiles,
+        int offset,
+        int m,
+        int n,
+        int k,
+        int row0,
+        int col0,
+        int tile,
+        int thread,
+        int threads,
+        int k0)
+        where TWeights : struct, IGpuWeights
+    {
+        for (int l = thread; l < tile * TileK; l += threads)
+        {
+            int r = l / TileK;
+            int kk = l - (r * TileK);
+            int gk = k0 + kk;
+            int gr = row0 + r;
+            int gc = col0 + r;
+            int at = offset + (kk * TileStride) + r;
+            aTiles[at] = gr < m && gk < k ? a[((long)gr * k) + gk] : 0f;
+            wTiles[at] = gc < n && gk < k ? w.Load(((long)gc * k) + gk) : 0f;
+        }
+    }
+
+    /// <summary>acc + a · [wLo, wHi]: one row of a thread's rank-one update.</summary>
+    private static Float8 Update(Float8 acc, float a, Float4 wLo, Float4 wHi) => new()
+    {
+        V0 = acc.V0 + (a * wLo.X),
+        V1 = acc.V1 + (a * wLo.Y),
+        V2 = acc.V2 + (a * wLo.Z),
+        V3 = acc.V3 + (a * wLo.W),
+        V4 = acc.V4 + (a * wHi.X),
+        V5 = acc.V5 + (a * wHi.Y),
+        V6 = acc.V6 + (a * wHi.Z),
+        V7 = acc.V7 + (a * wHi.W),
+    };
+
+    /// <summary>Stores one row of a thread's outputs: columns colLo + [0, 4) from V0..V3, colHi + [0, 4) from V4..V7.</summary>
+    private static void StoreRow<TEpilogue>(
         ArrayView<float> c,
         TEpilogue epilogue,
         int m,
         int n,
         int row,
-        int col,
-        int side,
-        float v0,
-        float v1,
-        float v2,
-        float v3)
+        int colLo,
+        int colHi,
+        Float8 v)
         where TEpilogue : struct, IGpuMatMulEpilogue
     {
         if (row >= m)
@@ -267,68 +583,41 @@ internal static class GpuGemm
             return;
         }
 
-        long rowStart = (long)row * n;
-        if (col < n)
-        {
-            c[rowStart + col] = epilogue.Apply(v0, row, col, n);
-        }
-
-        if (col + side < n)
-        {
-            c[rowStart + col + side] = epilogue.Apply(v1, row, col + side, n);
-        }
-
-        if (col + (2 * side) < n)
-        {
-            c[rowStart + col + (2 * side)] = epilogue.Apply(v2, row, col + (2 * side), n);
-        }
-
-        if (col + (3 * side) < n)
-        {
-            c[rowStart + col + (3 * side)] = epilogue.Apply(v3, row, col + (3 * side), n);
-        }
+        Store(c, epilogue, n, row, colLo, v.V0, v.V1, v.V2, v.V3);
+        Store(c, epilogue, n, row, colHi, v.V4, v.V5, v.V6, v.V7);
     }
 
-    /// <summary>
-    /// The matrix-vector product: warp w of group g computes C[Grid.IdxY, g·warps + w], its lanes striding K by the
-    /// warp size, then summing with shuffles.
-    /// </summary>
-    internal static void VectorKernel<TWeights, TEpilogue>(
-        ArrayView<float> a,
-        TWeights w,
+    private static void Store<TEpilogue>(
         ArrayView<float> c,
-        int m,
+        TEpilogue epilogue,
         int n,
-        int k,
-        TEpilogue epilogue)
-        where TWeights : struct, IGpuWeights
+        int row,
+        int col,
+        float v0,
+        float v1,
+        float v2,
+        float v3)
         where TEpilogue : struct, IGpuMatMulEpilogue
     {
-        int warps = Group.DimX / Warp.WarpSize;
-        int col = (Grid.IdxX * warps) + Warp.WarpIdx;
-        int row = Grid.IdxY;
-
-        // Each lane sums every warp-size-th product of the row (coalesced reads).
-        float sum = 0f;
-        if (col < n && row < m)
+        long start = ((long)row * n) + col;
+        if (col < n)
         {
-            long aRow = (long)row * k;
-            long wRow = (long)col * k;
-            for (int i = Warp.LaneIdx; i < k; i += Warp.WarpSize)
-            {
-                sum += a[aRow + i] * w.Load(wRow + i);
-            }
+            c[start] = epilogue.Apply(v0, row, col, n);
         }
 
-        // Reduce across the warp; every lane takes part in the shuffles.
-        for (int offset = Warp.WarpSize / 2; offset > 0; offset /= 2)
+        if (col + 1 < n)
         {
-            sum += Warp.ShuffleDown(sum, offset);
+            c[start + 1] = epilogue.Apply(v1, row, col + 1, n);
         }
 
-        if (Warp.IsFirstLane && col < n && row < m)
+        if (col + 2 < n)
         {
-            c[((long)row * n) + col] = epilogue.Apply(sum, row, col, n);
+            c[start + 2] = epilogue.Apply(v2, row, col + 2, n);
+        }
+
+        if (col + 3 < n)
+        {
+            c[start + 3] = epilogue.Apply(v3, row, col + 3, n);
         }
     }
 }
