@@ -13,7 +13,7 @@ namespace Kiln.Kernels;
 /// <summary>
 /// The matrix product <c>C[M, N] = epilogue(A[M, K] · W[N, K]ᵀ)</c> on the CPU (packed panels and a Vector512
 /// register-blocked micro-kernel, or a streaming kernel for M &lt;= 32) and on ILGPU devices
-/// (shared-memory tiles, or a warp-per-row kernel for M = 1).
+/// (shared-memory tiles, or a streaming matrix-vector kernel for M &lt;= 16).
 /// </summary>
 /// <remarks>
 /// <para>Results do not depend on the thread count: every output element is summed by one thread in the same
@@ -72,8 +72,8 @@ public static unsafe partial class MatMul
     /// accelerator). The launch is queued on the accelerator's default stream; it is not waited for.
     /// </summary>
     /// <remarks>
-    /// M = 1 runs a warp-per-column matrix-vector kernel, larger M a shared-memory tiled kernel (64×64 tiles on
-    /// GPUs). The epilogue is constrained to <c>struct</c>, not <c>unmanaged</c>: an epilogue that reads another
+    /// M &lt;= 16 runs a matrix-vector kernel (16-byte weight loads, 4 rows of A per pass), larger M a
+    /// shared-memory tiled kernel (128×128 tiles, 8×8 outputs per thread on GPUs). The epilogue is constrained to <c>struct</c>, not <c>unmanaged</c>: an epilogue that reads another
     /// tensor holds an <see cref="ILGPU.ArrayView{T}"/>, which contains a reference. Kernels are compiled once per
     /// device and (weight dtype, epilogue type).
     /// </remarks>

@@ -1,15 +1,18 @@
-// The ILGPU matrix product C[M, N] = epilogue(A[M, K] · W[N, K]ᵀ), same contract as the CPU path.
+// The ILGPU matrix product C[M, N] = epilogue(A[M, K] · W[N, K]ᵀ), same contract as the CPU path: any M, N, K,
+// the epilogue applied once per output at store with (row, col), float32/float16/bfloat16 weights widened in
+// registers. Launch shapes come from the accelerator (warp size, threads per group, multiprocessors), so the test
+// CPU accelerator (warp 32, 64 threads per group) runs the same kernels at small shapes that CUDA runs at full size.
 //
-// TiledKernel (M > 1): explicitly grouped, a group of S×S threads (S = 16 on GPUs, 8 where a group holds fewer
-// than 256 threads, as on the test CPU accelerator) computes a (4S)×(4S) tile of C, 4×4 outputs per thread at
-// rows ty + i·S and columns tx + j·S (so neighbouring threads store neighbouring columns). K advances in steps
-// of 16: the group copies A[rows, 16] and W[cols, 16] into shared memory, k-major with a padded stride of 65
-// floats (no bank conflicts; 2 × 16 × 65 floats = 8.3 KB, far below ILGPU's 48 KB per group), with zeros past
-// M, N and K, so any size works; then every thread runs 16 rank-one updates of its 16 sums from shared memory.
-// VectorKernel (M = 1): one warp per output column, lanes stride K by the warp size, then a shuffle reduction.
+// VectorKernel (M <= 16, memory-bound): 8 warps per group (256 threads on CUDA), groups = min(N / 8, SMs × resident
+// groups) with warps walking columns at a grid-wide stride; per column each lane reads 8 consecutive weights as one
+// 16-byte load (two for float32) so a warp streams 512–1024 contiguous bytes per step; A's rows (4 per pass, grid Y)
+// sit in dynamic shared memory when they fit 32 KB; a shuffle butterfly sums the lanes. K % 8 != 0 or misaligned
+// views fall back to scalar loads in the same kernel.
+// TiledKernel (M > 16, compute-bound): S×S threads (S = 16 on CUDA, 8 on the test accelerator), an 8S×8S tile per
+// group, 8×8 outputs per thread in registers, K in steps of 8 through two shared stages (16.5 KB, asserted under
+// ILGPU's 48 KB) so one barrier per step suffices. Predictions for an H200 are in docs/PERFORMANCE.md (not measured).
 //
-// Weights are read through IGpuWeights: float32, float16 as ILGPU.Half, bfloat16 as ushort widened with
-// Interop.IntAsFloat(bits << 16). No FMA intrinsic (a·b + c lets ptxas fuse), no System.Half, no throw.
+// No FMA intrinsic (a·b + c lets ptxas fuse), no System.Half, no throw inside kernels.
 using System.Reflection;
 using ILGPU;
 using ILGPU.Runtime;
