@@ -91,6 +91,26 @@ public sealed class CpuDeviceSamplingTests
     }
 
     [Fact]
+    public void ForwardAndSample_DecodeAllocatesNothing()
+    {
+        using LlamaSession session = new(TestData.Stories, new SessionOptions());
+        int next = session.ForwardAndSample([1, 403, 407], 0.9f, 0.5);
+        next = session.ForwardAndSample([next], 0f, 0);
+
+        // Fed-back ids (embedded from the sampled-id buffer) and other ids, greedy and with temperature.
+        long allocated = Allocations.Measure(() =>
+        {
+            for (int i = 0; i < 25; i++)
+            {
+                next = session.ForwardAndSample([next], 0.9f, (i % 10) / 10.0);
+                session.ForwardAndSample([378], 0f, 0);
+            }
+        });
+
+        Assert.Equal(0, allocated);
+    }
+
+    [Fact]
     public void ForwardAndSample_Greedy_IsTheArgMaxOfForward()
     {
         using LlamaSession sampling = new(TestData.Stories, new SessionOptions { ContextLength = 32 });

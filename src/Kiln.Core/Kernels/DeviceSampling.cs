@@ -45,7 +45,7 @@ public static class DeviceSampling
     /// <exception cref="ArgumentException">A dtype, shape or device does not fit.</exception>
     public static void ArgMax(Tensor logits, Tensor id)
     {
-        int vocab = Validate(nameof(ArgMax), logits, id);
+        int vocab = Validate("DeviceSampling.ArgMax", logits, id);
         switch (logits.Device)
         {
             case CpuDevice:
@@ -71,7 +71,7 @@ public static class DeviceSampling
     /// <exception cref="ArgumentOutOfRangeException">The temperature is negative or not finite, or the uniform is outside [0, 1).</exception>
     public static void Sample(Tensor logits, float temperature, double uniform, Tensor id)
     {
-        int vocab = Validate(nameof(Sample), logits, id);
+        int vocab = Validate("DeviceSampling.Sample", logits, id);
         if (!(temperature >= 0) || !float.IsFinite(temperature))
         {
             throw new ArgumentOutOfRangeException(nameof(temperature), $"DeviceSampling.Sample: the temperature is {temperature}; pass a finite number >= 0 (0 means greedy).");
@@ -178,13 +178,14 @@ public static class DeviceSampling
     private static float Weight(float logit, float max, float temperature) =>
         float.IsNaN(logit) ? 0f : MathF.Exp((logit - max) / temperature);
 
+    // `op` is the full name ("DeviceSampling.Sample"): a constant, so that checking allocates nothing.
     private static int Validate(string op, Tensor logits, Tensor id)
     {
-        OpChecks.Float32("DeviceSampling." + op, nameof(logits), logits);
+        OpChecks.Float32(op, nameof(logits), logits);
         if (logits.Length < 1 || logits.Size(-1) != logits.Length)
         {
             throw new ArgumentException(
-                $"DeviceSampling.{op}: logits has shape {Tensor.FormatShape(logits.Shape)}; pass one row of V >= 1 logits, [V] or [1, V].",
+                $"{op}: logits has shape {Tensor.FormatShape(logits.Shape)}; pass one row of V >= 1 logits, [V] or [1, V].",
                 nameof(logits));
         }
 
@@ -192,11 +193,11 @@ public static class DeviceSampling
         {
             string what = id is null ? "null" : $"{id.DType.Name()} {Tensor.FormatShape(id.Shape)}";
             throw new ArgumentException(
-                $"DeviceSampling.{op}: id is {what}; pass an int32 tensor of one element, e.g. Tensor.Empty([1], DType.Int32, device).",
+                $"{op}: id is {what}; pass an int32 tensor of one element, e.g. Tensor.Empty([1], DType.Int32, device).",
                 nameof(id));
         }
 
-        OpChecks.SameDevice("DeviceSampling." + op, nameof(id), id, nameof(logits), logits);
+        OpChecks.SameDevice(op, nameof(id), id, nameof(logits), logits);
         return (int)logits.Length;
     }
 
