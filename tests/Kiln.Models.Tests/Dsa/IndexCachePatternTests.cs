@@ -3,6 +3,7 @@
 using FsCheck;
 using FsCheck.Fluent;
 using Kiln.Models.Dsa;
+using Xunit;
 
 namespace Kiln.Models.Tests.Dsa;
 
