@@ -101,20 +101,20 @@ public sealed class SelectionAndSparseAttentionTests : IDisposable
     {
         foreach (int n in new[] { 1, 2, 3, 17, 1000, 4097 })
         {
-            long[][] orders =
+            ulong[][] orders =
             [
-                Enumerable.Range(0, n).Select(static i => (long)i).ToArray(),
-                Enumerable.Range(0, n).Select(i => (long)(n - i)).ToArray(),
-                Enumerable.Range(0, n).Select(i => (long)Math.Min(i, n - i)).ToArray(),
-                Enumerable.Range(0, n).Select(static i => (long)(i % 2)).ToArray(),
+                Enumerable.Range(0, n).Select(static i => (ulong)i).ToArray(),
+                Enumerable.Range(0, n).Select(i => (ulong)(n - i)).ToArray(),
+                Enumerable.Range(0, n).Select(i => (ulong)Math.Min(i, n - i)).ToArray(),
+                Enumerable.Range(0, n).Select(static i => (ulong)(i % 2)).ToArray(),
             ];
-            foreach (long[] order in orders)
+            foreach (ulong[] order in orders)
             {
                 foreach (int k in new[] { 1, n / 2 + 1, n }.Where(k => k >= 1 && k <= n))
                 {
-                    long[] keys = (long[])order.Clone();
+                    ulong[] keys = (ulong[])order.Clone();
                     TopK.SelectLargest(keys, k);
-                    long[] expected = order.OrderDescending().Take(k).Order().ToArray();
+                    ulong[] expected = order.OrderDescending().Take(k).Order().ToArray();
                     Assert.Equal(expected, keys.Take(k).Order().ToArray());
                 }
             }

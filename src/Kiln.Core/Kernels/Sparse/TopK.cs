@@ -1,15 +1,17 @@
 // Causal top-k selection over index scores, on the CPU: for query token t at absolute position p = start + t, the
 // positions of the min(K, p + 1) largest scores among positions 0..p (never a later one).
 //
-// Ranking. Each score is mapped to a 64-bit key that orders all candidates totally: the high 32 bits are the score's
-// bits made monotonic as a signed integer (negative floats have their magnitude bits flipped; -0 counts as +0; NaN
-// becomes the smallest key, below -∞), the low 32 bits are ~s, so that of two equal scores the lower position ranks
-// higher. Keys are distinct, so the selection is deterministic and equals "sort descending, take K".
+// Ranking. Each score is mapped to its bits as an unsigned integer in score order (negative floats have all bits
+// flipped, positive ones the sign bit set; -0 counts as +0; NaN becomes 0, below -∞). A candidate's 64-bit key is
+// those bits over ~s, so that of two equal scores the lower position ranks higher. Keys are distinct, so the
+// selection is deterministic and equals "sort descending, take K".
 //
-// Selection. Quickselect (Hoare partition around a median of three) moves the K largest keys to the front in O(p)
-// expected time; past 2·log2(p) + 8 rounds it sorts the remaining range instead, which bounds the worst case at
-// O(p log p). The K chosen positions are then sorted ascending (K log K, small next to p), so a row is canonical:
-// the same set always reads the same, and the attention gathers walk the cache forwards.
+// Selection. A prefilter histograms the top 11 bits of every visible score (sign, exponent, two mantissa bits) and
+// finds the bucket that holds the K-th largest; only scores in that bucket or above become candidates (usually a few
+// times K, at worst all p + 1). Quickselect (Hoare partition around a median of three) then moves the K largest keys
+// to the front in O(candidates) expected time; past 2·log2(n) + 8 rounds it sorts the remaining range instead, which
+// bounds the worst case at O(n log n). The K chosen positions are sorted ascending (K log K, small next to p), so a
+// row is canonical: the same set always reads the same, and the attention gathers walk the cache forwards.
 //
 // Output. indices [T, K] int32, row t holding its min(K, p + 1) positions ascending, then -1 padding. When p + 1 ≤ K
 // the row is exactly 0..p (dense causal attention).
@@ -29,6 +31,10 @@ namespace Kiln.Kernels;
 /// </remarks>
 public static unsafe class TopK
 {
+    // The histogram of the prefilter: the top 11 bits of a score's ordered bits (sign, exponent, 2 mantissa bits).
+    private const int BucketShift = 21;
+    private const int Buckets = 1 << (32 - BucketShift);
+
     /// <summary>The number of selected positions in row <paramref name="token"/>: min(K, start + token + 1).</summary>
     public static int RowCount(int start, int token, int k) => Math.Min(k, start + token + 1);
 
@@ -117,18 +123,15 @@ public static unsafe class TopK
         return result;
     }
 
-    /// <summary>The ranking key of (score, position): larger key = higher rank, all keys distinct.</summary>
-    internal static long RankKey(float score, int position)
+    /// <summary>The score's bits as an unsigned integer in the order of the scores: NaN is 0, below -∞; -0 is +0.</summary>
+    internal static uint OrderedBits(float score)
     {
-        // Monotonic integer image of the score: flip the magnitude bits of negatives; NaN lowest; -0 as +0.
-        int bits = float.IsNaN(score) ? int.MinValue : BitConverter.SingleToInt32Bits(score + 0f);
-        if (bits < 0 && bits != int.MinValue)
-        {
-            bits ^= 0x7FFFFFFF;
-        }
-
-        return ((long)bits << 32) | (uint)~position;
+        uint bits = BitConverter.SingleToUInt32Bits(score + 0f);
+        return float.IsNaN(score) ? 0u : (bits & 0x8000_0000u) != 0 ? ~bits : bits | 0x8000_0000u;
     }
+
+    /// <summary>The ranking key of (score, position): larger key = higher rank, all keys distinct.</summary>
+    internal static ulong RankKey(uint orderedBits, int position) => ((ulong)orderedBits << 32) | (uint)~position;
 
     private struct State
     {
@@ -143,7 +146,9 @@ public static unsafe class TopK
     {
         ref State state = ref Unsafe.AsRef<State>(statePointer);
         int k = state.K;
-        long[]? keys = null;
+        ulong[]? keys = null;
+        uint[]? ordered = null;
+        Span<int> histogram = stackalloc int[Buckets];
         try
         {
             for (int token = begin; token < end; token++)
@@ -163,30 +168,53 @@ public static unsafe class TopK
                     continue;
                 }
 
-                // Rank keys of the visible positions, then move the K largest to the front.
+                // Order the visible scores as integers and histogram their top 11 bits (sign, exponent, 2 bits).
                 if (keys is null || keys.Length < visible)
                 {
                     if (keys is not null)
                     {
-                        ArrayPool<long>.Shared.Return(keys);
+                        ArrayPool<ulong>.Shared.Return(keys);
+                        ArrayPool<uint>.Shared.Return(ordered!);
                     }
 
-                    keys = ArrayPool<long>.Shared.Rent(state.Start + end);
+                    keys = ArrayPool<ulong>.Shared.Rent(state.Start + end);
+                    ordered = ArrayPool<uint>.Shared.Rent(state.Start + end);
                 }
 
                 float* scores = state.Scores + ((long)token * state.Length);
-                Span<long> candidates = keys.AsSpan(0, visible);
+                histogram.Clear();
                 for (int s = 0; s < visible; s++)
                 {
-                    candidates[s] = RankKey(scores[s], s);
+                    uint bits = OrderedBits(scores[s]);
+                    ordered![s] = bits;
+                    histogram[(int)(bits >> BucketShift)]++;
                 }
 
-                SelectLargest(candidates, k);
+                // The bucket that holds the K-th largest score: fewer than K scores lie in the buckets above it.
+                int bucket = Buckets - 1, above = 0;
+                while (above + histogram[bucket] < k)
+                {
+                    above += histogram[bucket];
+                    bucket--;
+                }
+
+                // Only scores in that bucket or above can be selected: rank those, then move the K largest forward.
+                int candidates = 0;
+                for (int s = 0; s < visible; s++)
+                {
+                    if ((int)(ordered![s] >> BucketShift) >= bucket)
+                    {
+                        keys[candidates++] = RankKey(ordered[s], s);
+                    }
+                }
+
+                Span<ulong> ranked = keys.AsSpan(0, candidates);
+                SelectLargest(ranked, k);
 
                 // Recover the positions from the low halves and sort them ascending.
                 for (int i = 0; i < k; i++)
                 {
-                    row[i] = ~(int)(uint)candidates[i];
+                    row[i] = ~(int)(uint)ranked[i];
                 }
 
                 row.Sort();
@@ -196,13 +224,14 @@ public static unsafe class TopK
         {
             if (keys is not null)
             {
-                ArrayPool<long>.Shared.Return(keys);
+                ArrayPool<ulong>.Shared.Return(keys);
+                ArrayPool<uint>.Shared.Return(ordered!);
             }
         }
     }
 
     /// <summary>Reorders <paramref name="keys"/> so that its first <paramref name="k"/> entries are the k largest.</summary>
-    internal static void SelectLargest(Span<long> keys, int k)
+    internal static void SelectLargest(Span<ulong> keys, int k)
     {
         int lo = 0, hi = keys.Length - 1;
         int target = k - 1;
@@ -212,15 +241,15 @@ public static unsafe class TopK
             // Too many rounds (an adversarial order): sort what is left, descending, and stop.
             if (budget-- == 0)
             {
-                Span<long> rest = keys[lo..(hi + 1)];
+                Span<ulong> rest = keys[lo..(hi + 1)];
                 rest.Sort();
                 rest.Reverse();
                 return;
             }
 
             // Pivot: the median of the first, middle and last keys of the range.
-            long a = keys[lo], b = keys[lo + ((hi - lo) >> 1)], c = keys[hi];
-            long pivot = Math.Max(Math.Min(a, b), Math.Min(Math.Max(a, b), c));
+            ulong a = keys[lo], b = keys[lo + ((hi - lo) >> 1)], c = keys[hi];
+            ulong pivot = Math.Max(Math.Min(a, b), Math.Min(Math.Max(a, b), c));
 
             // Hoare partition, descending: [lo, j] ≥ pivot ≥ [i, hi], and (j, i) equals the pivot.
             int i = lo, j = hi;
