@@ -22,11 +22,14 @@ namespace Kiln.Kernels;
 /// <summary>Causal grouped-query attention of new query tokens against a transposed key/value cache.</summary>
 public static unsafe class Attention
 {
-    /// <summary>The longest context the CPU kernel attends over (its scores live on the thread's stack).</summary>
+    /// <summary>
+    /// The longest context attention accepts, on every device (the CPU kernel's scores live on the thread's stack).
+    /// </summary>
     public const int MaxContext = 65536;
 
     /// <summary>
-    /// Writes the keys and values of tokens [start, start + T) into a layer's cache.
+    /// Writes the keys and values of tokens [start, start + T) into a layer's cache. All tensors must be contiguous
+    /// float32 on the cache's device; on an ILGPU device the copy is queued on its stream, not waited for.
     /// </summary>
     /// <param name="k">New keys, [T, Hkv * Dh].</param>
     /// <param name="v">New values, [T, Hkv * Dh].</param>
@@ -76,6 +79,9 @@ public static unsafe class Attention
 
     /// <summary>
     /// Attends the query tokens at positions [start, start + T) over the cached positions [0, start + T).
+    /// All tensors must be contiguous float32 on the cache's device. On an ILGPU device (cuda, ilgpu-cpu) the
+    /// kernels are queued on its stream, not waited for, and a call allocates no device memory once the device's
+    /// split-key scratch exists (sized for the cache's capacity on the first call that splits).
     /// </summary>
     /// <param name="q">Queries, [T, H, Dh] (or [T, H * Dh]) with H a multiple of Hkv.</param>
     /// <param name="keyCache">The layer's keys, [Hkv, Dh, S], already holding positions up to start + T.</param>
