@@ -224,7 +224,7 @@ public static class GpuCheckProgram
             + $"{accelerator.NumMultiprocessors} multiprocessors, warp {accelerator.WarpSize}, "
             + $"{accelerator.MaxNumThreadsPerGroup} threads per group, "
             + $"{(accelerator.MaxSharedMemoryPerGroup == int.MaxValue ? "unbounded" : $"{accelerator.MaxSharedMemoryPerGroup / 1024} KiB")} shared memory per group");
-        stdout.WriteLine($"- ILGPU {typeof(Context).Assembly.GetName().Version}, optimisation {level}; "
+        stdout.WriteLine($"- ILGPU {typeof(Context).Assembly.GetName().Version}, optimisation {(level == OptimizationLevel.O2 ? "O2" : "O1")}; "
             + $"{RuntimeInformation.FrameworkDescription}, {RuntimeInformation.RuntimeIdentifier}, "
             + $"{Environment.ProcessorCount} host cores; seed {seed}; {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC");
         stdout.Flush();

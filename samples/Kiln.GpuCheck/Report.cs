@@ -4,6 +4,7 @@
 // under their snake_case keys; numbers that are not finite are written as null.
 
 using System.Globalization;
+using System.Text.Encodings.Web;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 
@@ -18,7 +19,11 @@ internal sealed record Column(string Key, string Header, string? Format = null);
 /// <summary>The report of one run: the Markdown tables on a writer and the JSON records in a file.</summary>
 internal sealed class Report
 {
-    private static readonly JsonSerializerOptions s_json = new() { WriteIndented = true };
+    private static readonly JsonSerializerOptions s_json = new()
+    {
+        WriteIndented = true,
+        Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
+    };
 
     private readonly TextWriter _stdout;
     private readonly string? _jsonPath;
