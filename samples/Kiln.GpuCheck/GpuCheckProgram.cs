@@ -62,7 +62,7 @@ public static class GpuCheckProgram
         };
         Option<string> sections = new("--sections")
         {
-            Description = "Comma-separated sections to run: correctness, bandwidth, compute, model (default: all).",
+            Description = "Comma-separated sections to run: correctness, bandwidth, compute, model.",
             DefaultValueFactory = static _ => string.Join(",", SectionNames),
             HelpName = "LIST",
         };
@@ -87,11 +87,12 @@ public static class GpuCheckProgram
         ParseResult parse = root.Parse(args);
         if (parse.Errors.Count > 0)
         {
-            stderr.WriteLine($"kiln-gpucheck: error: {parse.Errors[0].Message.ReplaceLineEndings(" ")}; see 'kiln-gpucheck --help'.");
+            stderr.WriteLine($"kiln-gpucheck: error: {parse.Errors[0].Message.ReplaceLineEndings(" ").TrimEnd('.')}; see 'kiln-gpucheck --help'.");
             return UsageError;
         }
 
-        if (parse.Action is not null && parse.CommandResult.Command == root && (args.Contains("--help") || args.Contains("-h") || args.Contains("-?")))
+        // The root has no action of its own: an action here is --help or --version.
+        if (parse.Action is not null)
         {
             return parse.Invoke(new InvocationConfiguration { Output = stdout, Error = stderr });
         }
