@@ -1,6 +1,9 @@
 namespace Kiln;
 
-/// <summary>The element type of a tensor. Compute is float32; the 16-bit types store weights and are widened in kernels.</summary>
+/// <summary>
+/// The element type of a tensor. Compute is float32; the 16-bit types store weights and are widened in kernels;
+/// int32 holds token ids (inputs of the embedding, outputs of device sampling) and is never computed on by float ops.
+/// </summary>
 public enum DType
 {
     /// <summary>IEEE 754 single precision.</summary>
@@ -11,6 +14,9 @@ public enum DType
 
     /// <summary>bfloat16: the upper 16 bits of a float32 (storage only; widened by a 16-bit shift).</summary>
     BFloat16,
+
+    /// <summary>32-bit signed integers: token ids. Float ops reject int32 tensors.</summary>
+    Int32,
 }
 
 /// <summary>Facts about <see cref="DType"/> values.</summary>
@@ -22,17 +28,22 @@ public static class DTypes
         DType.Float32 => 4,
         DType.Float16 => 2,
         DType.BFloat16 => 2,
+        DType.Int32 => 4,
         _ => throw new ArgumentOutOfRangeException(nameof(dtype), dtype, "Unknown dtype."),
     };
 
-    /// <summary>The lower-case name used in configs and messages (float32, float16, bfloat16).</summary>
+    /// <summary>The lower-case name used in configs and messages (float32, float16, bfloat16, int32).</summary>
     public static string Name(this DType dtype) => dtype switch
     {
         DType.Float32 => "float32",
         DType.Float16 => "float16",
         DType.BFloat16 => "bfloat16",
+        DType.Int32 => "int32",
         _ => dtype.ToString(),
     };
+
+    /// <summary>Whether the dtype holds floating-point values (float32, float16 or bfloat16).</summary>
+    public static bool IsFloatingPoint(this DType dtype) => dtype is DType.Float32 or DType.Float16 or DType.BFloat16;
 
     /// <summary>Widens a bfloat16 bit pattern to float32 (exact).</summary>
     public static float BFloat16ToSingle(ushort bits) => BitConverter.Int32BitsToSingle(bits << 16);

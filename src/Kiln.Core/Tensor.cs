@@ -101,6 +101,21 @@ public sealed unsafe class Tensor : IDisposable
         return tensor;
     }
 
+    /// <summary>Copies int32 values (token ids) into a new int32 tensor of the given shape.</summary>
+    /// <exception cref="ArgumentException">The data does not hold exactly the shape's element count.</exception>
+    public static Tensor FromArray(ReadOnlySpan<int> data, ReadOnlySpan<int> shape, Device? device = null)
+    {
+        Tensor tensor = Empty(shape, DType.Int32, device);
+        if (data.Length != tensor.Length)
+        {
+            tensor.Dispose();
+            throw new ArgumentException($"The data holds {data.Length} values but shape {FormatShape(shape)} needs {tensor.Length}.", nameof(data));
+        }
+
+        tensor.CopyFromBytes(MemoryMarshal.AsBytes(data));
+        return tensor;
+    }
+
     /// <summary>Copies raw 16-bit values (float16 or bfloat16 bit patterns) into a new tensor.</summary>
     public static Tensor FromBits(ReadOnlySpan<ushort> bits, ReadOnlySpan<int> shape, DType dtype, Device? device = null)
     {
@@ -123,7 +138,10 @@ public sealed unsafe class Tensor : IDisposable
     /// <summary>The elements of a contiguous float32 CPU tensor.</summary>
     public Span<float> AsSpan() => AsSpan<float>();
 
-    /// <summary>The elements of a contiguous CPU tensor as <typeparamref name="T"/> (float, Half or ushort for bfloat16).</summary>
+    /// <summary>
+    /// The elements of a contiguous CPU tensor as <typeparamref name="T"/> (float, Half or ushort for bfloat16, int for
+    /// int32).
+    /// </summary>
     public Span<T> AsSpan<T>()
         where T : unmanaged
     {
@@ -191,10 +209,76 @@ public sealed unsafe class Tensor : IDisposable
         CopyFromBytes(MemoryMarshal.AsBytes(data));
     }
 
+    /// <summary>Copies int32 values into this contiguous int32 tensor (any device).</summary>
+    /// <exception cref="InvalidOperationException">The tensor is not int32.</exception>
+    /// <exception cref="ArgumentException">The span's length is not the tensor's.</exception>
+    public void CopyFrom(ReadOnlySpan<int> data)
+    {
+        RequireDType(DType.Int32, nameof(CopyFrom));
+        if (data.Length != Length)
+        {
+            throw new ArgumentException($"Cannot copy {data.Length} values into a tensor of {Length} elements.", nameof(data));
+        }
+
+        CopyFromBytes(MemoryMarshal.AsBytes(data));
+    }
+
+    /// <summary>
+    /// Copies the elements of this contiguous int32 tensor into <paramref name="destination"/> (any device; on an
+    /// ILGPU device this waits for the queued kernels and reads back). Allocates nothing.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The tensor is not int32.</exception>
+    /// <exception cref="ArgumentException">The span's length is not the tensor's.</exception>
+    public void CopyTo(Span<int> destination)
+    {
+        RequireDType(DType.Int32, nameof(CopyTo));
+        if (destination.Length != Length)
+        {
+            throw new ArgumentException($"Cannot copy a tensor of {Length} elements into {destination.Length} values.", nameof(destination));
+        }
+
+        RequireContiguous(nameof(CopyTo));
+        CopyToBytes(MemoryMarshal.AsBytes(destination));
+    }
+
+    /// <summary>
+    /// Copies the elements of this contiguous float32 tensor into <paramref name="destination"/> (any device; on an
+    /// ILGPU device this waits for the queued kernels and reads back). Allocates nothing.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The tensor is not float32.</exception>
+    /// <exception cref="ArgumentException">The span's length is not the tensor's.</exception>
+    public void CopyTo(Span<float> destination)
+    {
+        RequireDType(DType.Float32, nameof(CopyTo));
+        if (destination.Length != Length)
+        {
+            throw new ArgumentException($"Cannot copy a tensor of {Length} elements into {destination.Length} values.", nameof(destination));
+        }
+
+        RequireContiguous(nameof(CopyTo));
+        CopyToBytes(MemoryMarshal.AsBytes(destination));
+    }
+
+    /// <summary>Copies the elements of an int32 tensor to a new array (any device).</summary>
+    /// <exception cref="InvalidOperationException">The tensor is not int32.</exception>
+    public int[] ToInt32Array()
+    {
+        RequireDType(DType.Int32, nameof(ToInt32Array));
+        int[] result = new int[Length];
+        CopyTo(result);
+        return result;
+    }
+
     /// <summary>Copies the elements to a new float32 array, widening 16-bit dtypes (any device).</summary>
+    /// <exception cref="InvalidOperationException">The tensor is int32 (use <see cref="ToInt32Array"/>).</exception>
     public float[] ToArray()
     {
         RequireContiguous(nameof(ToArray));
+        if (DType == DType.Int32)
+        {
+            throw new InvalidOperationException($"ToArray returns float32 values but {this} holds int32 token ids; use ToInt32Array.");
+        }
+
         byte[] bytes = new byte[Length * DType.SizeOf()];
         CopyToBytes(bytes);
         float[] result = new float[Length];

@@ -34,6 +34,25 @@ public interface IInferenceSession : IDisposable
     ReadOnlySpan<float> Forward(ReadOnlySpan<int> tokens);
 }
 
+/// <summary>
+/// A session that can choose the next token on its own device, so that a decode step copies back one id instead
+/// of V logits. The draw follows <see cref="Sampling.Sampler"/>'s rule without top-k and top-p (see
+/// <see cref="Kiln.Kernels.DeviceSampling"/>): on the cpu device exactly, on ILGPU devices in float32.
+/// </summary>
+public interface IDeviceSampling
+{
+    /// <summary>
+    /// Appends <paramref name="tokens"/> like <see cref="IInferenceSession.Forward"/>, then draws the next token from
+    /// the last one's logits: greedy when <paramref name="temperature"/> is 0, otherwise softmax(logits / T) with the
+    /// uniform number <paramref name="uniform"/> in [0, 1) (<see cref="Sampling.Sampler.NextUniform"/>). Feeding back
+    /// the id just returned, alone, uploads nothing: the embedding reads it where the draw wrote it.
+    /// </summary>
+    /// <exception cref="ArgumentException">The span is empty or a token id is outside the vocabulary.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">The temperature or the uniform number is out of range.</exception>
+    /// <exception cref="InvalidOperationException">The tokens do not fit in the context left.</exception>
+    int ForwardAndSample(ReadOnlySpan<int> tokens, float temperature, double uniform);
+}
+
 /// <summary>How to create a session.</summary>
 public sealed record SessionOptions
 {
@@ -64,19 +83,14 @@ public static class InferenceSessions
     public static SessionFactory Reference { get; } =
         static (weights, options) => new LlamaReferenceSession(weights, options);
 
-    /// <summary>
-    /// The fast batched session (<see cref="LlamaSession"/>) on the cpu device; the reference session elsewhere
-    /// (the fast session's attention is CPU-only for now).
-    /// </summary>
+    /// <summary>The fast batched session (<see cref="LlamaSession"/>) on every device.</summary>
     public static SessionFactory Fast { get; } =
-        static (weights, options) => weights.Device is Kiln.Devices.CpuDevice
-            ? new LlamaSession(weights, options)
-            : new LlamaReferenceSession(weights, options);
+        static (weights, options) => new LlamaSession(weights, options);
 
     /// <summary>The factory used by default everywhere (the CLI, benchmarks): <see cref="Fast"/>.</summary>
     public static SessionFactory Default { get; } = Fast;
 
     /// <summary>A short name of the session <see cref="Default"/> creates on <paramref name="device"/>, for logs and benchmarks.</summary>
     public static string DefaultNameOn(Kiln.Devices.Device device) =>
-        ReferenceEquals(Default, Reference) || device is not Kiln.Devices.CpuDevice ? "reference" : "fast";
+        ReferenceEquals(Default, Reference) ? "reference" : "fast";
 }

@@ -2,6 +2,8 @@
 //   1. reset the session and the sampler, encode the prompt with BOS, prefill it in one Forward call;
 //   2. repeat: sample a token from the last logits; stop on the stop token (BOS for llama2.c vocabularies),
 //      otherwise stream its text and, while the context has room and more tokens are wanted, feed it back.
+// When the session samples on its device (IDeviceSampling) and the sampler's settings allow it (no top-k/top-p
+// cut), each step draws there with the sampler's next uniform number and copies back one id, not V logits.
 // With P prompt tokens and context S, at most S - P + 1 tokens are generated: the last one is sampled from the
 // logits of position S - 1 and printed but never fed. Timings: prefill tokens per second over the prompt
 // Forward call, decode tokens per second over the single-token Forward calls. The library never prints: text
@@ -33,8 +35,8 @@ public enum StopReason
 /// <param name="GeneratedTokens">The new ids, the stop token excluded.</param>
 /// <param name="Text">The generated text (the prompt not included).</param>
 /// <param name="StopReason">Why generation ended.</param>
-/// <param name="PrefillSeconds">Wall time of the prompt's Forward call.</param>
-/// <param name="DecodeSeconds">Wall time of the single-token Forward calls.</param>
+/// <param name="PrefillSeconds">Wall time of the prompt's Forward call and the first token's choice.</param>
+/// <param name="DecodeSeconds">Wall time of the single-token Forward calls and the choices that follow them.</param>
 /// <param name="DecodeSteps">The number of single-token Forward calls.</param>
 public sealed record GenerationResult(
     int[] PromptTokens,
@@ -149,9 +151,10 @@ public sealed class TextGenerator
         List<int> generated = new(Math.Max(0, Math.Min(maxNewTokens < 0 ? context : maxNewTokens, context)));
         int limit = maxNewTokens < 0 ? int.MaxValue : maxNewTokens;
 
-        // Prefill the prompt in one call.
+        // Prefill the prompt in one call, and choose the first token.
+        IDeviceSampling? device = _sampler.CanSampleOnDevice ? _session as IDeviceSampling : null;
         long start = Stopwatch.GetTimestamp();
-        ReadOnlySpan<float> logits = limit > 0 ? _session.Forward(promptTokens) : default;
+        int token = limit > 0 ? Step(device, promptTokens) : -1;
         double prefillSeconds = Stopwatch.GetElapsedTime(start).TotalSeconds;
 
         // Decode: sample, stop or emit, feed back while there is room.
@@ -160,7 +163,6 @@ public sealed class TextGenerator
         int decodeSteps = 0;
         while (generated.Count < limit)
         {
-            int token = _sampler.Sample(logits);
             if (token == StopTokenId)
             {
                 reason = StopReason.StopToken;
@@ -182,7 +184,7 @@ public sealed class TextGenerator
 
             long stepStart = Stopwatch.GetTimestamp();
             _next[0] = token;
-            logits = _session.Forward(_next);
+            token = Step(device, _next);
             decodeTicks += Stopwatch.GetTimestamp() - stepStart;
             decodeSteps++;
         }
@@ -209,6 +211,12 @@ public sealed class TextGenerator
             result.DecodeTokensPerSecond);
         return result;
     }
+
+    // Appends the tokens and chooses the next one: on the session's device when it can, else from host logits.
+    private int Step(IDeviceSampling? device, ReadOnlySpan<int> tokens) =>
+        device is not null
+            ? device.ForwardAndSample(tokens, _sampler.Options.Temperature, _sampler.NextUniform())
+            : _sampler.Sample(_session.Forward(tokens));
 
     private void Emit(string piece, System.Text.StringBuilder text)
     {

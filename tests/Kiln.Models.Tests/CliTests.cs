@@ -281,6 +281,44 @@ public sealed class CliTests : IDisposable
         }
     }
 
+    [Fact]
+    public void DeviceCuda_WithoutAGpu_IsAOneLineError()
+    {
+        // CI machines have no CUDA device; where one exists this case does not apply.
+        using (Kiln.Devices.IlgpuDevice? gpu = Kiln.Devices.IlgpuDevice.TryCreateCuda())
+        {
+            if (gpu is not null)
+            {
+                return;
+            }
+        }
+
+        (int code, string stdout, string stderr) = Run("generate", "-m", TestData.StoriesModel, "--device", "cuda", "-n", "4");
+
+        AssertError(code, stderr, 1, "--device cuda: no CUDA device was found on this machine; use --device cpu or auto");
+        Assert.Equal(string.Empty, stdout);
+    }
+
+    [Fact]
+    public void DeviceAuto_SaysWhichDeviceItChose()
+    {
+        (int code, string stdout, string stderr) = Run("bench", "decode", "-m", TestData.StoriesModel, "--device", "auto", "-t", "1", "--context", "8", "--runs", "1");
+
+        Assert.Equal(0, code);
+        string line = Assert.Single(stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        Assert.Matches(@"^kiln: --device auto: using (cuda \(.+\): a CUDA GPU was found|cpu \(1 thread\): no CUDA GPU was found)\.$", line);
+        Assert.Contains("fast session on", stdout);
+    }
+
+    [Fact]
+    public void BenchDecode_RunsOnIlgpuCpu()
+    {
+        (int code, string stdout, string stderr) = Run("bench", "decode", "-m", TestData.StoriesModel, "--device", "ilgpu-cpu", "--context", "6", "--runs", "1");
+
+        Assert.True(code == 0, stderr);
+        Assert.Contains("fast session on ilgpu-cpu", stdout);
+    }
+
     private (int Code, string Stdout, string Stderr) Run(params string[] args) =>
         Run(new CliEnvironment(null, _temp.Path), args);
 

@@ -74,7 +74,7 @@ internal static class BenchCommand
             }
 
             string deviceName = parse.GetValue(device) ?? "cpu";
-            using Device target = CommonOptions.CreateDevice(deviceName, threadFlag);
+            using Device target = CommonOptions.CreateDevice(deviceName, threadFlag, context.Stderr);
             using LlamaWeights weights = Llama2cCheckpoint.Load(modelPath, target);
             SessionOptions options = new() { ContextLength = contextFlag ?? usableContext };
             using IInferenceSession session = InferenceSessions.Default(weights, options);

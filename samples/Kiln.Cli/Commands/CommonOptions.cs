@@ -47,9 +47,25 @@ internal static class CommonOptions
         }
     }
 
-    /// <summary>Creates the device named by --device with -t threads.</summary>
+    /// <summary>
+    /// Creates the device named by --device with -t threads. For <c>auto</c>, writes one line to
+    /// <paramref name="stderr"/> naming the device chosen and why.
+    /// </summary>
     /// <exception cref="CliException">The name is unknown or the device is not available.</exception>
-    public static Device CreateDevice(string name, int? threads)
+    public static Device CreateDevice(string name, int? threads, TextWriter stderr)
+    {
+        Device device = CreateDevice(name, threads);
+        if (name.Equals("auto", StringComparison.OrdinalIgnoreCase))
+        {
+            stderr.WriteLine(device is IlgpuDevice gpu
+                ? $"kiln: --device auto: using cuda ({KilnCli.OneLine(gpu.Accelerator.Name)}): a CUDA GPU was found."
+                : $"kiln: --device auto: using {Describe(device)}: no CUDA GPU was found.");
+        }
+
+        return device;
+    }
+
+    private static Device CreateDevice(string name, int? threads)
     {
         string[] known = ["auto", "cpu", "cuda", "ilgpu-cpu"];
         if (!known.Contains(name.ToLowerInvariant()))

@@ -117,7 +117,7 @@ internal static class GenerateCommand
         }
 
         // Load the weights on the device and set up the session, sampler and generator.
-        using Device device = CommonOptions.CreateDevice(request.Device, request.Threads);
+        using Device device = CommonOptions.CreateDevice(request.Device, request.Threads, context.Stderr);
         using LlamaWeights weights = Llama2cCheckpoint.Load(modelPath, device);
         // The session holds only the positions this run can use: the prompt and -n new tokens (all of seq_len for
         // -1), and no more than the fast session runs.

@@ -181,6 +181,12 @@ public static unsafe partial class MatMul
             throw new ArgumentException($"MatMul: a is {a.DType.Name()}; the activations must be float32.", nameof(a));
         }
 
+        if (!w.DType.IsFloatingPoint())
+        {
+            throw new ArgumentException(
+                $"MatMul: w is {w.DType.Name()}; the weights must be float32, float16 or bfloat16.", nameof(w));
+        }
+
         if (output.DType != DType.Float32)
         {
             throw new ArgumentException(

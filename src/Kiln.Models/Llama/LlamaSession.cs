@@ -1,9 +1,13 @@
 // The fast Llama forward pass: whole prompts as batches through matrix products, one-token decode steps that
-// allocate nothing, built from Kiln's kernels (generated RMSNorm, RoPE and epilogues; the packed matrix product;
-// the attention kernel over a transposed KV cache).
+// allocate nothing, built from Kiln's kernels (generated RMSNorm, RoPE and epilogues; the matrix product; the
+// attention kernel over a transposed KV cache; the embedding lookup; device sampling).
+//
+// One class for every device: on cpu the ops run as vectorized loops on the worker pool, on ILGPU devices (cuda,
+// ilgpu-cpu) the same calls queue kernels. Everything a step touches is allocated once per session on the weights'
+// device: RoPE tables, KV caches, activations, the int32 token-id buffer, the logits and the sampled-id buffer.
 //
 // Per chunk of T tokens at positions [p, p + T), with x [T, D] the residual stream:
-//   x = embedding[tokens]
+//   x = embedding[tokens]                              (Embedding.Lookup over the int32 token-id buffer)
 //   for each layer:
 //     xb = RmsNorm(x, attention_norm)
 //     q = xb Wqᵀ [T, H·Dh], k = xb Wkᵀ, v = xb Wvᵀ [T, Hkv·Dh]; RoPE on q and k at positions p..p+T-1
@@ -15,18 +19,21 @@
 //   logits = RmsNorm(x[T - 1], final_norm) classifierᵀ   (only the last token's logits are computed)
 // Long prompts run in chunks of at most PrefillChunk tokens, which gives the same result as one piece because
 // every step is per token except attention, which reads the cache that earlier chunks filled.
-// Deliberately left out: devices other than cpu (the attention kernel and the embedding lookup are CPU-only for
-// now; the generated ops and the matrix product already run on ILGPU).
+//
+// Host traffic on an ILGPU device: Forward uploads the token ids (checked on the host first) and copies the V
+// logits back; ForwardAndSample draws the next id on the device (DeviceSampling) and copies back only that id, and
+// when the token fed next is that id alone, the embedding reads it from the sampled-id buffer, so a decode step
+// uploads nothing. Positions reach the kernels as scalars.
 using Kiln.Devices;
 using Kiln.Kernels;
 
 namespace Kiln.Models.Llama;
 
 /// <summary>
-/// The fast Llama session on the cpu device: batched prefill, allocation-free decode, KV cache sized to the
-/// context. Not thread-safe; its ops use the device's worker threads.
+/// The fast Llama session on any device (cpu, cuda, ilgpu-cpu): batched prefill, allocation-free decode, KV cache
+/// sized to the context, and sampling on the device (<see cref="IDeviceSampling"/>). Not thread-safe.
 /// </summary>
-public sealed unsafe class LlamaSession : IInferenceSession
+public sealed unsafe class LlamaSession : IInferenceSession, IDeviceSampling
 {
     /// <summary>The most tokens pushed through the blocks at once; longer prompts run in chunks of this size.</summary>
     public const int PrefillChunk = 256;
@@ -35,35 +42,47 @@ public sealed unsafe class LlamaSession : IInferenceSession
     public const int MaxContextLength = Attention.MaxContext;
 
     private readonly LlamaWeights _weights;
-    private readonly CpuDevice _device;
     private readonly int _chunk;
     private readonly Tensor _cos;            // [S, Dh/2]
     private readonly Tensor _sin;            // [S, Dh/2]
     private readonly Tensor[] _keyCache;     // per layer [Hkv, Dh, S]
     private readonly Tensor[] _valueCache;   // per layer [Hkv, Dh, S]
     private readonly Tensor _logits;         // [1, V]
+    private readonly Tensor _sampled;        // [1] int32: the id the last ForwardAndSample drew
+    private readonly float[]? _hostLogits;   // [V] the logits copied back, on ILGPU devices only
+    private readonly int[] _readBack = new int[1];
     private readonly Buffers _buffers;
     private readonly Dictionary<int, Buffers> _views = new();
+    private int _lastSampled = -1;           // the id held by _sampled; -1 before the first draw
     private bool _disposed;
 
-    /// <summary>Creates a session over <paramref name="weights"/>, which must outlive it.</summary>
-    /// <exception cref="ArgumentException">The weights are not on a cpu device.</exception>
+    /// <summary>Creates a session over <paramref name="weights"/> on their device; the weights must outlive it.</summary>
+    /// <exception cref="ArgumentException">The weights are on a device that cannot run the session.</exception>
     /// <exception cref="ArgumentOutOfRangeException">
     /// The context length is outside 1..seq_len or longer than <see cref="MaxContextLength"/>.
     /// </exception>
-    /// <exception cref="InsufficientMemoryException">The KV cache for the context cannot fit in this machine's memory.</exception>
+    /// <exception cref="InsufficientMemoryException">
+    /// The KV cache for the context cannot fit in this machine's memory (cpu), or the session's buffers cannot fit
+    /// in the device memory the weights leave (ILGPU devices).
+    /// </exception>
     public LlamaSession(LlamaWeights weights, SessionOptions options)
+        : this(weights, options, deviceMemoryBytes: null)
+    {
+    }
+
+    // deviceMemoryBytes, when set, replaces the accelerator's memory size in the fit check (tests of the refusal).
+    internal LlamaSession(LlamaWeights weights, SessionOptions options, long? deviceMemoryBytes)
     {
         ArgumentNullException.ThrowIfNull(weights);
         ArgumentNullException.ThrowIfNull(options);
-        if (weights.Device is not CpuDevice device)
+        Device device = weights.Device;
+        if (device is not (CpuDevice or IlgpuDevice))
         {
-            throw new ArgumentException($"The fast Llama session runs on the cpu device; these weights are on {weights.Device.Name}. Load them with --device cpu.", nameof(weights));
+            throw new ArgumentException($"The Llama session runs on cpu, cuda and ilgpu-cpu; these weights are on {device.Name}.", nameof(weights));
         }
 
         LlamaConfig c = weights.Config;
         _weights = weights;
-        _device = device;
         Config = c;
         ContextLength = options.ResolveContextLength(c);
         if (ContextLength > MaxContextLength)
@@ -73,8 +92,18 @@ public sealed unsafe class LlamaSession : IInferenceSession
 
         _chunk = Math.Min(PrefillChunk, ContextLength);
 
-        // Refuse a cache this machine cannot hold before allocating any of it.
-        SessionMemory.EnsureCacheFits(2L * c.Layers * c.KvDim * ContextLength * sizeof(float), ContextLength, c.SeqLen);
+        // Refuse a cache the machine or the device cannot hold before allocating any of it.
+        long cacheBytes = 2L * c.Layers * c.KvDim * ContextLength * sizeof(float);
+        if (device is IlgpuDevice ilgpu)
+        {
+            long memory = deviceMemoryBytes ?? ilgpu.Accelerator.MemorySize;
+            long weightBytes = weights.Tensors.Sum(static t => t.Length * t.DType.SizeOf());
+            SessionMemory.EnsureDeviceFits(device.Name, memory - weightBytes, cacheBytes, BufferBytes(c, ContextLength, _chunk), ContextLength, c.SeqLen);
+        }
+        else
+        {
+            SessionMemory.EnsureCacheFits(cacheBytes, ContextLength, c.SeqLen);
+        }
 
         // RoPE tables for every position of the context.
         (_cos, _sin) = Ops.RopeTables(ContextLength, c.HeadDim, c.RopeTheta, device);
@@ -88,9 +117,11 @@ public sealed unsafe class LlamaSession : IInferenceSession
             _valueCache[l] = Tensor.Empty([c.KvHeads, c.HeadDim, ContextLength], device: device);
         }
 
-        // Activations for the largest chunk; smaller chunks use views of them.
+        // Activations for the largest chunk; smaller chunks use views of them. Then logits and the sampled id.
         _buffers = new Buffers(c, _chunk, device);
         _logits = Tensor.Empty([1, c.VocabSize], device: device);
+        _sampled = Tensor.Empty([1], DType.Int32, device);
+        _hostLogits = device is CpuDevice ? null : new float[c.VocabSize];
         _views[_chunk] = _buffers;
         _views[1] = _buffers.Rows(1);
     }
@@ -114,6 +145,55 @@ public sealed unsafe class LlamaSession : IInferenceSession
     /// <inheritdoc />
     public ReadOnlySpan<float> Forward(ReadOnlySpan<int> tokens)
     {
+        Append(tokens);
+
+        // On an ILGPU device, copy the logits back (this waits for the queued kernels).
+        if (_hostLogits is null)
+        {
+            return _logits.AsSpan();
+        }
+
+        _logits.CopyTo(_hostLogits);
+        return _hostLogits;
+    }
+
+    /// <inheritdoc />
+    public int ForwardAndSample(ReadOnlySpan<int> tokens, float temperature, double uniform)
+    {
+        // The id just drawn, fed back alone, is embedded from where the draw wrote it: nothing to upload.
+        if (tokens.Length == 1 && tokens[0] == _lastSampled)
+        {
+            CheckRoom(tokens);
+            Run(_sampled, withLogits: true);
+        }
+        else
+        {
+            Append(tokens);
+        }
+
+        // Draw on the device, then read back the one id.
+        DeviceSampling.Sample(_logits, temperature, uniform, _sampled);
+        _sampled.CopyTo(_readBack);
+        _lastSampled = _readBack[0];
+        return _lastSampled;
+    }
+
+    // Checks the tokens, then runs them through the blocks a chunk at a time; only the last chunk needs logits.
+    private void Append(ReadOnlySpan<int> tokens)
+    {
+        CheckRoom(tokens);
+        Embedding.CheckIds(tokens, Config.VocabSize, nameof(tokens));
+        for (int done = 0; done < tokens.Length; done += _chunk)
+        {
+            int count = Math.Min(_chunk, tokens.Length - done);
+            Buffers b = ViewsFor(count);
+            b.Tokens.CopyFrom(tokens.Slice(done, count));
+            Run(b.Tokens, count == tokens.Length - done);
+        }
+    }
+
+    private void CheckRoom(ReadOnlySpan<int> tokens)
+    {
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (tokens.IsEmpty)
         {
@@ -124,33 +204,18 @@ public sealed unsafe class LlamaSession : IInferenceSession
         {
             throw new InvalidOperationException($"{tokens.Length} tokens do not fit: {ContextLength - Position} of the context's {ContextLength} positions are left.");
         }
-
-        foreach (int token in tokens)
-        {
-            if ((uint)token >= (uint)Config.VocabSize)
-            {
-                throw new ArgumentException($"Token id {token} is outside the vocabulary of {Config.VocabSize}.", nameof(tokens));
-            }
-        }
-
-        // Run the tokens through the blocks a chunk at a time; only the last chunk's last row needs logits.
-        for (int done = 0; done < tokens.Length; done += _chunk)
-        {
-            int count = Math.Min(_chunk, tokens.Length - done);
-            Run(tokens.Slice(done, count), count == tokens.Length - done);
-        }
-
-        return _logits.AsSpan();
     }
 
-    private void Run(ReadOnlySpan<int> tokens, bool withLogits)
+    // Runs T ids (an int32 tensor on the device, T <= the chunk) through the blocks at Position.
+    private void Run(Tensor ids, bool withLogits)
     {
         LlamaConfig c = Config;
         int start = Position;
-        Buffers b = ViewsFor(tokens.Length);
+        int count = (int)ids.Length;
+        Buffers b = ViewsFor(count);
 
         // Embed the tokens.
-        Embed(tokens, b.X);
+        Embedding.Lookup(_weights.TokenEmbedding, ids, b.X);
 
         for (int l = 0; l < c.Layers; l++)
         {
@@ -174,42 +239,13 @@ public sealed unsafe class LlamaSession : IInferenceSession
             Ops.ResidualAdd(b.Gate, w.W2, b.X, b.X);
         }
 
-        Position += tokens.Length;
+        Position += count;
         if (withLogits)
         {
             // Classify the last token only.
             (Tensor lastX, Tensor lastXb) = b.LastRow;
             Ops.RmsNorm(lastX, _weights.FinalNorm, c.NormEps, lastXb);
             MatMul.Compute(lastXb, _weights.Classifier, _logits);
-        }
-    }
-
-    private void Embed(ReadOnlySpan<int> tokens, Tensor x)
-    {
-        int d = Config.Dim;
-        Tensor table = _weights.TokenEmbedding;
-        Span<float> rows = x.AsSpan();
-        for (int t = 0; t < tokens.Length; t++)
-        {
-            Span<float> row = rows.Slice(t * d, d);
-            long offset = (long)tokens[t] * d;
-            switch (table.DType)
-            {
-                case DType.Float32:
-                    new ReadOnlySpan<float>(table.FloatPointer + offset, d).CopyTo(row);
-                    break;
-                case DType.Float16:
-                    System.Numerics.Tensors.TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>((Half*)table.DataPointer + offset, d), row);
-                    break;
-                default:
-                    ushort* bits = (ushort*)table.DataPointer + offset;
-                    for (int i = 0; i < d; i++)
-                    {
-                        row[i] = DTypes.BFloat16ToSingle(bits[i]);
-                    }
-
-                    break;
-            }
         }
     }
 
@@ -225,6 +261,14 @@ public sealed unsafe class LlamaSession : IInferenceSession
         return views;
     }
 
+    // Bytes a session allocates besides its KV cache: RoPE tables, one chunk's activations and ids, logits, the id.
+    private static long BufferBytes(LlamaConfig c, int context, int chunk)
+    {
+        long tables = 2L * context * (c.HeadDim / 2) * sizeof(float);
+        long perRow = (2L * c.Dim) + (2L * c.QueryDim) + (2L * c.KvDim) + (2L * c.HiddenDim) + 1;
+        return tables + (chunk * perRow * sizeof(float)) + ((c.VocabSize + 1L) * sizeof(float));
+    }
+
     /// <inheritdoc />
     public void Dispose()
     {
@@ -236,6 +280,7 @@ public sealed unsafe class LlamaSession : IInferenceSession
         _disposed = true;
         _buffers.Dispose();
         _logits.Dispose();
+        _sampled.Dispose();
         _cos.Dispose();
         _sin.Dispose();
         foreach (Tensor cache in _keyCache.Concat(_valueCache))
@@ -253,6 +298,7 @@ public sealed unsafe class LlamaSession : IInferenceSession
 
         public Buffers(LlamaConfig c, int rows, Device device)
             : this(c, rows, owner: true,
+                Tensor.Empty([rows], DType.Int32, device),
                 Tensor.Empty([rows, c.Dim], device: device),
                 Tensor.Empty([rows, c.Dim], device: device),
                 Tensor.Empty([rows, c.QueryDim], device: device),
@@ -264,11 +310,12 @@ public sealed unsafe class LlamaSession : IInferenceSession
         {
         }
 
-        private Buffers(LlamaConfig c, int rows, bool owner, Tensor x, Tensor xb, Tensor q, Tensor k, Tensor v, Tensor attention, Tensor up, Tensor gate)
+        private Buffers(LlamaConfig c, int rows, bool owner, Tensor tokens, Tensor x, Tensor xb, Tensor q, Tensor k, Tensor v, Tensor attention, Tensor up, Tensor gate)
         {
             _config = c;
             _owner = owner;
             Count = rows;
+            Tokens = tokens;
             X = x;
             Xb = xb;
             Q = q;
@@ -283,6 +330,8 @@ public sealed unsafe class LlamaSession : IInferenceSession
         }
 
         public int Count { get; }
+
+        public Tensor Tokens { get; }       // [T] int32
 
         public Tensor X { get; }            // [T, D]
 
@@ -311,14 +360,14 @@ public sealed unsafe class LlamaSession : IInferenceSession
 
         public Buffers Rows(int rows) => new(
             _config, rows, owner: false,
-            X.Slice(0, rows), Xb.Slice(0, rows), Q.Slice(0, rows), K.Slice(0, rows), V.Slice(0, rows),
-            Attention.Slice(0, rows), Up.Slice(0, rows), Gate.Slice(0, rows));
+            Tokens.Slice(0, rows), X.Slice(0, rows), Xb.Slice(0, rows), Q.Slice(0, rows), K.Slice(0, rows),
+            V.Slice(0, rows), Attention.Slice(0, rows), Up.Slice(0, rows), Gate.Slice(0, rows));
 
         public void Dispose()
         {
             if (_owner)
             {
-                foreach (Tensor tensor in new[] { X, Xb, Q, K, V, Attention, Up, Gate })
+                foreach (Tensor tensor in new[] { Tokens, X, Xb, Q, K, V, Attention, Up, Gate })
                 {
                     tensor.Dispose();
                 }

@@ -84,6 +84,19 @@ public sealed class Sampler
     /// <summary>The settings.</summary>
     public SamplerOptions Options { get; }
 
+    /// <summary>
+    /// Whether a session can draw on its device exactly what <see cref="Sample"/> draws: true when neither top-k nor
+    /// top-p cuts the vocabulary (greedy, or plain temperature sampling). See <see cref="IDeviceSampling"/>.
+    /// </summary>
+    public bool CanSampleOnDevice => !(Options.TopK > 0 && Options.TopK < VocabSize) && Options.TopP >= 1f;
+
+    /// <summary>
+    /// The uniform number in [0, 1) for the next draw on a device: the number <see cref="Sample"/> would draw next
+    /// (0, without drawing, for greedy). <see cref="Sample"/> draws nothing when the logits are all -inf/NaN or hold
+    /// a +inf; a device draw cannot know that, so after such a step the two sequences differ.
+    /// </summary>
+    public double NextUniform() => Options.Temperature == 0f ? 0 : _random.NextDouble();
+
     /// <summary>Restarts the random sequence from the seed, so the next draws repeat those after construction.</summary>
     public void Reset() => _random = new XorShiftRandom(Options.Seed);
 
