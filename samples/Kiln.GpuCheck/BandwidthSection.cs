@@ -89,8 +89,23 @@ internal static class BandwidthSection
             return () => Ops.Rope(x, cos, sin, 0, RopeLayout.Adjacent, output);
         });
 
-        // INTEGRATOR(gpusession): the embedding lookup, bytes = T · D · (weight size + 4) (gather rows, write float32).
-        table.Add("Embedding", "", null, double.NaN, double.NaN, double.NaN, "pending: needs branch gpusession (Kiln.Kernels.Embedding)");
+        // The embedding lookup of T tokens from a float16 table [V, D]: read T ids and T rows, write T float32 rows.
+        int vocab = Math.Max(2, rows * 2);
+        Measure(context, table, copy, "Embedding float16", $"[{rows}] ids from [{vocab}, {dim}]",
+            ((long)rows * dim * (2 + 4)) + (4L * rows), s =>
+            {
+                Random random = new(context.Seed);
+                int[] ids = new int[rows];
+                for (int i = 0; i < ids.Length; i++)
+                {
+                    ids[i] = random.Next(vocab);
+                }
+
+                Tensor embedding = s.Add(Filled(device, [vocab, dim], 12, DType.Float16));
+                Tensor idTensor = s.Add(Tensor.FromArray(ids, [rows], device));
+                Tensor output = s.Add(Tensor.Empty([rows, dim], DType.Float32, device));
+                return () => Embedding.Lookup(embedding, idTensor, output);
+            });
 
         // The matrix-vector product (decode's projections): read W [N, K] once, read x [K], write y [N].
         (int rowsN, int columnsK) = size.BandwidthMatVec;

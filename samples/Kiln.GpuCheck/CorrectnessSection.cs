@@ -20,7 +20,7 @@ namespace Kiln.GpuCheck;
 internal sealed record Tolerance(double Abs, double Rel)
 {
     /// <inheritdoc />
-    public override string ToString() => $"{Abs:G2} + {Rel:G2}·|cpu|";
+    public override string ToString() => Abs == 0 && Rel == 0 ? "exact" : $"{Abs:G2} + {Rel:G2}·|cpu|";
 }
 
 /// <summary>The outputs of one check on the CPU and on the device under test, flattened.</summary>
@@ -178,19 +178,48 @@ internal static class CorrectnessSection
             }
         }
 
-        // INTEGRATOR(gpuattn): attention on ILGPU. The runs below use the public API (Attention.Append/Compute over
-        // [Hkv, Dh, S] caches); drop `Pending` once Attention runs on ILGPU tensors (and adjust the cache layout
-        // if the GPU path takes another one).
-        const string attentionPending = "needs branch gpuattn (Attention.Append/Compute on ILGPU)";
-        cases.Add(AttentionCase("Attention prefill (GQA)", size, decode: false) with { Pending = attentionPending, Run = null });
-        cases.Add(AttentionCase("Attention decode (GQA)", size, decode: true) with { Pending = attentionPending, Run = null });
+        // Attention over the KV cache (prefill and one decode step, grouped-query), through the public API.
+        cases.Add(Waiting(AttentionCase("Attention prefill (GQA)", size, decode: false), PendingKernels.Attention));
+        cases.Add(Waiting(AttentionCase("Attention decode (GQA)", size, decode: true), PendingKernels.Attention));
 
-        // INTEGRATOR(gpusession): the embedding lookup (Kiln.Kernels.Embedding) and device-side sampling
-        // (DeviceSampling: argmax, softmax sampling) are added by the gpusession branch.
-        const string sessionPending = "needs branch gpusession (Kiln.Kernels.Embedding, DeviceSampling)";
-        cases.Add(new("Embedding lookup", $"[{t}] ids from [{size.Model.VocabSize}, {d}]", new(0, 0), null, sessionPending));
-        cases.Add(new("Argmax (device sampling)", $"[{softmaxRows}, {softmaxLength}]", new(0, 0), null, sessionPending));
-        cases.Add(new("Softmax sampling (device)", $"[{softmaxRows}, {softmaxLength}]", new(0, 0), null, sessionPending));
+        // The embedding lookup (a row gather, widening 16-bit tables) and the device-side sampling of the next token.
+        int vocab = size.Model.VocabSize;
+        foreach (DType dtype in (DType[])[DType.Float32, DType.Float16, DType.BFloat16])
+        {
+            cases.Add(new($"Embedding lookup {dtype.Name()}", $"[{t}] ids from [{vocab}, {d}]", new(0, 0), (c, r) =>
+            {
+                float[] table = DeviceFill.HostGrid(r, vocab * d, 1f);
+                int[] ids = new int[t];
+                for (int i = 0; i < ids.Length; i++)
+                {
+                    ids[i] = r.Next(vocab);
+                }
+
+                ids[^1] = vocab - 1;
+                return OnBoth(c, (device, s) =>
+                {
+                    Tensor output = s.Add(Tensor.Empty([t, d], DType.Float32, device));
+                    Embedding.Lookup(s.Add(DeviceFill.ToTensor(table, [vocab, d], dtype, device)),
+                        s.Add(Tensor.FromArray(ids, [t], device)), output);
+                    return output;
+                });
+            }));
+        }
+
+        cases.Add(new("ArgMax (device sampling)", $"[{softmaxLength}] × {softmaxRows} rows", new(0, 0), (c, r) =>
+        {
+            float[] logits = DeviceFill.HostGrid(r, softmaxRows * softmaxLength, 20f);
+            return OnBoth(c, (device, s) => Draws(s, device, logits, softmaxRows, softmaxLength, static (row, id, _) =>
+                DeviceSampling.ArgMax(row, id)));
+        }));
+        cases.Add(new("Softmax sampling T=0.8 (device)", $"[{softmaxLength}] × {softmaxRows} rows × 4 draws", new(0, 0), (c, r) =>
+        {
+            // Several uniforms per row; a draw falls on another id only if it lands within float32 rounding of a
+            // boundary of the cumulative distribution.
+            float[] logits = DeviceFill.HostGrid(r, softmaxRows * softmaxLength, 4f);
+            return OnBoth(c, (device, s) => Draws(s, device, logits, softmaxRows, softmaxLength, static (row, id, draw) =>
+                DeviceSampling.Sample(row, 0.8f, (0.13 + (0.23 * draw)) % 1.0, id)));
+        }));
         return cases;
     }
 
@@ -330,6 +359,35 @@ internal static class CorrectnessSection
     }
 
     private readonly record struct LlamaShape(int Heads, int KvHeads, int HeadDim);
+
+    /// <summary>The entry as pending (not run) while <paramref name="pending"/> says why, else unchanged.</summary>
+    private static CorrectnessCase Waiting(CorrectnessCase check, string? pending) =>
+        pending is null ? check : check with { Run = null, Pending = pending };
+
+    /// <summary>
+    /// Four draws per logit row, each writing one int32 id; the ids come back as floats for the comparison.
+    /// </summary>
+    private static Tensor Draws(
+        TensorScope scope,
+        Device device,
+        float[] logits,
+        int rows,
+        int length,
+        Action<Tensor, Tensor, int> draw)
+    {
+        Tensor all = scope.Add(Tensor.FromArray(logits, [rows, length], device));
+        Tensor ids = scope.Add(Tensor.Empty([rows * 4], DType.Int32, device));
+        for (int row = 0; row < rows; row++)
+        {
+            for (int i = 0; i < 4; i++)
+            {
+                draw(all.Slice(row, 1).Reshape(length), ids.Slice((row * 4) + i, 1), i);
+            }
+        }
+
+        float[] values = Array.ConvertAll(ids.ToInt32Array(), static id => (float)id);
+        return scope.Add(Tensor.FromArray(values, [rows * 4], device));
+    }
 
     /// <summary>Runs <paramref name="op"/> on the CPU and on the device under test and reads both outputs back.</summary>
     private static Outputs OnBoth(CheckContext context, Func<Device, TensorScope, Tensor> op)
