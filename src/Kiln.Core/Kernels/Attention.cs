@@ -10,6 +10,8 @@
 //   weights   = softmax(scores), stable: the max is subtracted before exp
 //   out[t, h, d] = Σ_s weights[s] · V[g, d, s]
 // The scores of one (t, h) live on the stack (at most MaxContext floats), so the kernel allocates nothing.
+// On ILGPU devices (cuda, ilgpu-cpu) the same two entry points, with the same checks, queue the kernels of
+// GpuAttention.cs (flash-style online softmax, split over key chunks for decode) on the device's stream.
 using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
@@ -48,8 +50,13 @@ public static unsafe class Attention
             throw new ArgumentOutOfRangeException(nameof(start), $"Attention.Append: positions [{start}, {start + t}) do not fit in a cache of {s} positions.");
         }
 
-        RequireCpuFloat(k, nameof(k));
-        RequireCpuFloat(v, nameof(v));
+        RequireFloat(k, nameof(k), keyCache.Device);
+        RequireFloat(v, nameof(v), keyCache.Device);
+        if (keyCache.Device is IlgpuDevice ilgpu)
+        {
+            GpuAttention.Append(ilgpu, k, v, keyCache, valueCache, start);
+            return;
+        }
 
         // Scatter each row into the transposed caches.
         float* kSrc = k.FloatPointer, vSrc = v.FloatPointer;
@@ -80,8 +87,8 @@ public static unsafe class Attention
         // Check the shapes and work out H from the query width.
         RequireCache(keyCache, nameof(keyCache));
         RequireSameShape(keyCache, valueCache, nameof(valueCache));
-        RequireCpuFloat(q, nameof(q));
-        RequireCpuFloat(output, nameof(output));
+        RequireFloat(q, nameof(q), keyCache.Device);
+        RequireFloat(output, nameof(output), keyCache.Device);
         int hkv = keyCache.Size(0), dh = keyCache.Size(1), s = keyCache.Size(2);
         if (q.Rank < 2)
         {
@@ -103,6 +110,13 @@ public static unsafe class Attention
         if (start < 0 || start > s - t || start + t > MaxContext)
         {
             throw new ArgumentOutOfRangeException(nameof(start), $"Attention: positions [{start}, {start + t}) do not fit in a cache of {s} positions (at most {MaxContext}).");
+        }
+
+        // ILGPU devices queue the GPU kernels.
+        if (keyCache.Device is IlgpuDevice ilgpu)
+        {
+            GpuAttention.Compute(ilgpu, q, keyCache, valueCache, start, output);
+            return;
         }
 
         // Split the (token, head) pairs across threads; keep small problems on the calling thread.
@@ -329,7 +343,12 @@ public static unsafe class Attention
 
     private static void RequireCache(Tensor cache, string name)
     {
-        RequireCpuFloat(cache, name);
+        if (cache.Device is not CpuDevice and not IlgpuDevice)
+        {
+            throw new NotSupportedException($"Attention: {name} {cache} is on {cache.Device.Name}, which attention does not support; use cpu, cuda or ilgpu-cpu.");
+        }
+
+        RequireFloat(cache, name, cache.Device);
         if (cache.Rank != 3 || cache.Size(0) == 0 || cache.Size(1) == 0)
         {
             throw new ArgumentException($"Attention: {name} {cache} must be [Hkv, Dh, S] with Hkv and Dh at least 1.", name);
@@ -342,13 +361,15 @@ public static unsafe class Attention
         {
             throw new ArgumentException($"Attention: {name} {actual} must have the shape {Tensor.FormatShape(expected.Shape)}.", name);
         }
+
+        RequireFloat(actual, name, expected.Device);
     }
 
-    private static void RequireCpuFloat(Tensor tensor, string name)
+    private static void RequireFloat(Tensor tensor, string name, Device device)
     {
-        if (tensor.Device is not CpuDevice || tensor.DType != DType.Float32 || !tensor.IsContiguous)
+        if (tensor.Device != device || tensor.DType != DType.Float32 || !tensor.IsContiguous)
         {
-            throw new ArgumentException($"Attention: {name} {tensor} must be a contiguous float32 tensor on the cpu device.", name);
+            throw new ArgumentException($"Attention: {name} {tensor} must be a contiguous float32 tensor on {device.Name}, the device of the key cache; convert it or move it with To(device).", name);
         }
     }
 }
