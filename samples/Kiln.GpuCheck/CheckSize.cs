@@ -58,6 +58,10 @@ internal sealed record CheckSize
     /// <summary>Timed repetitions of the model measurements (after one warm-up).</summary>
     public required int ModelRepetitions { get; init; }
 
+    /// <summary>The weight dtypes the model section runs (small: one, since each ILGPU decode step on the CPU
+    /// accelerator takes seconds).</summary>
+    public required DType[] ModelDTypes { get; init; }
+
     /// <summary>Tiny shapes for ILGPU's CPU accelerator (CI, dry runs): seconds in all.</summary>
     public static CheckSize Small { get; } = new()
     {
@@ -71,15 +75,16 @@ internal sealed record CheckSize
         BandwidthElements = 1000,
         BandwidthRope = (4, 2, 16),
         BandwidthMatVec = (40, 100),
-        BandwidthRepeat = new Repeat(1, 3, 1),
+        BandwidthRepeat = new Repeat(1, 2, 1),
         ComputeShapes = [(37, 33, 40)],
-        ComputeRepeat = new Repeat(1, 3, 1),
+        ComputeRepeat = new Repeat(1, 2, 1),
         Model = new LlamaConfig
         {
             Dim = 64, HiddenDim = 176, Layers = 2, Heads = 4, KvHeads = 2, HeadDim = 16, VocabSize = 97, SeqLen = 32,
         },
-        ModelTokens = (9, 6),
-        ModelRepetitions = 2,
+        ModelTokens = (5, 2),
+        ModelRepetitions = 1,
+        ModelDTypes = [DType.Float16],
     };
 
     /// <summary>
@@ -108,6 +113,7 @@ internal sealed record CheckSize
         },
         ModelTokens = (512, 128),
         ModelRepetitions = 3,
+        ModelDTypes = [DType.Float16, DType.Float32],
     };
 
     /// <summary>The size named <paramref name="name"/>, or null.</summary>

@@ -59,7 +59,7 @@ internal static class ModelSection
         }
 
         double copy = BandwidthSection.MeasureCopy(context, table: null);
-        foreach (DType dtype in (DType[])[DType.Float16, DType.Float32])
+        foreach (DType dtype in size.ModelDTypes)
         {
             context.Log.WriteLine($"kiln-gpucheck: model: {dtype.Name()} weights, session {session}");
             try
@@ -130,10 +130,9 @@ internal static class ModelSection
             onDevice is not null ? onDevice.ForwardAndSample(tokens, 0f, 0.0) : ArgMax(model.Forward(tokens));
         string sampling = onDevice is not null ? "greedy id drawn on the device" : "argmax of the logits on the host";
 
-        // Warm-up: one prefill and two decode steps compile and load every kernel.
+        // Warm-up: one prefill and one decode step compile and load every kernel.
         int[] token = new int[1];
         token[0] = Step(prompt);
-        token[0] = Step(token);
         Step(token);
 
         // Prefill: the whole prompt in one call (which returns a host value, so the device has finished).

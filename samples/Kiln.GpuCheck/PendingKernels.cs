@@ -9,5 +9,5 @@ namespace Kiln.GpuCheck;
 internal static class PendingKernels
 {
     /// <summary>GPU attention (branch gpuattn): the attention checks and every model run on an ILGPU device.</summary>
-    public static readonly string? Attention = "needs branch gpuattn (Attention.Append/Compute on ILGPU)";
+    public static readonly string? Attention = null;
 }
