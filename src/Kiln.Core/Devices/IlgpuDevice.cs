@@ -1,4 +1,7 @@
 using System.Collections.Concurrent;
+using System.Reflection;
+using System.Runtime.InteropServices;
+using System.Runtime.Loader;
 using ILGPU;
 using ILGPU.Runtime;
 using ILGPU.Runtime.CPU;
@@ -50,6 +53,7 @@ public sealed class IlgpuDevice : Device
     /// <summary>Creates a device on the first CUDA GPU, or returns null when there is none.</summary>
     public static IlgpuDevice? TryCreateCuda(OptimizationLevel optimization = OptimizationLevel.O1)
     {
+        EnsureCudaDriverResolves();
         Context context = Context.Create(builder => builder.Cuda().EnableAlgorithms().Optimize(optimization));
         if (context.GetCudaDevices().Count == 0)
         {
@@ -59,6 +63,28 @@ public sealed class IlgpuDevice : Device
 
         Accelerator accelerator = context.CreateCudaAccelerator(0);
         return new IlgpuDevice(context, accelerator, DeviceKind.Cuda);
+    }
+
+    private static int s_cudaResolverRegistered;
+
+    /// <summary>
+    /// Lets ILGPU find the CUDA driver where only its versioned name exists. ILGPU imports the driver as "cuda",
+    /// which .NET probes on Linux as libcuda.so; driver packages and GPU containers often install only
+    /// libcuda.so.1 (libcuda.so comes with the development files). When the normal probe fails, load the
+    /// versioned file instead. Registered once, as a fallback that never overrides a library .NET found.
+    /// </summary>
+    private static void EnsureCudaDriverResolves()
+    {
+        if (!OperatingSystem.IsLinux() || Interlocked.Exchange(ref s_cudaResolverRegistered, 1) != 0)
+        {
+            return;
+        }
+
+        Assembly ilgpu = typeof(Context).Assembly;
+        AssemblyLoadContext.Default.ResolvingUnmanagedDll += (assembly, name) =>
+            assembly == ilgpu && name == "cuda" && NativeLibrary.TryLoad("libcuda.so.1", out IntPtr handle)
+                ? handle
+                : IntPtr.Zero;
     }
 
     /// <summary>
