@@ -45,7 +45,7 @@ public static class GpuCheckProgram
         ArgumentNullException.ThrowIfNull(args);
         Option<string> device = new("--device")
         {
-            Description = "cuda (a GPU through ILGPU) or ilgpu-cpu (ILGPU's CPU accelerator: a slow dry run).",
+            Description = "cuda (a GPU through ILGPU), or ilgpu-cpu[:LANESxWARPS] (ILGPU's CPU accelerator simulating a GPU of that warp shape, default 32x2: a slow dry run).",
             DefaultValueFactory = static _ => "cuda",
             HelpName = "DEVICE",
         };
@@ -157,8 +157,9 @@ public static class GpuCheckProgram
             {
                 "cuda" => IlgpuDevice.TryCreateCuda(level.Value)
                     ?? throw new InvalidOperationException("no CUDA device was found on this machine (ILGPU lists none); run on a GPU machine, or use --device ilgpu-cpu --size small for a dry run"),
-                "ilgpu-cpu" => IlgpuDevice.CreateCpuAccelerator(level.Value),
-                _ => throw new ArgumentException("unknown device; use cuda or ilgpu-cpu"),
+                string simulated when IlgpuDevice.TryParseCpuShape(simulated, out int lanes, out int warps) =>
+                    IlgpuDevice.CreateCpuAccelerator(level.Value, lanes, warps),
+                _ => throw new ArgumentException("unknown device; use cuda, ilgpu-cpu or ilgpu-cpu:LANESxWARPS"),
             };
         }
         catch (Exception e) when (e is InvalidOperationException or ArgumentException or DllNotFoundException or TypeInitializationException)

@@ -130,8 +130,12 @@ public sealed class CpuDeviceSamplingTests
 /// <summary>ILGPU's CPU accelerator and stories260K's weights on it, shared by one test class.</summary>
 public sealed class IlgpuStoriesFixture : IDisposable
 {
-    /// <summary>The accelerator (O1, Kiln's default).</summary>
-    public IlgpuDevice Device { get; } = IlgpuDevice.CreateCpuAccelerator();
+    /// <summary>
+    /// The accelerator (O1, Kiln's default), simulating 4 lanes × 4 warps: every simulated thread is an OS thread
+    /// that each barrier and shuffle synchronizes, so a whole model runs about 20x faster than on the 32 × 2 device
+    /// the kernel properties use, and the kernels also run at narrow group shapes (4×4 matrix-product tiles).
+    /// </summary>
+    public IlgpuDevice Device { get; } = IlgpuDevice.CreateCpuAccelerator(ILGPU.OptimizationLevel.O1, threadsPerWarp: 4, warpsPerGroup: 4);
 
     /// <summary>stories260K on the device.</summary>
     public LlamaWeights Stories { get; }

@@ -26,7 +26,7 @@ internal static class CommonOptions
     /// <summary>--device: where the weights live.</summary>
     public static Option<string> Device() => new("--device")
     {
-        Description = "auto, cpu, cuda or ilgpu-cpu (auto: cuda when a GPU exists, else cpu).",
+        Description = "auto, cpu, cuda or ilgpu-cpu[:LANESxWARPS] (auto: cuda when a GPU exists, else cpu; ilgpu-cpu runs the GPU kernels on ILGPU's slow CPU simulator, e.g. ilgpu-cpu:4x4).",
         DefaultValueFactory = static _ => "cpu",
         HelpName = "DEVICE",
     };
@@ -67,10 +67,10 @@ internal static class CommonOptions
 
     private static Device CreateDevice(string name, int? threads)
     {
-        string[] known = ["auto", "cpu", "cuda", "ilgpu-cpu"];
-        if (!known.Contains(name.ToLowerInvariant()))
+        string[] known = ["auto", "cpu", "cuda"];
+        if (!known.Contains(name.ToLowerInvariant()) && !name.StartsWith("ilgpu-cpu", StringComparison.OrdinalIgnoreCase))
         {
-            throw new CliException($"--device {name}: unknown device; use one of auto, cpu, cuda, ilgpu-cpu.");
+            throw new CliException($"--device {name}: unknown device; use one of auto, cpu, cuda, ilgpu-cpu (or ilgpu-cpu:LANESxWARPS).");
         }
 
         try

@@ -26,7 +26,8 @@ public abstract class Device : IDisposable
     public abstract string Name { get; }
 
     /// <summary>
-    /// Creates a device from its command-line name: <c>cpu</c>, <c>cuda</c>, <c>ilgpu-cpu</c> or <c>auto</c>
+    /// Creates a device from its command-line name: <c>cpu</c>, <c>cuda</c>, <c>ilgpu-cpu</c> (optionally with a simulated
+    /// shape, <c>ilgpu-cpu:4x4</c>: see <see cref="IlgpuDevice.TryParseCpuShape"/>) or <c>auto</c>
     /// (CUDA when a CUDA device exists, else cpu). <paramref name="threads"/> sets the CPU worker count
     /// (null: all cores).
     /// </summary>
@@ -43,15 +44,15 @@ public abstract class Device : IDisposable
         {
             case "cpu":
                 return new CpuDevice(threadCount);
-            case "ilgpu-cpu":
-                return IlgpuDevice.CreateCpuAccelerator();
+            case string simulated when IlgpuDevice.TryParseCpuShape(simulated, out int lanes, out int warps):
+                return IlgpuDevice.CreateCpuAccelerator(ILGPU.OptimizationLevel.O1, lanes, warps);
             case "cuda":
                 return IlgpuDevice.TryCreateCuda()
                     ?? throw new ArgumentException("--device cuda: no CUDA device was found on this machine; use --device cpu or auto.", nameof(name));
             case "auto":
                 return (Device?)IlgpuDevice.TryCreateCuda() ?? new CpuDevice(threadCount);
             default:
-                throw new ArgumentException($"unknown device '{name}'; use one of auto, cpu, cuda, ilgpu-cpu.", nameof(name));
+                throw new ArgumentException($"unknown device '{name}'; use one of auto, cpu, cuda, ilgpu-cpu (or ilgpu-cpu:LANESxWARPS, e.g. ilgpu-cpu:4x4).", nameof(name));
         }
     }
 

@@ -37,18 +37,73 @@ public sealed class IlgpuDevice : Device
     public override string Name => Kind == DeviceKind.Cuda ? "cuda" : "ilgpu-cpu";
 
     /// <summary>
-    /// Creates a device on ILGPU's CPU accelerator, simulating a small warp-32 GPU (2 warps per multiprocessor)
-    /// in parallel mode so that tests exercise warp-size-32 code without hundreds of OS threads.
+    /// Creates a device on ILGPU's CPU accelerator, by default simulating a small warp-32 GPU (2 warps per
+    /// multiprocessor) in parallel mode so that tests exercise warp-size-32 code without hundreds of OS threads.
+    /// Every simulated thread is an OS thread and every barrier or shuffle synchronizes them all, so whole-model
+    /// runs use a narrower device (for example 4 threads per warp, 4 warps) to stay fast on a few cores.
     /// </summary>
-    public static IlgpuDevice CreateCpuAccelerator(OptimizationLevel optimization = OptimizationLevel.O1)
+    /// <param name="optimization">ILGPU's optimization level for the kernels.</param>
+    /// <param name="threadsPerWarp">Simulated lanes per warp (a power of two).</param>
+    /// <param name="warpsPerGroup">Simulated warps per multiprocessor, which bounds the group size.</param>
+    public static IlgpuDevice CreateCpuAccelerator(
+        OptimizationLevel optimization = OptimizationLevel.O1,
+        int threadsPerWarp = 32,
+        int warpsPerGroup = 2)
     {
+        if (!IsSupportedShape(threadsPerWarp, warpsPerGroup))
+        {
+            throw new ArgumentOutOfRangeException(nameof(threadsPerWarp), $"A simulated device needs a power-of-two warp of 4 to 64 lanes ({threadsPerWarp} given) and 1 to that many warps per group ({warpsPerGroup} given).");
+        }
+
         Context context = Context.Create(builder => builder
-            .CPU(new CPUDevice(numThreadsPerWarp: 32, numWarpsPerMultiprocessor: 2, numMultiprocessors: 1))
+            .CPU(new CPUDevice(numThreadsPerWarp: threadsPerWarp, numWarpsPerMultiprocessor: warpsPerGroup, numMultiprocessors: 1))
             .EnableAlgorithms()
             .Optimize(optimization));
         Accelerator accelerator = context.CreateCPUAccelerator(0, CPUAcceleratorMode.Parallel);
         return new IlgpuDevice(context, accelerator, DeviceKind.IlgpuCpu);
     }
+
+    /// <summary>
+    /// Reads the simulated shape of an <c>ilgpu-cpu</c> device name: <c>ilgpu-cpu</c> (32 lanes per warp, 2 warps)
+    /// or <c>ilgpu-cpu:LANESxWARPS</c>, for example <c>ilgpu-cpu:4x4</c>.
+    /// </summary>
+    /// <returns>False when the name is not an ilgpu-cpu name at all.</returns>
+    /// <exception cref="ArgumentException">The name starts with ilgpu-cpu: but the shape is malformed.</exception>
+    public static bool TryParseCpuShape(string name, out int threadsPerWarp, out int warpsPerGroup)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        threadsPerWarp = 32;
+        warpsPerGroup = 2;
+        const string Prefix = "ilgpu-cpu";
+        if (!name.StartsWith(Prefix, StringComparison.OrdinalIgnoreCase))
+        {
+            return false;
+        }
+
+        string rest = name[Prefix.Length..];
+        if (rest.Length == 0)
+        {
+            return true;
+        }
+
+        string[] parts = rest.StartsWith(':') ? rest[1..].Split('x', 'X') : [];
+        if (parts.Length != 2
+            || !int.TryParse(parts[0], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out threadsPerWarp)
+            || !int.TryParse(parts[1], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out warpsPerGroup)
+            || !IsSupportedShape(threadsPerWarp, warpsPerGroup))
+        {
+            throw new ArgumentException($"unknown device '{name}'; the simulated GPU is ilgpu-cpu or ilgpu-cpu:LANESxWARPS with LANES a power of two from 4 to 64 and WARPS from 1 to LANES (for example ilgpu-cpu:4x4).", nameof(name));
+        }
+
+        return true;
+    }
+
+    // Kiln's kernels assume what every NVIDIA GPU gives (32 lanes, at most 32 warps per group): a warp of at least
+    // 4 lanes (the matrix-vector kernel stores 4 rows from lanes 0..3) and no more warps than lanes (one warp
+    // reduces the per-warp partials of a group). Simulated devices must keep to that too.
+    private static bool IsSupportedShape(int threadsPerWarp, int warpsPerGroup) =>
+        threadsPerWarp >= 4 && threadsPerWarp <= 64 && (threadsPerWarp & (threadsPerWarp - 1)) == 0
+        && warpsPerGroup >= 1 && warpsPerGroup <= threadsPerWarp;
 
     /// <summary>Creates a device on the first CUDA GPU, or returns null when there is none.</summary>
     public static IlgpuDevice? TryCreateCuda(OptimizationLevel optimization = OptimizationLevel.O1)

@@ -132,6 +132,13 @@ public sealed class PtxCompilationTests : IClassFixture<PtxContexts>
             $"{id} at {level} leaves unresolved calls in its PTX (replace the function in the kernel): {string.Join(" | ", externs)}");
         Assert.Contains(".target sm_80", ptx);
 
+        // The static shared memory the PTX declares (".shared .align A .b8 name[bytes];") fits ILGPU's 48 KB per
+        // group on CUDA; the CPU accelerator cannot catch an overrun, since it reports unbounded shared memory.
+        long shared = System.Text.RegularExpressions.Regex.Matches(ptx, @"^\s*\.shared\s+\.align\s+\d+\s+\.b8\s+\w+\[(\d+)\]", System.Text.RegularExpressions.RegexOptions.Multiline)
+            .Sum(static m => long.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture));
+        Assert.True(shared <= 48 * 1024, $"{id} at {level} declares {shared} bytes of static shared memory; ILGPU allows 49152 per group on CUDA");
+        _output.WriteLine($"{id} at {level}: {shared} bytes of static shared memory");
+
         // Barriers and shuffles appear exactly where the kernel's code asks for them.
         KernelIntrinsics uses = KernelIntrinsics.Of(kernel.Method);
         bool hasBarrier = ptx.Contains("bar.sync", StringComparison.Ordinal);

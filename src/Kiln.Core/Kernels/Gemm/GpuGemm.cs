@@ -240,10 +240,20 @@ internal static class GpuGemm
     }
 
     /// <summary>
-    /// The launch shape of the tiled kernel: S×S threads, S = 16 where a group holds 256 threads (CUDA), else 8
-    /// (the test accelerator's 64), so tiles are 8S×8S.
+    /// The launch shape of the tiled kernel: S×S threads, the largest S of 16, 8, 4, 2 whose square fits a group
+    /// (16 on CUDA; 8 on the default test accelerator's 64 threads; less on narrower simulated devices), so tiles
+    /// are 8S×8S.
     /// </summary>
-    internal static int TiledSide(Accelerator accelerator) => accelerator.MaxNumThreadsPerGroup >= 256 ? 16 : 8;
+    internal static int TiledSide(Accelerator accelerator)
+    {
+        int side = 16;
+        while (side > 2 && side * side > accelerator.MaxNumThreadsPerGroup)
+        {
+            side /= 2;
+        }
+
+        return side;
+    }
 
     private static void Launch<TWeights, TEpilogue>(
         IlgpuDevice device,
