@@ -56,6 +56,7 @@ public static class KilnCli
         root.Subcommands.Add(TokenizeCommand.Create(context));
         root.Subcommands.Add(InfoCommand.Create(context));
         root.Subcommands.Add(BenchCommand.Create(context));
+        root.Subcommands.Add(IndexCacheFitCommand.Create(context));
         return root;
     }
 

@@ -194,3 +194,64 @@ public sealed class IndexerParameters : IDisposable
         return Math.Sqrt(-2.0 * Math.Log(u1)) * Math.Cos(2.0 * Math.PI * u2);
     }
 }
+
+/// <summary>
+/// Writes fitted indexers as a safetensors file (8-byte little-endian header length, JSON header, raw little-endian
+/// float32 data). Tensor names: <c>layers.{l}.indexer.{wq_idx|wk_idx|k_norm.weight|k_norm.bias|w_proj}</c>, for the
+/// layers that own an indexer; the shape and the pattern go into <c>__metadata__</c>.
+/// </summary>
+/// <remarks>NOTE: a stand-in until the DSA checkpoint writer (branch dsamodel) is merged; same names intended.</remarks>
+public static class IndexerCheckpoint
+{
+    /// <summary>Saves <paramref name="indexers"/> (null entries are Shared layers) to <paramref name="path"/>.</summary>
+    /// <exception cref="ArgumentException">No layer has an indexer.</exception>
+    public static void Save(string path, IReadOnlyList<IndexerParameters?> indexers)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        ArgumentNullException.ThrowIfNull(indexers);
+        IndexerShape shape = indexers.FirstOrDefault(indexer => indexer is not null)?.Shape
+            ?? throw new ArgumentException("IndexerCheckpoint.Save: no layer has an indexer; fit at least layer 0.", nameof(indexers));
+        string[] names = ["wq_idx", "wk_idx", "k_norm.weight", "k_norm.bias", "w_proj"];
+
+        // The header: one entry per tensor with its byte range, then the metadata.
+        System.Text.StringBuilder header = new("{");
+        List<Tensor> order = [];
+        long offset = 0;
+        for (int l = 0; l < indexers.Count; l++)
+        {
+            if (indexers[l] is not IndexerParameters indexer)
+            {
+                continue;
+            }
+
+            for (int i = 0; i < names.Length; i++)
+            {
+                Tensor tensor = indexer.Tensors[i];
+                long bytes = tensor.Length * sizeof(float);
+                string dims = string.Join(",", tensor.Shape.ToArray());
+                header.Append($"\"layers.{l}.indexer.{names[i]}\":{{\"dtype\":\"F32\",\"shape\":[{dims}],\"data_offsets\":[{offset},{offset + bytes}]}},");
+                order.Add(tensor);
+                offset += bytes;
+            }
+        }
+
+        string pattern = string.Concat(indexers.Select(indexer => indexer is null ? 'S' : 'F'));
+        header.Append(System.FormattableString.Invariant(
+            $"\"__metadata__\":{{\"index_n_heads\":\"{shape.Heads}\",\"index_head_dim\":\"{shape.HeadDim}\",\"index_rope_dims\":\"{shape.RopeDims}\",\"index_rope_layout\":\"{shape.Layout}\",\"index_norm_eps\":\"{shape.NormEps}\",\"index_topk_pattern\":\"{pattern}\"}}}}"));
+        while ((header.Length + 8) % 8 != 0)
+        {
+            header.Append(' ');
+        }
+
+        // Length, header, data.
+        byte[] headerBytes = System.Text.Encoding.UTF8.GetBytes(header.ToString());
+        using FileStream file = File.Create(path);
+        using BinaryWriter writer = new(file);
+        writer.Write((ulong)headerBytes.Length);
+        writer.Write(headerBytes);
+        foreach (Tensor tensor in order)
+        {
+            writer.Write(System.Runtime.InteropServices.MemoryMarshal.AsBytes(tensor.AsSpan()));
+        }
+    }
+}
