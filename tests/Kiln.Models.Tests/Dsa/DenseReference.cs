@@ -10,6 +10,19 @@ internal static class DenseReference
     /// <summary>x [L][T·D] and p [L][T·T] of the dense model over <paramref name="tokens"/> (float32 CPU weights).</summary>
     public static (double[][] X, double[][] P) Capture(LlamaWeights weights, int[] tokens)
     {
+        Result result = Forward(weights, tokens, null, 0);
+        return (result.X, result.P);
+    }
+
+    /// <summary>What <see cref="Forward"/> computes.</summary>
+    public sealed record Result(double[][] X, double[][] P, double[] LastLogits);
+
+    /// <summary>
+    /// The float64 forward pass; with <paramref name="selections"/> (per layer [T, K], -1 padded) each layer attends only
+    /// to its selected positions (sparse attention), otherwise densely.
+    /// </summary>
+    public static Result Forward(LlamaWeights weights, int[] tokens, int[][]? selections, int topK)
+    {
         LlamaConfig c = weights.Config;
         int t = tokens.Length, d = c.Dim, dh = c.HeadDim, h = c.Heads, hkv = c.KvHeads;
         double[] x = new double[t * d];
@@ -45,6 +58,12 @@ internal static class DenseReference
                     double[] s = new double[i + 1];
                     for (int j = 0; j <= i; j++)
                     {
+                        if (selections is not null && Array.IndexOf(selections[l], j, i * topK, topK) < 0)
+                        {
+                            s[j] = double.NegativeInfinity;
+                            continue;
+                        }
+
                         double dot = 0;
                         for (int e = 0; e < dh; e++)
                         {
@@ -82,7 +101,10 @@ internal static class DenseReference
             Add(x, Project(gate, w.W2.ToArray(), t, c.HiddenDim, d));
         }
 
-        return (xs, ps);
+        // The classifier on the last token.
+        double[] last = RmsNorm(x[((t - 1) * d)..], weights.FinalNorm.ToArray(), d, c.NormEps);
+        double[] logits = Project(last, weights.Classifier.ToArray(), 1, d, c.VocabSize);
+        return new Result(xs, ps, logits);
     }
 
     private static double[] RmsNorm(double[] x, float[] weight, int d, float eps)
