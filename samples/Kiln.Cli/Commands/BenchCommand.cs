@@ -29,7 +29,45 @@ internal static class BenchCommand
         Command bench = new("bench", "Measure speed: decode (a whole model) or gemm (matrix products).");
         bench.Subcommands.Add(CreateDecode(context));
         bench.Subcommands.Add(CreateGemm(context));
+        bench.Subcommands.Add(CreateIndexCache(context));
         return bench;
+    }
+
+    private static Command CreateIndexCache(CliContext context)
+    {
+        Option<int[]> contexts = new("--context", "-c")
+        {
+            Description = "Contexts to measure (repeat the flag or separate with spaces).",
+            DefaultValueFactory = static _ => [1024, 2048, 4096, 8192],
+            AllowMultipleArgumentsPerToken = true,
+            HelpName = "N",
+        };
+        Option<int> decode = new("--decode") { Description = "Decode steps measured after the prefill.", DefaultValueFactory = static _ => 32 };
+        Option<int> runs = new("--runs") { Description = "Measured runs per configuration (best reported).", DefaultValueFactory = static _ => 1 };
+        Option<bool> json = new("--json") { Description = "Print one JSON object per line." };
+        Command command = new("indexcache", "IndexCache speed on random B' weights: DSA with keep 1, 1/2, 1/4 against all-Full DSA and dense attention.")
+        {
+            contexts, decode, runs, json,
+        };
+        command.SetAction(parse => KilnCli.Guard(context, parse, () =>
+        {
+            // Check the flags.
+            int[] lengths = parse.GetValue(contexts) ?? [];
+            int steps = parse.GetValue(decode), runCount = parse.GetValue(runs);
+            if (lengths.Length == 0 || lengths.Any(static n => n < 1 || n > 32768))
+            {
+                throw new CliException($"--context {string.Join(' ', lengths)}: give one or more contexts between 1 and 32768.");
+            }
+
+            if (steps < 1 || runCount < 1)
+            {
+                throw new CliException($"--decode {steps} --runs {runCount}: both must be at least 1.");
+            }
+
+            IndexCacheBench.Run(lengths, steps, runCount, parse.GetValue(json), context.Stdout, context.Stderr);
+            return 0;
+        }));
+        return command;
     }
 
     private static Command CreateDecode(CliContext context)

@@ -11,7 +11,8 @@
 //   for each layer:
 //     xb = RmsNorm(x, attention_norm)
 //     q = xb Wqᵀ [T, H·Dh], k = xb Wkᵀ, v = xb Wvᵀ [T, Hkv·Dh]; RoPE on q and k at positions p..p+T-1
-//     append k, v to the layer's cache; att = causal GQA attention of q over positions [0, p + T)
+//     append k, v to the layer's cache; att = the layer's attention step (IAttentionStep; by default causal GQA
+//     attention of q over positions [0, p + T), DSA sessions attend over a top-k selection)
 //     x = x + att Woᵀ                                  (residual add fused into the product's epilogue)
 //     xb = RmsNorm(x, ffn_norm); up = xb W3ᵀ
 //     gate = silu(xb W1ᵀ) ⊙ up                         (SwiGLU fused into the product's epilogue)
@@ -53,6 +54,7 @@ public sealed unsafe class LlamaSession : IInferenceSession, IDeviceSampling
     private readonly int[] _readBack = new int[1];
     private readonly Buffers _buffers;
     private readonly Dictionary<int, Buffers> _views = new();
+    private readonly IAttentionStep _attention;
     private int _lastSampled = -1;           // the id held by _sampled; -1 before the first draw
     private bool _disposed;
 
@@ -70,8 +72,24 @@ public sealed unsafe class LlamaSession : IInferenceSession, IDeviceSampling
     {
     }
 
+    /// <summary>
+    /// Creates a session whose layers attend through the step <paramref name="attention"/> makes (dense causal
+    /// attention when null); the session disposes the step.
+    /// </summary>
+    /// <exception cref="ArgumentException">The weights are on a device that cannot run the session.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">The context length is out of range.</exception>
+    /// <exception cref="InsufficientMemoryException">The caches cannot fit.</exception>
+    public LlamaSession(LlamaWeights weights, SessionOptions options, Func<AttentionStepSetup, IAttentionStep>? attention)
+        : this(weights, options, deviceMemoryBytes: null, attention)
+    {
+    }
+
     // deviceMemoryBytes, when set, replaces the accelerator's memory size in the fit check (tests of the refusal).
-    internal LlamaSession(LlamaWeights weights, SessionOptions options, long? deviceMemoryBytes)
+    internal LlamaSession(
+        LlamaWeights weights,
+        SessionOptions options,
+        long? deviceMemoryBytes,
+        Func<AttentionStepSetup, IAttentionStep>? attention = null)
     {
         ArgumentNullException.ThrowIfNull(weights);
         ArgumentNullException.ThrowIfNull(options);
@@ -124,6 +142,17 @@ public sealed unsafe class LlamaSession : IInferenceSession, IDeviceSampling
         _hostLogits = device is CpuDevice ? null : new float[c.VocabSize];
         _views[_chunk] = _buffers;
         _views[1] = _buffers.Rows(1);
+
+        // The attention step last, so that a step that refuses the setup leaves nothing half-made but this session.
+        try
+        {
+            _attention = attention is null ? DenseAttentionStep.Instance : attention(new AttentionStepSetup(c, ContextLength, _chunk, device));
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
     }
 
     /// <inheritdoc />
@@ -229,7 +258,7 @@ public sealed unsafe class LlamaSession : IInferenceSession, IDeviceSampling
             Ops.Rope(b.QHeads, _cos, _sin, start, c.RopeLayout, b.QHeads);
             Ops.Rope(b.KHeads, _cos, _sin, start, c.RopeLayout, b.KHeads);
             Attention.Append(b.K, b.V, _keyCache[l], _valueCache[l], start);
-            Attention.Compute(b.QHeads, _keyCache[l], _valueCache[l], start, b.AttentionHeads);
+            _attention.Attend(new AttentionStepInput(l, start, b.Xb, b.QHeads, _keyCache[l], _valueCache[l], b.AttentionHeads));
             Ops.ResidualAdd(b.Attention, w.Wo, b.X, b.X);
 
             // Feed-forward: norm, up projection, gate projection with SwiGLU, down projection with the residual add.
@@ -278,6 +307,7 @@ public sealed unsafe class LlamaSession : IInferenceSession, IDeviceSampling
         }
 
         _disposed = true;
+        _attention?.Dispose();
         _buffers.Dispose();
         _logits.Dispose();
         _sampled.Dispose();

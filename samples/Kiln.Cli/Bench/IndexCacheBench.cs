@@ -1,0 +1,137 @@
+// kiln bench indexcache: IndexCache speed on random weights in the brief's B′ config (indexcache.md §6: width 256,
+// 8 layers, 4 heads × 64, 8 indexer heads × 64 with 32 rotated dims, K 128, FFN 512, vocabulary 512). Per context:
+// the dense Llama session, then DSA sessions with keep 1 (all Full), 1/2 and 1/4 (IndexCachePattern.FromKeepRatio),
+// all on the same weights and the same random tokens. Prefill: the whole context in one Forward (the session chunks
+// it); decode: `decode` one-token steps right after it. Each figure is the best of `runs` measured runs. Speed-ups are
+// against all-Full DSA at the same context; "vs_dense" against the dense session measured in the same run.
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using Kiln.Kernels;
+using Kiln.Models;
+using Kiln.Models.Dsa;
+using Kiln.Models.Llama;
+using Kiln.Models.Sampling;
+
+namespace Kiln.Cli.Bench;
+
+/// <summary>The IndexCache benchmark (see the file header).</summary>
+public static class IndexCacheBench
+{
+    /// <summary>The keep ratios measured, all-Full first (the speed-up baseline).</summary>
+    public static IReadOnlyList<double> KeepRatios { get; } = [1.0, 0.5, 0.25];
+
+    /// <summary>The B′ config with a context of <paramref name="seqLen"/> and pattern all-Full.</summary>
+    public static DsaConfig Config(int seqLen) => new()
+    {
+        Llama = new LlamaConfig
+        {
+            Dim = 256, HiddenDim = 512, Layers = 8, Heads = 4, KvHeads = 4, VocabSize = 512, SeqLen = seqLen, HeadDim = 64,
+        },
+        IndexerHeads = 8,
+        IndexerHeadDim = 64,
+        IndexerRopeDims = 32,
+        TopK = 128,
+        IndexerRopeLayout = RopeLayout.HalfSplit,
+        Pattern = IndexCachePattern.AllFull(8),
+    };
+
+    /// <summary>Runs the benchmark for each context and writes one line per configuration to <paramref name="stdout"/>.</summary>
+    public static void Run(IReadOnlyList<int> contexts, int decode, int runs, bool json, TextWriter stdout, TextWriter stderr)
+    {
+        int longest = contexts.Max();
+        using DsaWeights weights = DsaWeights.CreateRandom(Config(longest + decode), seed: 42);
+        XorShiftRandom random = new(7);
+        int[] tokens = new int[longest + decode];
+        for (int i = 0; i < tokens.Length; i++)
+        {
+            tokens[i] = (int)(random.NextUInt64() % 512);
+        }
+
+        // Warm the JIT on a short run of each session kind.
+        Measure(() => new LlamaSession(weights.Dense, new SessionOptions { ContextLength = 300 }), tokens.AsSpan(0, 290), 4, 1);
+        Measure(() => new DsaSession(weights, new SessionOptions { ContextLength = 300 }), tokens.AsSpan(0, 290), 4, 1);
+        foreach (int context in contexts)
+        {
+            SessionOptions options = new() { ContextLength = context + decode };
+            ReadOnlySpan<int> prompt = tokens.AsSpan(0, context + decode);
+            stderr.WriteLine($"indexcache bench: context {context}, dense");
+            (double densePrefill, double denseDecode) = Measure(() => new LlamaSession(weights.Dense, options), prompt, decode, runs);
+            double fullPrefill = 0, fullDecode = 0;
+            foreach (double keep in KeepRatios)
+            {
+                // Same weights, another pattern.
+                IndexCachePattern pattern = IndexCachePattern.FromKeepRatio(8, keep);
+                weights.WithPattern(pattern);
+                stderr.WriteLine($"indexcache bench: context {context}, keep {keep} ({pattern})");
+                (double prefill, double decodeSpeed) = Measure(() => new DsaSession(weights, options), prompt, decode, runs);
+                if (keep == 1.0)
+                {
+                    (fullPrefill, fullDecode) = (prefill, decodeSpeed);
+                }
+
+                stdout.WriteLine(Line(json, context, keep, pattern, prefill, decodeSpeed, fullPrefill, fullDecode, densePrefill, denseDecode));
+            }
+        }
+    }
+
+    // Best-of-runs prefill tok/s over prompt[..^decode], then decode tok/s over the last `decode` tokens, one at a time.
+    private static (double Prefill, double Decode) Measure(Func<IInferenceSession> create, ReadOnlySpan<int> prompt, int decode, int runs)
+    {
+        using IInferenceSession session = create();
+        int prefillLength = prompt.Length - decode;
+        double bestPrefill = 0, bestDecode = 0;
+        for (int run = 0; run < runs; run++)
+        {
+            session.Reset();
+            long start = Stopwatch.GetTimestamp();
+            session.Forward(prompt[..prefillLength]);
+            bestPrefill = Math.Max(bestPrefill, PerSecond(prefillLength, Stopwatch.GetTimestamp() - start));
+            start = Stopwatch.GetTimestamp();
+            for (int i = prefillLength; i < prompt.Length; i++)
+            {
+                session.Forward(prompt.Slice(i, 1));
+            }
+
+            bestDecode = Math.Max(bestDecode, PerSecond(decode, Stopwatch.GetTimestamp() - start));
+        }
+
+        return (bestPrefill, bestDecode);
+    }
+
+    private static double PerSecond(int tokens, long ticks) => ticks > 0 ? tokens * (double)Stopwatch.Frequency / ticks : 0;
+
+    private static string Line(
+        bool json, int context, double keep, IndexCachePattern pattern, double prefill, double decode, double fullPrefill,
+        double fullDecode, double densePrefill, double denseDecode)
+    {
+        if (!json)
+        {
+            return string.Create(
+                CultureInfo.InvariantCulture,
+                $"context {context} keep {keep} ({pattern}): prefill {prefill:F1} tok/s ({prefill / fullPrefill:F2}x all-F, "
+                + $"{prefill / densePrefill:F2}x dense), decode {decode:F1} tok/s ({decode / fullDecode:F2}x all-F, {decode / denseDecode:F2}x dense)");
+        }
+
+        // One object, fields in a fixed order, speeds to 0.1 tok/s and ratios to 0.001.
+        using MemoryStream buffer = new();
+        using (Utf8JsonWriter writer = new(buffer))
+        {
+            writer.WriteStartObject();
+            writer.WriteNumber("context", context);
+            writer.WriteNumber("keep", keep);
+            writer.WriteString("pattern", pattern.ToString());
+            writer.WriteNumber("prefill_tok_s", Math.Round(prefill, 1));
+            writer.WriteNumber("decode_tok_s", Math.Round(decode, 1));
+            writer.WriteNumber("prefill_speedup", Math.Round(prefill / fullPrefill, 3));
+            writer.WriteNumber("decode_speedup", Math.Round(decode / fullDecode, 3));
+            writer.WriteNumber("dense_prefill_tok_s", Math.Round(densePrefill, 1));
+            writer.WriteNumber("dense_decode_tok_s", Math.Round(denseDecode, 1));
+            writer.WriteNumber("prefill_vs_dense", Math.Round(prefill / densePrefill, 3));
+            writer.WriteNumber("decode_vs_dense", Math.Round(decode / denseDecode, 3));
+            writer.WriteEndObject();
+        }
+
+        return System.Text.Encoding.UTF8.GetString(buffer.ToArray());
+    }
+}
