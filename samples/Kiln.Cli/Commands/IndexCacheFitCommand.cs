@@ -1,12 +1,13 @@
 // kiln indexcache fit: adds a lightning indexer to every layer of a dense llama2.c checkpoint and fits it to the dense
 // model's attention (the KL warm-up of DeepSeek-V3.2), then compares dense, fitted-DSA and random-indexer-DSA on
-// held-out text (LM loss, greedy ids) and writes the indexers as safetensors. Training text: --data FILE (tokenized
+// held-out text (LM loss and greedy ids through LlamaSession / DsaSession) and writes a DSA checkpoint (dense weights,
+// fitted indexers, config) that DsaCheckpoint loads and `kiln generate` runs. Training text: --data FILE (tokenized
 // with the model's tokenizer) or, without it, stories sampled from the dense model itself at temperature 1 (said on
 // stderr). Progress and the comparison go to stderr.
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
-using Kiln.Kernels;
+using Kiln.Models;
 using Kiln.Models.Dsa;
 using Kiln.Models.Formats;
 using Kiln.Models.Llama;
@@ -38,21 +39,50 @@ internal static class IndexCacheFitCommand
         Option<int> window = new("--window") { Description = "Tokens per window.", DefaultValueFactory = static _ => 128 };
         Option<int> topK = new("--top-k") { Description = "K for the comparison.", DefaultValueFactory = static _ => 16 };
         Option<int> seed = new("--seed") { Description = "Seed.", DefaultValueFactory = static _ => 1 };
-        Option<string?> output = new("--output", "-o") { Description = "Where to write the indexers (safetensors)." };
-        Command command = new("fit", "Fit lightning indexers to a dense model's attention (KL warm-up).")
+        Option<string?> pattern = new("--pattern") { Description = "IndexCache pattern, one F/S per layer (default: all F)." };
+        Option<string?> output = new("--output", "-o") { Description = "Where to write the DSA checkpoint (.safetensors)." };
+        Command command = new("fit", "Fit lightning indexers to a dense model's attention (KL warm-up); write a DSA checkpoint.")
         {
-            model, tokenizer, data, heads, headDim, ropeDims, steps, lr, window, topK, seed, output,
+            model, tokenizer, data, heads, headDim, ropeDims, steps, lr, window, topK, seed, pattern, output,
         };
         command.SetAction(parse => KilnCli.Guard(context, parse, () =>
         {
             TextWriter err = context.Stderr;
             string modelPath = ModelFiles.ResolveModel(parse.GetValue(model), context.Environment);
-            using LlamaWeights weights = Llama2cCheckpoint.Load(modelPath);
+            string? outPath = parse.GetValue(output);
+            if (outPath is not null && !outPath.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
+            {
+                throw new CliException($"-o {outPath}: DSA checkpoints are safetensors files; give the output a .safetensors name.");
+            }
+
+            // The DSA model: the dense weights (owned by it from here) with the indexer sizes, K and pattern.
+            LlamaWeights dense = Llama2cCheckpoint.Load(modelPath);
+            DsaConfig config;
+            try
+            {
+                string? patternText = parse.GetValue(pattern);
+                config = new DsaConfig
+                {
+                    Llama = dense.Config,
+                    IndexerHeads = parse.GetValue(heads),
+                    IndexerHeadDim = parse.GetValue(headDim),
+                    IndexerRopeDims = parse.GetValue(ropeDims),
+                    TopK = parse.GetValue(topK),
+                    Pattern = patternText is null
+                        ? IndexCachePattern.AllFull(dense.Config.Layers)
+                        : IndexCachePattern.Parse(patternText, dense.Config.Layers),
+                };
+                config.Validate();
+            }
+            catch
+            {
+                dense.Dispose();
+                throw;
+            }
+
+            using DsaWeights weights = new(config, dense);
             IndexerFitOptions options = new()
             {
-                Heads = parse.GetValue(heads),
-                HeadDim = parse.GetValue(headDim),
-                RopeDims = parse.GetValue(ropeDims),
                 Steps = parse.GetValue(steps),
                 LearningRate = parse.GetValue(lr),
                 Window = parse.GetValue(window),
@@ -64,76 +94,75 @@ internal static class IndexCacheFitCommand
             string? dataPath = parse.GetValue(data);
             if (dataPath is not null)
             {
-                string tokPath = ModelFiles.ResolveTokenizer(parse.GetValue(tokenizer), modelPath, weights.Config.VocabSize);
-                text = Llama2cTokenizer.Load(tokPath, weights.Config.VocabSize).Encode(File.ReadAllText(dataPath));
+                string tokPath = ModelFiles.ResolveTokenizer(parse.GetValue(tokenizer), modelPath, config.Llama.VocabSize);
+                text = Llama2cTokenizer.Load(tokPath, config.Llama.VocabSize).Encode(File.ReadAllText(dataPath));
                 err.WriteLine($"data: {dataPath} ({text.Length} tokens)");
             }
             else
             {
-                text = IndexerFitter.SampleText(weights, Math.Max(40 * options.Window, 8192), 1.0f, options.Seed + 7);
+                text = IndexerFitter.SampleText(dense, Math.Max(40 * options.Window, 8192), 1.0f, options.Seed + 7);
                 err.WriteLine($"data: {text.Length} tokens of stories sampled from the dense model (temperature 1, seed {options.Seed + 7})");
             }
 
             int held = Math.Max(text.Length / 10, options.Window);
             if (text.Length < held + options.Window)
             {
-                throw new ArgumentException($"the training text has {text.Length} tokens; it needs at least {held + options.Window} (a training window and a held-out window); pass a longer --data file or a shorter --window.");
+                throw new CliException($"the training text has {text.Length} tokens; it needs at least {held + options.Window} (a training window and a held-out window); pass a longer --data file or a shorter --window.");
             }
 
-            int[] train = text[..^held], test = text[^held..];
+            int[] train = text[..^held];
+            IReadOnlyList<int[]> test = IndexCacheCalibration.TextWindows(text[^held..], options.Window, int.MaxValue);
+            int[] prompt = [1];
+            int count = Math.Min(options.Window - 1, 200);
+            SessionOptions sessionOptions = new() { ContextLength = options.Window };
+
+            // The baselines first: the dense model, and DSA with seeded random (unfitted) indexers.
+            double dense0;
+            int[] greedyDense;
+            using (LlamaSession session = new(dense, sessionOptions))
+            {
+                dense0 = test.Average(w => SessionEvaluation.LanguageModelLoss(session, w));
+                greedyDense = SessionEvaluation.Greedy(session, prompt, count);
+            }
+
+            weights.AddRandomIndexers((ulong)options.Seed);
+            (double control, double klRandom, int[] greedyRandom) = EvaluateDsa(weights, test, sessionOptions, prompt, count);
 
             // Fit, reporting progress on stderr.
             Stopwatch clock = Stopwatch.StartNew();
-            IndexerParameters?[] fitted = IndexerFitter.Fit(weights, train, options, null, progress =>
+            IndexerFitter.Fit(weights, train, options, null, progress =>
                 err.WriteLine(string.Create(CultureInfo.InvariantCulture, $"step {progress.Step}/{progress.Steps}: KL {progress.MeanLoss:F4} ({string.Join(" ", progress.LayerLosses.Select(l => l.ToString("F3", CultureInfo.InvariantCulture)))})")));
             err.WriteLine(string.Create(CultureInfo.InvariantCulture, $"fit: {clock.Elapsed.TotalSeconds:F1} s"));
+            (double sparse, double klFitted, int[] greedyFitted) = EvaluateDsa(weights, test, sessionOptions, prompt, count);
 
-            // Compare dense, fitted DSA and random-indexer DSA on held-out windows.
-            IndexerShape shape = fitted[0]!.Shape;
-            IndexerParameters?[] random = fitted.Select((f, l) => f is null ? null : IndexerParameters.Random(shape, options.Seed + (1000 * l))).ToArray();
-            int k = parse.GetValue(topK);
-            using IndexerWindowForward forward = new(weights, options.Window);
-            double dense = 0, sparse = 0, control = 0, klFitted = 0, klRandom = 0;
-            int windows = 0;
-            for (int start = 0; start + options.Window <= test.Length; start += options.Window)
-            {
-                ReadOnlySpan<int> w = test.AsSpan(start, options.Window);
-                dense += forward.LanguageModelLoss(w);
-                sparse += forward.LanguageModelLoss(w, fitted, k);
-                control += forward.LanguageModelLoss(w, random, k);
-                klFitted += IndexerFitter.WarmupLoss(weights, w, fitted);
-                klRandom += IndexerFitter.WarmupLoss(weights, w, random);
-                windows++;
-            }
-
+            // The comparison on held-out windows, then greedy continuations from BOS.
             err.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"held-out ({windows} windows of {options.Window}, K {k}): LM loss dense {dense / windows:F4}, fitted DSA {sparse / windows:F4}, random-indexer DSA {control / windows:F4}; warm-up KL fitted {klFitted / windows:F4}, random {klRandom / windows:F4}"));
-            int[] prompt = [1];
-            int count = Math.Min(options.Window - 1, 200);
-            int[] greedyDense = forward.Greedy(prompt, count);
-            int[] greedyFitted = forward.Greedy(prompt, count, fitted, k);
-            int[] greedyRandom = forward.Greedy(prompt, count, random, k);
-            int first = Math.Min(40, count);
+                $"held-out ({test.Count} windows of {options.Window}, K {config.TopK}, pattern {config.Pattern}): LM loss dense {dense0:F4}, fitted DSA {sparse:F4}, random-indexer DSA {control:F4}; warm-up KL fitted {klFitted:F4}, random {klRandom:F4}"));
+            int first = Math.Min(40, Math.Min(greedyDense.Length, Math.Min(greedyFitted.Length, greedyRandom.Length)));
             err.WriteLine($"greedy from BOS, {count} tokens: first {first} ids matching dense: fitted {Matching(greedyDense, greedyFitted, first)}, random {Matching(greedyDense, greedyRandom, first)}; first divergence: fitted {Divergence(greedyDense, greedyFitted)}, random {Divergence(greedyDense, greedyRandom)}");
             err.WriteLine($"dense:  {string.Join(' ', greedyDense.Take(first))}");
             err.WriteLine($"fitted: {string.Join(' ', greedyFitted.Take(first))}");
             err.WriteLine($"random: {string.Join(' ', greedyRandom.Take(first))}");
 
-            string? outPath = parse.GetValue(output);
             if (outPath is not null)
             {
-                IndexerCheckpoint.Save(outPath, fitted);
-                err.WriteLine($"wrote {outPath}");
-            }
-
-            foreach (IndexerParameters? p in fitted.Concat(random))
-            {
-                p?.Dispose();
+                DsaCheckpoint.Save(weights, outPath);
+                err.WriteLine($"wrote {outPath} (dense weights, {config.Pattern.FullCount} fitted indexers, DSA config)");
             }
 
             return 0;
         }));
         return command;
+    }
+
+    // LM loss and warm-up KL over the windows, and a greedy continuation, of the DSA model as it stands.
+    private static (double Loss, double Kl, int[] Greedy) EvaluateDsa(
+        DsaWeights weights, IReadOnlyList<int[]> windows, SessionOptions options, int[] prompt, int count)
+    {
+        using DsaSession session = new(weights, options);
+        double loss = windows.Average(w => SessionEvaluation.LanguageModelLoss(session, w));
+        double kl = windows.Average(w => IndexerFitter.WarmupLoss(weights, w));
+        return (loss, kl, SessionEvaluation.Greedy(session, prompt, count));
     }
 
     private static int Matching(int[] a, int[] b, int count) => Enumerable.Range(0, count).Count(i => a[i] == b[i]);

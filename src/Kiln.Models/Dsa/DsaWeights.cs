@@ -46,11 +46,75 @@ public sealed class DsaIndexerWeights : IDisposable
     public Tensor KNormBias { get; }
 
     /// <summary>The tensors in checkpoint order: wq, w_proj, wk, k_norm weight, k_norm bias.</summary>
-    public IEnumerable<Tensor> Tensors => [Wq, WProj, Wk, KNormWeight, KNormBias];
+    public IReadOnlyList<Tensor> Tensors => [Wq, WProj, Wk, KNormWeight, KNormBias];
 
     /// <summary>The checkpoint names of <see cref="Tensors"/>, in the same order.</summary>
     public static IReadOnlyList<string> TensorNames { get; } =
         ["indexer.wq", "indexer.w_proj", "indexer.wk", "indexer.k_norm.weight", "indexer.k_norm.bias"];
+
+    /// <summary>The number of parameters of one layer's indexer: Hi·Di·D + Hi·D + Di·D + 2·Di.</summary>
+    public static long ParameterCount(DsaConfig config)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        long d = config.Llama.Dim;
+        return ((long)config.IndexerQueryDim * d) + (config.IndexerHeads * d) + (config.IndexerHeadDim * d) + (2L * config.IndexerHeadDim);
+    }
+
+    /// <summary>Whether every tensor has the shape <paramref name="config"/> gives it.</summary>
+    public bool Fits(DsaConfig config)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        int d = config.Llama.Dim, di = config.IndexerHeadDim;
+        return Wq.Shape.SequenceEqual([config.IndexerQueryDim, d]) && WProj.Shape.SequenceEqual([config.IndexerHeads, d])
+            && Wk.Shape.SequenceEqual([di, d]) && KNormWeight.Shape.SequenceEqual([di]) && KNormBias.Shape.SequenceEqual([di]);
+    }
+
+    /// <summary>Indexer weights holding <paramref name="values"/>, flat in the order of <see cref="Tensors"/>.</summary>
+    /// <exception cref="ArgumentException">The value count is not <see cref="ParameterCount"/>.</exception>
+    public static DsaIndexerWeights FromFlat(DsaConfig config, ReadOnlySpan<float> values)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        if (values.Length != ParameterCount(config))
+        {
+            throw new ArgumentException(
+                $"DsaIndexerWeights.FromFlat: {values.Length} values given; the config needs {ParameterCount(config)}.",
+                nameof(values));
+        }
+
+        DsaIndexerWeights weights = new(config);
+        int offset = 0;
+        foreach (Tensor tensor in weights.Tensors)
+        {
+            int length = (int)tensor.Length;
+            tensor.CopyFrom(values.Slice(offset, length));
+            offset += length;
+        }
+
+        return weights;
+    }
+
+    /// <summary>Every value, flat in the order of <see cref="Tensors"/>.</summary>
+    public float[] Flatten()
+    {
+        float[] values = new float[Tensors.Sum(tensor => tensor.Length)];
+        int offset = 0;
+        foreach (Tensor tensor in Tensors)
+        {
+            tensor.AsSpan().CopyTo(values.AsSpan(offset));
+            offset += (int)tensor.Length;
+        }
+
+        return values;
+    }
+
+    /// <summary>Sets every value to zero (the start of a gradient).</summary>
+    public void Clear()
+    {
+        foreach (Tensor tensor in Tensors)
+        {
+            tensor.Clear();
+        }
+    }
 
     /// <summary>Fills the weights with seeded random values (linear ±1/√D, norm weight 1, bias 0).</summary>
     public void Randomize(ref XorShiftRandom random)

@@ -1,10 +1,11 @@
 // Fitting lightning indexers to a dense Llama model (the dense warm-up of DeepSeek-V3.2, tech report §2.1): the dense
-// model never changes; for each training window it runs once (IndexerWindowForward's capture) and hands every Full
-// layer its detached input x [T, D] and target p [T, T]; each Full layer's indexer then takes one Adam step on its own
-// loss L = (1/T) Σ_t KL(p_t ‖ softmax(I_t)). Shared layers get no indexer (they reuse the Full layer's selection).
+// model never changes; for each training window it runs once (DenseAttentionCapture) and hands every Full layer its
+// detached input x [T, D] and target p [T, T]; each Full layer's indexer then takes one Adam step on its own
+// loss L = (1/T) Σ_t KL(p_t ‖ softmax(I_t)). The indexer sizes and the pattern come from the DsaWeights' DsaConfig; the
+// Full layers' indexers are (re)initialised seeded, Shared layers get none (they reuse the Full layer's selection).
 // Adam (Kingma & Ba 2015): m = β1·m + (1-β1)·g, v = β2·v + (1-β2)·g², θ -= lr·m̂/(√v̂ + ε) with bias-corrected m̂, v̂.
 // Windows are drawn from the token stream at seeded random offsets. Progress goes to an ILogger and to a callback.
-using Kiln.Kernels;
+using Kiln.Models.Sampling;
 using Kiln.Models.Llama;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -14,18 +15,6 @@ namespace Kiln.Models.Dsa;
 /// <summary>The settings of an indexer fit.</summary>
 public sealed record IndexerFitOptions
 {
-    /// <summary>Hi, indexer heads.</summary>
-    public int Heads { get; init; } = 4;
-
-    /// <summary>Di, indexer head width.</summary>
-    public int HeadDim { get; init; } = 32;
-
-    /// <summary>Rotated leading dimensions of each indexer head and key.</summary>
-    public int RopeDims { get; init; } = 16;
-
-    /// <summary>The indexer's RoPE pair layout (DeepSeek-V3.2 after its fix: half-split).</summary>
-    public RopeLayout Layout { get; init; } = RopeLayout.HalfSplit;
-
     /// <summary>Adam steps (one window each).</summary>
     public int Steps { get; init; } = 300;
 
@@ -37,9 +26,6 @@ public sealed record IndexerFitOptions
 
     /// <summary>The seed of the initial parameters and of the window offsets.</summary>
     public int Seed { get; init; } = 1;
-
-    /// <summary>Which layers own an indexer; null: every layer (all Full).</summary>
-    public IndexCachePattern? Pattern { get; init; }
 
     /// <summary>Adam's β1.</summary>
     public float Beta1 { get; init; } = 0.9f;
@@ -69,19 +55,19 @@ public sealed class IndexerAdam
     private readonly IndexerFitOptions _options;
     private int _step;
 
-    /// <summary>Zero moments for parameters of <paramref name="shape"/>.</summary>
-    public IndexerAdam(IndexerShape shape, IndexerFitOptions options)
+    /// <summary>Zero moments for indexer weights shaped by <paramref name="config"/>.</summary>
+    public IndexerAdam(DsaConfig config, IndexerFitOptions options)
     {
-        ArgumentNullException.ThrowIfNull(shape);
+        ArgumentNullException.ThrowIfNull(config);
         ArgumentNullException.ThrowIfNull(options);
-        using IndexerParameters probe = IndexerParameters.Zeros(shape);
+        using DsaIndexerWeights probe = new(config);
         _m = probe.Tensors.Select(tensor => new float[tensor.Length]).ToArray();
         _v = probe.Tensors.Select(tensor => new float[tensor.Length]).ToArray();
         _options = options;
     }
 
     /// <summary>One Adam update of <paramref name="parameters"/> by <paramref name="gradients"/>.</summary>
-    public void Step(IndexerParameters parameters, IndexerParameters gradients)
+    public void Step(DsaIndexerWeights parameters, DsaIndexerWeights gradients)
     {
         ArgumentNullException.ThrowIfNull(parameters);
         ArgumentNullException.ThrowIfNull(gradients);
@@ -108,16 +94,18 @@ public sealed class IndexerAdam
 public static class IndexerFitter
 {
     /// <summary>
-    /// Fits indexers on windows of <paramref name="tokens"/>; returns one per layer (null on Shared layers).
+    /// Fits the indexers of <paramref name="weights"/>' Full layers (its config's pattern) on windows of
+    /// <paramref name="tokens"/>: each Full layer gets a seeded random indexer, then one Adam step per window; Shared
+    /// layers' indexers are removed. The dense weights never change.
     /// </summary>
-    /// <param name="weights">The dense model, float32 on the CPU; never changed.</param>
+    /// <param name="weights">The DSA model: float32 dense weights on the cpu device, the indexer sizes in its config.</param>
     /// <param name="tokens">The training token stream (at least one window long).</param>
-    /// <param name="options">Sizes and optimiser settings.</param>
+    /// <param name="options">Optimiser settings.</param>
     /// <param name="logger">Progress lines (information level); silent when null.</param>
     /// <param name="progress">Called after every reported step.</param>
     /// <exception cref="ArgumentException">The stream is shorter than one window, or a setting is out of range.</exception>
-    public static IndexerParameters?[] Fit(
-        LlamaWeights weights,
+    public static void Fit(
+        DsaWeights weights,
         IReadOnlyList<int> tokens,
         IndexerFitOptions options,
         ILogger? logger = null,
@@ -128,12 +116,12 @@ public static class IndexerFitter
         ArgumentNullException.ThrowIfNull(tokens);
         ArgumentNullException.ThrowIfNull(options);
         logger ??= NullLogger.Instance;
-        LlamaConfig config = weights.Config;
-        if (options.Window < 2 || tokens.Count < options.Window)
+        DsaConfig config = weights.Config;
+        if (options.Window < 2 || options.Window > config.Llama.SeqLen || tokens.Count < options.Window)
         {
             throw new ArgumentException(
-                $"IndexerFitter: the training text has {tokens.Count} tokens and a window needs {options.Window} (at least 2); "
-                + "pass more text or a shorter window.",
+                $"IndexerFitter: the training text has {tokens.Count} tokens and a window needs {options.Window} (2..seq_len "
+                + $"{config.Llama.SeqLen}); pass more text or a shorter window.",
                 nameof(tokens));
         }
 
@@ -144,38 +132,34 @@ public static class IndexerFitter
                 nameof(options));
         }
 
-        IndexCachePattern pattern = options.Pattern ?? IndexCachePattern.AllFull(config.Layers);
-        if (pattern.Layers != config.Layers)
+        // Seeded indexers and optimisers for the Full layers; Shared layers lose theirs.
+        IndexCachePattern pattern = config.Pattern;
+        IndexerAdam?[] optimisers = new IndexerAdam?[config.Llama.Layers];
+        XorShiftRandom init = new((ulong)options.Seed);
+        for (int l = 0; l < config.Llama.Layers; l++)
         {
-            throw new ArgumentException(
-                $"IndexerFitter: the pattern {pattern} has {pattern.Layers} layers, the model {config.Layers}.", nameof(options));
-        }
-
-        // Seeded indexers and optimisers for the Full layers.
-        IndexerShape shape = new(config.Dim, options.Heads, options.HeadDim, options.RopeDims, options.Layout, config.RopeTheta);
-        shape.Validate();
-        IndexerParameters?[] indexers = new IndexerParameters?[config.Layers];
-        IndexerAdam?[] optimisers = new IndexerAdam?[config.Layers];
-        for (int l = 0; l < config.Layers; l++)
-        {
+            DsaIndexerWeights? indexer = null;
             if (pattern.IsFull(l))
             {
-                indexers[l] = IndexerParameters.Random(shape, options.Seed + (1000 * l));
-                optimisers[l] = new IndexerAdam(shape, options);
+                indexer = new DsaIndexerWeights(config);
+                indexer.Randomize(ref init);
+                optimisers[l] = new IndexerAdam(config, options);
             }
+
+            weights.SetIndexer(l, indexer);
         }
 
         logger.LogInformation(
             "Fitting {Full} indexers ({Heads} heads x {HeadDim}, rope {Rope} {Layout}) on {Tokens} tokens: {Steps} steps of {Window} tokens, lr {Lr}",
-            pattern.FullCount, shape.Heads, shape.HeadDim, shape.RopeDims, shape.Layout, tokens.Count, options.Steps, options.Window, options.LearningRate);
+            pattern.FullCount, config.IndexerHeads, config.IndexerHeadDim, config.IndexerRopeDims, config.IndexerRopeLayout,
+            tokens.Count, options.Steps, options.Window, options.LearningRate);
 
         // One dense pass per window, then one Adam step per Full layer on its captured input and target.
-        using IndexerWindowForward forward = new(weights, options.Window);
-        using IndexerWarmupLoss loss = new(shape, options.Window);
-        using IndexerParameters gradients = IndexerParameters.Zeros(shape);
+        using IndexerWarmupLoss loss = new(config, options.Window);
+        using DsaIndexerWeights gradients = new(config);
         Random random = new(options.Seed);
         int[] window = new int[options.Window];
-        double[] losses = new double[config.Layers];
+        double[] losses = new double[config.Llama.Layers];
         for (int step = 1; step <= options.Steps; step++)
         {
             int offset = random.Next(0, tokens.Count - options.Window + 1);
@@ -184,18 +168,17 @@ public static class IndexerFitter
                 window[i] = tokens[offset + i];
             }
 
-            forward.Run(window, (layer, x, p) =>
+            DenseAttentionCapture capture = DenseAttentionCapture.Run(weights.Dense, window);
+            for (int l = 0; l < config.Llama.Layers; l++)
             {
-                if (indexers[layer] is IndexerParameters indexer)
+                losses[l] = double.NaN;
+                if (weights.Indexers[l] is DsaIndexerWeights indexer)
                 {
-                    losses[layer] = loss.Compute(indexer, x, p, gradients);
-                    optimisers[layer]!.Step(indexer, gradients);
+                    using Tensor x = Tensor.FromArray(capture.NormedInputs[l], [window.Length, config.Llama.Dim]);
+                    losses[l] = loss.Compute(indexer, x, capture.Distributions[l], gradients);
+                    optimisers[l]!.Step(indexer, gradients);
                 }
-                else
-                {
-                    losses[layer] = double.NaN;
-                }
-            });
+            }
 
             if (step % Math.Max(options.ReportEvery, 1) == 0 || step == options.Steps || step == 1)
             {
@@ -204,28 +187,35 @@ public static class IndexerFitter
                 progress?.Invoke(report);
             }
         }
-
-        return indexers;
     }
 
-    /// <summary>The mean warm-up loss of <paramref name="indexers"/> over the Full layers on one window (no update).</summary>
-    public static double WarmupLoss(LlamaWeights weights, ReadOnlySpan<int> window, IReadOnlyList<IndexerParameters?> indexers)
+    /// <summary>
+    /// The mean warm-up loss over the layers of <paramref name="weights"/> that have an indexer, on one window (no update).
+    /// </summary>
+    /// <exception cref="ArgumentException">No layer has an indexer, or the window does not fit the model.</exception>
+    public static double WarmupLoss(DsaWeights weights, ReadOnlySpan<int> window)
     {
         ArgumentNullException.ThrowIfNull(weights);
-        ArgumentNullException.ThrowIfNull(indexers);
-        IndexerShape shape = indexers.First(indexer => indexer is not null)!.Shape;
-        using IndexerWindowForward forward = new(weights, window.Length);
-        using IndexerWarmupLoss loss = new(shape, window.Length);
+        if (weights.Indexers.All(indexer => indexer is null))
+        {
+            throw new ArgumentException("IndexerFitter.WarmupLoss: no layer has an indexer; fit or add indexers first.", nameof(weights));
+        }
+
+        DsaConfig config = weights.Config;
+        DenseAttentionCapture capture = DenseAttentionCapture.Run(weights.Dense, window);
+        using IndexerWarmupLoss loss = new(config, window.Length);
         double total = 0;
         int count = 0;
-        forward.Run(window, (layer, x, p) =>
+        for (int l = 0; l < config.Llama.Layers; l++)
         {
-            if (indexers[layer] is IndexerParameters indexer)
+            if (weights.Indexers[l] is DsaIndexerWeights indexer)
             {
-                total += loss.Compute(indexer, x, p, null);
+                using Tensor x = Tensor.FromArray(capture.NormedInputs[l], [window.Length, config.Llama.Dim]);
+                total += loss.Compute(indexer, x, capture.Distributions[l], null);
                 count++;
             }
-        });
+        }
+
         return total / count;
     }
 

@@ -30,7 +30,7 @@ namespace Kiln.Models.Dsa;
 /// </summary>
 public sealed unsafe class IndexerWarmupLoss : IDisposable
 {
-    private readonly IndexerShape _shape;
+    private readonly DsaConfig _config;
     private readonly Tensor _cos;      // [MaxTokens, r/2] (a 1-row dummy when r = 0)
     private readonly Tensor _sin;
     private readonly Tensor _xT;       // [D, T]
@@ -59,23 +59,23 @@ public sealed unsafe class IndexerWarmupLoss : IDisposable
     private Views? _views;
 
     /// <summary>Creates the scratch for windows of up to <paramref name="maxTokens"/> tokens.</summary>
-    /// <exception cref="ArgumentException">The shape is invalid.</exception>
+    /// <exception cref="ArgumentException">The config is invalid.</exception>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="maxTokens"/> is below 1.</exception>
-    public IndexerWarmupLoss(IndexerShape shape, int maxTokens)
+    public IndexerWarmupLoss(DsaConfig config, int maxTokens)
     {
-        ArgumentNullException.ThrowIfNull(shape);
-        shape.Validate();
+        ArgumentNullException.ThrowIfNull(config);
+        config.Validate();
         if (maxTokens < 1)
         {
             throw new ArgumentOutOfRangeException(
                 nameof(maxTokens), maxTokens, "IndexerWarmupLoss: maxTokens must be at least 1; pass the window length.");
         }
 
-        _shape = shape;
+        _config = config;
         MaxTokens = maxTokens;
-        int t = maxTokens, d = shape.Dim, hi = shape.Heads, di = shape.HeadDim;
-        (_cos, _sin) = shape.RopeDims > 0
-            ? Ops.RopeTables(maxTokens, shape.RopeDims, shape.RopeTheta)
+        int t = maxTokens, d = config.Llama.Dim, hi = config.IndexerHeads, di = config.IndexerHeadDim;
+        (_cos, _sin) = config.IndexerRopeDims > 0
+            ? Ops.RopeTables(maxTokens, config.IndexerRopeDims, config.Llama.RopeTheta)
             : (Tensor.Empty([1, 1]), Tensor.Empty([1, 1]));
         _xT = Tensor.Empty([d * t]);
         _q = Tensor.Empty([t * hi * di]);
@@ -119,24 +119,25 @@ public sealed unsafe class IndexerWarmupLoss : IDisposable
     /// <param name="gradients">Receives the gradient (same shape as the parameters), or null for the loss alone.</param>
     /// <returns>L = (1/T) Σ_t KL(p_t ‖ softmax(I_t)), in nats per token.</returns>
     /// <exception cref="ArgumentException">A shape does not fit.</exception>
-    public double Compute(IndexerParameters parameters, Tensor x, ReadOnlySpan<float> target, IndexerParameters? gradients)
+    public double Compute(DsaIndexerWeights parameters, Tensor x, ReadOnlySpan<float> target, DsaIndexerWeights? gradients)
     {
         // Check the inputs against the shape and the scratch.
         ArgumentNullException.ThrowIfNull(parameters);
         ArgumentNullException.ThrowIfNull(x);
-        if (parameters.Shape != _shape || (gradients is not null && gradients.Shape != _shape))
+        if (!parameters.Fits(_config) || (gradients is not null && !gradients.Fits(_config)))
         {
             throw new ArgumentException(
-                $"IndexerWarmupLoss: parameters of shape {parameters.Shape} (or their gradient) do not match the loss's "
-                + $"shape {_shape}; create the loss with the parameters' shape.",
+                $"IndexerWarmupLoss: indexer wq {parameters.Wq}, w_proj {parameters.WProj}, wk {parameters.Wk} (or their "
+                + $"gradient) do not fit the loss's config ({_config.IndexerHeads} heads x {_config.IndexerHeadDim}, "
+                + $"dim {_config.Llama.Dim}); create the loss with the indexer's DsaConfig.",
                 nameof(parameters));
         }
 
-        if (x.Rank != 2 || x.Size(1) != _shape.Dim || x.Size(0) < 1 || x.Size(0) > MaxTokens || !x.IsContiguous
+        if (x.Rank != 2 || x.Size(1) != _config.Llama.Dim || x.Size(0) < 1 || x.Size(0) > MaxTokens || !x.IsContiguous
             || x.DType != DType.Float32)
         {
             throw new ArgumentException(
-                $"IndexerWarmupLoss: x {x} must be a contiguous float32 [T, {_shape.Dim}] with 1 <= T <= {MaxTokens}.",
+                $"IndexerWarmupLoss: x {x} must be a contiguous float32 [T, {_config.Llama.Dim}] with 1 <= T <= {MaxTokens}.",
                 nameof(x));
         }
 
@@ -172,19 +173,20 @@ public sealed unsafe class IndexerWarmupLoss : IDisposable
     }
 
     /// <summary>
-    /// The float64 reference of the loss (for tests): parameters flat in the order Wq, Wk, NormWeight, NormBias, WProj;
+    /// The float64 reference of the loss (for tests): parameters flat in the order of
+    /// DsaIndexerWeights.Tensors (Wq, WProj, Wk, KNormWeight, KNormBias);
     /// x [T, D]; p [T, T]; RoPE angles from <c>Ops.RopeTables(T, r, θ)</c> widened to float64. Also returns the sign of
     /// every dot product q[t, j]·k[s] (s ≤ t), so a finite-difference test can check that no ReLU kink was crossed.
     /// </summary>
-    public static double ReferenceLoss(IndexerShape shape, double[] flat, double[] x, double[] p, int t, out bool[] signs)
+    public static double ReferenceLoss(DsaConfig config, double[] flat, double[] x, double[] p, int t, out bool[] signs)
     {
-        ArgumentNullException.ThrowIfNull(shape);
-        int d = shape.Dim, hi = shape.Heads, di = shape.HeadDim, half = shape.RopeDims / 2;
-        int oWk = shape.QueryDim * d, oGamma = oWk + (di * d), oBeta = oGamma + di, oProj = oBeta + di;
+        ArgumentNullException.ThrowIfNull(config);
+        int d = config.Llama.Dim, hi = config.IndexerHeads, di = config.IndexerHeadDim, half = config.IndexerRopeDims / 2;
+        int oProj = config.IndexerQueryDim * d, oWk = oProj + (hi * d), oGamma = oWk + (di * d), oBeta = oGamma + di;
         float[] cos = [], sin = [];
         if (half > 0)
         {
-            (Tensor c, Tensor s) = Ops.RopeTables(t, shape.RopeDims, shape.RopeTheta);
+            (Tensor c, Tensor s) = Ops.RopeTables(t, config.IndexerRopeDims, config.Llama.RopeTheta);
             cos = c.ToArray();
             sin = s.ToArray();
             c.Dispose();
@@ -207,7 +209,7 @@ public sealed unsafe class IndexerWarmupLoss : IDisposable
             }
 
             double mean = kp.Average(), variance = kp.Select(value => (value - mean) * (value - mean)).Average();
-            double rstd = 1.0 / Math.Sqrt(variance + shape.NormEps);
+            double rstd = 1.0 / Math.Sqrt(variance + config.IndexerNormEps);
             for (int o = 0; o < di; o++)
             {
                 k[(token * di) + o] = ((kp[o] - mean) * rstd * flat[oGamma + o]) + flat[oBeta + o];
@@ -216,10 +218,10 @@ public sealed unsafe class IndexerWarmupLoss : IDisposable
             for (int j = 0; j < hi; j++)
             {
                 w[(token * hi) + j] = Dot(flat, oProj + (j * d), x, token * d, d) * LightningIndexer.HeadWeightScale(hi, di);
-                RotateReference(q, (((token * hi) + j) * di), token, half, shape.Layout, cos, sin);
+                RotateReference(q, (((token * hi) + j) * di), token, half, config.IndexerRopeLayout, cos, sin);
             }
 
-            RotateReference(k, token * di, token, half, shape.Layout, cos, sin);
+            RotateReference(k, token * di, token, half, config.IndexerRopeLayout, cos, sin);
         }
 
         // Scores, log-softmax and KL per row.
@@ -253,10 +255,10 @@ public sealed unsafe class IndexerWarmupLoss : IDisposable
         return loss / t;
     }
 
-    private double Forward(IndexerParameters parameters, Tensor x, ReadOnlySpan<float> target, Views v, int t)
+    private double Forward(DsaIndexerWeights parameters, Tensor x, ReadOnlySpan<float> target, Views v, int t)
     {
-        int hi = _shape.Heads, di = _shape.HeadDim;
-        int half = _shape.RopeDims / 2;
+        int hi = _config.IndexerHeads, di = _config.IndexerHeadDim;
+        int half = _config.IndexerRopeDims / 2;
 
         // Project q [T, Hi·Di], kp [T, Di] and w [T, Hi] with the matrix product.
         MatMul.Compute(x, parameters.Wq, v.Q);
@@ -287,7 +289,7 @@ public sealed unsafe class IndexerWarmupLoss : IDisposable
 
         // Normalise the keys (float64 statistics), scale and shift, rotate, and transpose them.
         float* kp = v.Kp.FloatPointer, kHat = v.KHat.FloatPointer, k = v.K.FloatPointer, kT = v.KT.FloatPointer;
-        float* gamma = parameters.NormWeight.FloatPointer, beta = parameters.NormBias.FloatPointer;
+        float* gamma = parameters.KNormWeight.FloatPointer, beta = parameters.KNormBias.FloatPointer;
         for (int token = 0; token < t; token++)
         {
             float* row = kp + ((long)token * di);
@@ -303,7 +305,7 @@ public sealed unsafe class IndexerWarmupLoss : IDisposable
                 variance += (row[e] - mean) * (row[e] - mean);
             }
 
-            double rstd = 1.0 / Math.Sqrt((variance / di) + _shape.NormEps);
+            double rstd = 1.0 / Math.Sqrt((variance / di) + _config.IndexerNormEps);
             _rstd[token] = rstd;
             float* hat = kHat + ((long)token * di), key = k + ((long)token * di);
             for (int e = 0; e < di; e++)
@@ -376,10 +378,10 @@ public sealed unsafe class IndexerWarmupLoss : IDisposable
         return loss / t;
     }
 
-    private void Backward(IndexerParameters parameters, Tensor x, Views v, int t, IndexerParameters gradients)
+    private void Backward(DsaIndexerWeights parameters, Tensor x, Views v, int t, DsaIndexerWeights gradients)
     {
-        int d = _shape.Dim, hi = _shape.Heads, di = _shape.HeadDim;
-        int half = _shape.RopeDims / 2;
+        int d = _config.Llama.Dim, hi = _config.IndexerHeads, di = _config.IndexerHeadDim;
+        int half = _config.IndexerRopeDims / 2;
         long plane = (long)t * t;
         float* dots = v.Dots[0].FloatPointer, g = v.G.FloatPointer, weights = v.W.FloatPointer;
         float* gj = v.Gj.FloatPointer, gjT = v.GjT.FloatPointer, dwT = v.DwT.FloatPointer;
@@ -460,8 +462,8 @@ public sealed unsafe class IndexerWarmupLoss : IDisposable
         MatMul.Compute(v.DqT, v.XT, gradients.Wq);
 
         // ∂k through the inverse rotation, then LayerNorm's backward, transposed to [Di, T]; ∂Wk = ∂kpᵀ · x.
-        float* kHat = v.KHat.FloatPointer, gamma = parameters.NormWeight.FloatPointer, dkpT = v.DkpT.FloatPointer;
-        Span<float> dGamma = gradients.NormWeight.AsSpan(), dBeta = gradients.NormBias.AsSpan();
+        float* kHat = v.KHat.FloatPointer, gamma = parameters.KNormWeight.FloatPointer, dkpT = v.DkpT.FloatPointer;
+        Span<float> dGamma = gradients.KNormWeight.AsSpan(), dBeta = gradients.KNormBias.AsSpan();
         Span<double> dGammaSum = stackalloc double[di], dBetaSum = stackalloc double[di];
         dGammaSum.Clear();
         dBetaSum.Clear();
@@ -507,7 +509,7 @@ public sealed unsafe class IndexerWarmupLoss : IDisposable
         }
 
         float* c = _cos.FloatPointer + ((long)position * half), s = _sin.FloatPointer + ((long)position * half);
-        bool adjacent = _shape.Layout == RopeLayout.Adjacent;
+        bool adjacent = _config.IndexerRopeLayout == RopeLayout.Adjacent;
         for (int i = 0; i < half; i++)
         {
             int first = adjacent ? 2 * i : i;
@@ -557,7 +559,7 @@ public sealed unsafe class IndexerWarmupLoss : IDisposable
     {
         public Views(IndexerWarmupLoss o, int t)
         {
-            int d = o._shape.Dim, hi = o._shape.Heads, di = o._shape.HeadDim;
+            int d = o._config.Llama.Dim, hi = o._config.IndexerHeads, di = o._config.IndexerHeadDim;
             Tokens = t;
             XT = Matrix(o._xT, d, t);
             Q = Matrix(o._q, t, hi * di);

@@ -261,7 +261,7 @@ public sealed class DsaSessionTests
             Enumerable.Range(0, t).Select(i => ((i * 5) + seed) % 19).ToArray());
 
     /// <summary>Float64 index scores [T, T] of layer <paramref name="layer"/> from its normed input x [T, D].</summary>
-    private static double[] IndexerScores(DsaWeights weights, int layer, double[] x)
+    internal static double[] IndexerScores(DsaWeights weights, int layer, double[] x)
     {
         DsaConfig c = weights.Config;
         DsaIndexerWeights w = weights.Indexers[layer]!;

@@ -7,6 +7,8 @@ using FsCheck;
 using FsCheck.Fluent;
 using Kiln.Kernels;
 using Kiln.Models.Dsa;
+using Kiln.Models.Llama;
+using Kiln.Models.Sampling;
 using Xunit;
 
 namespace Kiln.Models.Tests.Dsa;
@@ -31,7 +33,7 @@ public sealed class IndexerWarmupTests
             select (d, hi, di, half, adjacent, t, seed);
         Prop.ForAll(cases.ToArbitrary(), c =>
         {
-            IndexerShape shape = new(c.D, c.Hi, c.Di, 2 * c.Half, c.Adjacent ? RopeLayout.Adjacent : RopeLayout.HalfSplit);
+            DsaConfig shape = Shape(c.D, c.Hi, c.Di, 2 * c.Half, c.Adjacent ? RopeLayout.Adjacent : RopeLayout.HalfSplit);
             CheckCase(shape, c.T, c.Seed);
         }).Check(Config.QuickThrowOnFailure.WithMaxTest(40));
     }
@@ -40,25 +42,25 @@ public sealed class IndexerWarmupTests
     public void Gradient_MatchesFiniteDifferences_AtAVectorWideSize()
     {
         // Di = 17 and D = 19 are not multiples of 16: the matrix products' tails run too.
-        CheckCase(new IndexerShape(19, 2, 17, 8, RopeLayout.HalfSplit), 21, 7);
+        CheckCase(Shape(19, 2, 17, 8, RopeLayout.HalfSplit), 21, 7);
     }
 
     [Fact]
     public void Compute_RejectsShapesThatDoNotFit()
     {
-        IndexerShape shape = new(4, 2, 4, 2, RopeLayout.Adjacent);
+        DsaConfig shape = Shape(4, 2, 4, 2, RopeLayout.Adjacent);
         using IndexerWarmupLoss loss = new(shape, 3);
-        using IndexerParameters parameters = IndexerParameters.Random(shape, 1);
+        using DsaIndexerWeights parameters = RandomIndexer(shape, 1);
         using Tensor tooLong = Tensor.Empty([4, 4]);
         ArgumentException e = Assert.Throws<ArgumentException>(() => loss.Compute(parameters, tooLong, new float[16], null));
         Assert.Contains("1 <= T <= 3", e.Message, StringComparison.Ordinal);
         using Tensor x = Tensor.Empty([2, 4]);
         e = Assert.Throws<ArgumentException>(() => loss.Compute(parameters, x, new float[3], null));
         Assert.Contains("p must be [T, T]", e.Message, StringComparison.Ordinal);
-        Assert.Throws<ArgumentException>(() => new IndexerShape(4, 2, 4, 3, RopeLayout.Adjacent).Validate());
+        Assert.Throws<ArgumentException>(() => Shape(4, 2, 4, 3, RopeLayout.Adjacent));
     }
 
-    private static void CheckCase(IndexerShape shape, int t, int seed)
+    private static void CheckCase(DsaConfig shape, int t, int seed)
     {
         // Draw a case whose dot products all clear the ReLU kink by 0.02.
         Random random = new(seed);
@@ -76,10 +78,10 @@ public sealed class IndexerWarmupTests
         }
 
         // The float32 loss and gradient.
-        using IndexerParameters parameters = IndexerParameters.FromFlat(shape, Array.ConvertAll(flat, v => (float)v));
-        using IndexerParameters gradients = IndexerParameters.Zeros(shape);
+        using DsaIndexerWeights parameters = DsaIndexerWeights.FromFlat(shape, Array.ConvertAll(flat, v => (float)v));
+        using DsaIndexerWeights gradients = new DsaIndexerWeights(shape);
         using IndexerWarmupLoss loss = new(shape, t + 2);
-        using Tensor xTensor = Tensor.FromArray(Array.ConvertAll(x, v => (float)v), [t, shape.Dim]);
+        using Tensor xTensor = Tensor.FromArray(Array.ConvertAll(x, v => (float)v), [t, shape.Llama.Dim]);
         double loss32 = loss.Compute(parameters, xTensor, Array.ConvertAll(p, v => (float)v), gradients);
         double loss64 = IndexerWarmupLoss.ReferenceLoss(shape, flat, x, p, t, out bool[] signs);
         Assert.True(
@@ -115,11 +117,11 @@ public sealed class IndexerWarmupTests
 
     // Parameters on grids (projections i/16 in [-1, 1], LayerNorm weight i/8 in [-1.5, 1.5], bias i/16), x on i/8 in
     // [-2, 2], and p a causal distribution from integer weights 0..4 (the diagonal at least 1).
-    private static (double[] Flat, double[] X, double[] P) Draw(IndexerShape shape, int t, Random random)
+    private static (double[] Flat, double[] X, double[] P) Draw(DsaConfig shape, int t, Random random)
     {
-        int d = shape.Dim, di = shape.HeadDim;
-        int oGamma = (shape.QueryDim * d) + (di * d), oBeta = oGamma + di;
-        double[] flat = new double[shape.ParameterCount];
+        int d = shape.Llama.Dim, di = shape.IndexerHeadDim;
+        int oGamma = (shape.IndexerQueryDim * d) + (shape.IndexerHeads * d) + (di * d), oBeta = oGamma + di;
+        double[] flat = new double[DsaIndexerWeights.ParameterCount(shape)];
         for (int i = 0; i < flat.Length; i++)
         {
             flat[i] = i >= oGamma && i < oBeta ? random.Next(-12, 13) / 8.0 : random.Next(-16, 17) / 16.0;
@@ -151,11 +153,11 @@ public sealed class IndexerWarmupTests
     }
 
     // The smallest |q[t, j]·k[s]| over causal pairs, computed in float64 the way the reference computes the dots.
-    private static double MinAbsDot(IndexerShape shape, double[] flat, double[] x, int t)
+    private static double MinAbsDot(DsaConfig shape, double[] flat, double[] x, int t)
     {
-        int d = shape.Dim, hi = shape.Heads, di = shape.HeadDim, half = shape.RopeDims / 2;
-        int oWk = shape.QueryDim * d, oGamma = oWk + (di * d), oBeta = oGamma + di;
-        (Tensor cos, Tensor sin) = half > 0 ? Ops.RopeTables(t, shape.RopeDims, shape.RopeTheta) : (Tensor.Empty([1]), Tensor.Empty([1]));
+        int d = shape.Llama.Dim, hi = shape.IndexerHeads, di = shape.IndexerHeadDim, half = shape.IndexerRopeDims / 2;
+        int oWk = (shape.IndexerQueryDim * d) + (hi * d), oGamma = oWk + (di * d), oBeta = oGamma + di;
+        (Tensor cos, Tensor sin) = half > 0 ? Ops.RopeTables(t, shape.IndexerRopeDims, shape.Llama.RopeTheta) : (Tensor.Empty([1]), Tensor.Empty([1]));
         float[] c = cos.ToArray(), s = sin.ToArray();
         cos.Dispose();
         sin.Dispose();
@@ -168,7 +170,7 @@ public sealed class IndexerWarmupTests
             }
 
             double[] kp = Enumerable.Range(0, di).Select(o => Enumerable.Range(0, d).Sum(e => flat[oWk + (o * d) + e] * x[(token * d) + e])).ToArray();
-            double mean = kp.Average(), rstd = 1.0 / Math.Sqrt(kp.Select(v => (v - mean) * (v - mean)).Average() + shape.NormEps);
+            double mean = kp.Average(), rstd = 1.0 / Math.Sqrt(kp.Select(v => (v - mean) * (v - mean)).Average() + shape.IndexerNormEps);
             for (int o = 0; o < di; o++)
             {
                 k[(token * di) + o] = ((kp[o] - mean) * rstd * flat[oGamma + o]) + flat[oBeta + o];
@@ -181,8 +183,8 @@ public sealed class IndexerWarmupTests
                 int offset = j < hi ? ((token * hi) + j) * di : token * di;
                 for (int i = 0; i < half; i++)
                 {
-                    int first = offset + (shape.Layout == RopeLayout.Adjacent ? 2 * i : i);
-                    int second = shape.Layout == RopeLayout.Adjacent ? first + 1 : first + half;
+                    int first = offset + (shape.IndexerRopeLayout == RopeLayout.Adjacent ? 2 * i : i);
+                    int second = shape.IndexerRopeLayout == RopeLayout.Adjacent ? first + 1 : first + half;
                     double x0 = values[first], x1 = values[second], cc = c[(token * half) + i], ss = s[(token * half) + i];
                     values[first] = (x0 * cc) - (x1 * ss);
                     values[second] = (x0 * ss) + (x1 * cc);
@@ -204,5 +206,31 @@ public sealed class IndexerWarmupTests
         }
 
         return min;
+    }
+
+    // A one-layer DSA config whose indexer reads width d (the Llama part only sizes x).
+    private static DsaConfig Shape(int d, int hi, int di, int ropeDims, RopeLayout layout)
+    {
+        DsaConfig config = new()
+        {
+            Llama = new LlamaConfig { Dim = d, HiddenDim = 4, Layers = 1, Heads = 1, KvHeads = 1, VocabSize = 4, SeqLen = 32, HeadDim = 2 },
+            IndexerHeads = hi,
+            IndexerHeadDim = di,
+            IndexerRopeDims = ropeDims,
+            IndexerRopeLayout = layout,
+            TopK = 1,
+            Pattern = IndexCachePattern.AllFull(1),
+        };
+        config.Validate();
+        return config;
+    }
+
+    // Seeded random indexer weights for a config.
+    private static DsaIndexerWeights RandomIndexer(DsaConfig config, ulong seed)
+    {
+        DsaIndexerWeights weights = new(config);
+        XorShiftRandom random = new(seed);
+        weights.Randomize(ref random);
+        return weights;
     }
 }
