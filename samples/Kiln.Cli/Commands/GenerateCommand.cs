@@ -2,11 +2,14 @@
 // note and the prefill/decode speeds go to stderr. Flags follow llama.cpp (-m, -p, -n, --temp, --top-k, --top-p,
 // -s/--seed, -t). Defaults are llama.cpp's: temperature 0.8, top-k 40, top-p 0.95, a random seed (printed, so a
 // run can be repeated), and -n 256; --temp 0 is greedy, -n -1 runs to the stop token or a full context.
+// Models: llama2.c checkpoints (any device) and Kiln DSA safetensors checkpoints (DsaSession, cpu only); the
+// tokenizer is found the same way for both (--tokenizer, else tok<vocab>.bin or tokenizer.bin next to the model).
 
 using System.CommandLine;
 using System.Globalization;
 using Kiln.Devices;
 using Kiln.Models;
+using Kiln.Models.Dsa;
 using Kiln.Models.Formats;
 using Kiln.Models.Llama;
 using Kiln.Models.Sampling;
@@ -105,8 +108,10 @@ internal static class GenerateCommand
 
         // Read the header and the tokenizer (both small) and check that the prompt fits before loading weights.
         string modelPath = ModelFiles.ResolveModel(request.Model, context.Environment);
-        Llama2cHeader header = Llama2cCheckpoint.ReadHeader(modelPath);
-        LlamaConfig config = header.Config;
+        bool dsa = DsaCheckpoint.IsDsaCheckpoint(modelPath);
+        using DsaWeights? dsaWeights = dsa ? DsaCheckpoint.Load(modelPath) : null;
+        Llama2cHeader? header = dsa ? null : Llama2cCheckpoint.ReadHeader(modelPath);
+        LlamaConfig config = dsaWeights?.Config.Llama ?? header!.Config;
         string tokenizerPath = ModelFiles.ResolveTokenizer(request.Tokenizer, modelPath, config.VocabSize);
         Llama2cTokenizer tokenizer = Llama2cTokenizer.Load(tokenizerPath, config.VocabSize);
         int[] promptTokens = tokenizer.Encode(request.Prompt, bos: true);
@@ -118,14 +123,22 @@ internal static class GenerateCommand
 
         // Load the weights on the device and set up the session, sampler and generator.
         using Device device = CommonOptions.CreateDevice(request.Device, request.Threads, context.Stderr);
-        using LlamaWeights weights = Llama2cCheckpoint.Load(modelPath, device);
+        if (dsa && device is not CpuDevice)
+        {
+            throw new CliException($"--device {request.Device}: DSA checkpoints run on the cpu device only (the indexer, top-k and sparse attention are CPU kernels); pass --device cpu.");
+        }
+
+        using LlamaWeights? weights = dsa ? null : Llama2cCheckpoint.Load(modelPath, device);
         // The session holds only the positions this run can use: the prompt and -n new tokens (all of seq_len for
         // -1), and no more than the fast session runs.
         int contextLength = request.MaxNewTokens < 0
             ? config.SeqLen
             : (int)Math.Min(config.SeqLen, (long)promptTokens.Length + request.MaxNewTokens);
         contextLength = Math.Min(contextLength, usableContext);
-        using IInferenceSession session = InferenceSessions.Default(weights, new SessionOptions { ContextLength = contextLength });
+        SessionOptions sessionOptions = new() { ContextLength = contextLength };
+        using IInferenceSession session = dsaWeights is not null
+            ? new DsaSession(dsaWeights, sessionOptions)
+            : InferenceSessions.Default(weights!, sessionOptions);
         ulong seed = request.Seed ?? RandomSeed();
         SamplerOptions sampling = new()
         {
@@ -144,7 +157,11 @@ internal static class GenerateCommand
 
         // Say what runs, then print the prompt and stream the continuation.
         TextWriter err = context.Stderr;
-        err.WriteLine(Invariant($"kiln: {Path.GetFileName(modelPath)}: llama2.c {FormatName(header.Format)}, {config.ParameterCount:N0} parameters, context {config.SeqLen}, vocab {config.VocabSize}; {CommonOptions.Describe(device)}, {InferenceSessions.DefaultNameOn(device)} session"));
+        string container = dsaWeights is null
+            ? $"llama2.c {FormatName(header!.Format)}"
+            : $"DSA safetensors (K {dsaWeights.Config.TopK}, pattern {dsaWeights.Config.Pattern})";
+        string sessionName = dsaWeights is null ? InferenceSessions.DefaultNameOn(device) : "dsa";
+        err.WriteLine(Invariant($"kiln: {Path.GetFileName(modelPath)}: {container}, {config.ParameterCount:N0} parameters, context {config.SeqLen}, vocab {config.VocabSize}; {CommonOptions.Describe(device)}, {sessionName} session"));
         err.WriteLine(Invariant($"kiln: sampling: {DescribeSampling(sampling)}"));
         if (request.Verbose)
         {

@@ -21,8 +21,9 @@ internal static class IndexCacheFitCommand
     /// <summary>Builds <c>indexcache</c> with <c>fit</c>.</summary>
     public static Command Create(CliContext context)
     {
-        Command root = new("indexcache", "DeepSeek sparse attention indexers: fit one to a dense model.");
+        Command root = new("indexcache", "DeepSeek sparse attention indexers: fit them to a dense model, calibrate an IndexCache pattern.");
         root.Subcommands.Add(CreateFit(context));
+        root.Subcommands.Add(CreateCalibrate(context));
         return root;
     }
 
@@ -163,6 +164,102 @@ internal static class IndexCacheFitCommand
         double loss = windows.Average(w => SessionEvaluation.LanguageModelLoss(session, w));
         double kl = windows.Average(w => IndexerFitter.WarmupLoss(weights, w));
         return (loss, kl, SessionEvaluation.Greedy(session, prompt, count));
+    }
+
+    // kiln indexcache calibrate: the greedy IndexCache search on a DSA checkpoint; one progress line per step on stderr,
+    // the pattern to -o or stdout.
+    private static Command CreateCalibrate(CliContext context)
+    {
+        Option<string?> model = CommonOptions.Model();
+        Option<string?> tokenizer = CommonOptions.Tokenizer();
+        Option<double> keep = new("--keep") { Description = "Share of layers that keep their indexer, in (0, 1].", DefaultValueFactory = static _ => 0.25 };
+        Option<string?> data = new("--data") { Description = "Calibration text (LM loss); without it, or with --random, KL to all-F on random windows." };
+        Option<bool> random = new("--random") { Description = "KL to the all-F model on seeded random token windows (random-weight models)." };
+        Option<int> window = new("--window") { Description = "Tokens per calibration window (default: min(seq_len, 64)).", DefaultValueFactory = static _ => 0 };
+        Option<int> windows = new("--windows") { Description = "Calibration windows.", DefaultValueFactory = static _ => 4 };
+        Option<int> seed = new("--seed") { Description = "Seed of the random windows.", DefaultValueFactory = static _ => 1 };
+        Option<string?> output = new("--output", "-o") { Description = "Where to write the pattern (default: stdout)." };
+        Command command = new("calibrate", "Greedy IndexCache search: which layers keep their indexer at a given keep ratio.")
+        {
+            model, tokenizer, keep, data, random, window, windows, seed, output,
+        };
+        command.SetAction(parse => KilnCli.Guard(context, parse, () =>
+        {
+            // Check the flags, then the model.
+            double keepRatio = parse.GetValue(keep);
+            if (!(keepRatio > 0 && keepRatio <= 1))
+            {
+                throw new CliException(string.Create(CultureInfo.InvariantCulture, $"--keep {keepRatio}: the share of indexers to keep must be in (0, 1]; e.g. 0.25 keeps a quarter."));
+            }
+
+            if (parse.GetValue(windows) < 1)
+            {
+                throw new CliException($"--windows {parse.GetValue(windows)}: pass at least 1 calibration window.");
+            }
+
+            string modelPath = ModelFiles.ResolveModel(parse.GetValue(model), context.Environment);
+            if (!DsaCheckpoint.IsDsaCheckpoint(modelPath))
+            {
+                throw new CliException($"-m {modelPath}: not a Kiln DSA checkpoint (a .safetensors file with kiln-dsa metadata); calibrate runs on DSA models, make one with `kiln indexcache fit -o MODEL.safetensors`.");
+            }
+
+            using DsaWeights weights = DsaCheckpoint.Load(modelPath);
+            LlamaConfig llama = weights.Config.Llama;
+            if (weights.Indexers.Any(indexer => indexer is null))
+            {
+                throw new CliException($"-m {modelPath}: pattern {weights.Config.Pattern} leaves some layers without an indexer; the search starts all-F and needs an indexer in every layer (fit with the default all-F pattern).");
+            }
+
+            int length = parse.GetValue(window) > 0 ? parse.GetValue(window) : Math.Min(llama.SeqLen, 64);
+            if (length < 2 || length > llama.SeqLen)
+            {
+                throw new CliException($"--window {length}: must be within 2..{llama.SeqLen} (the model's seq_len).");
+            }
+
+            // The objective: LM loss on the text's windows, or KL to all-F on random windows.
+            TextWriter err = context.Stderr;
+            string? dataPath = parse.GetValue(data);
+            Func<DsaWeights, double> loss;
+            if (dataPath is not null && !parse.GetValue(random))
+            {
+                string tokPath = ModelFiles.ResolveTokenizer(parse.GetValue(tokenizer), modelPath, llama.VocabSize);
+                int[] text = Llama2cTokenizer.Load(tokPath, llama.VocabSize).Encode(File.ReadAllText(dataPath), bos: true);
+                if (text.Length < length)
+                {
+                    throw new CliException($"--data {dataPath}: the calibration text is {text.Length} tokens, shorter than one window of {length}; pass a longer text or a shorter --window.");
+                }
+
+                IReadOnlyList<int[]> textWindows = IndexCacheCalibration.TextWindows(text, length, parse.GetValue(windows));
+                err.WriteLine($"calibrate: LM loss on {textWindows.Count} windows of {length} tokens of {dataPath}, keep {keepRatio.ToString(CultureInfo.InvariantCulture)}");
+                loss = IndexCacheCalibration.LanguageModelLoss(textWindows);
+            }
+            else
+            {
+                IReadOnlyList<int[]> randomWindows = IndexCacheCalibration.RandomWindows(llama.VocabSize, length, parse.GetValue(windows), (ulong)parse.GetValue(seed));
+                err.WriteLine($"calibrate: KL to the all-F model on {randomWindows.Count} random windows of {length} tokens (seed {parse.GetValue(seed)}), keep {keepRatio.ToString(CultureInfo.InvariantCulture)}");
+                loss = IndexCacheCalibration.DivergenceFromAllFull(weights, randomWindows);
+            }
+
+            // The search, one line per switched layer; then the uniform pattern's loss for comparison.
+            IndexCachePattern found = IndexCacheCalibration.Search(weights, keepRatio, loss, step =>
+                err.WriteLine(string.Create(CultureInfo.InvariantCulture, $"flip layer {step.Layer}: loss {step.Loss:F6} pattern {step.Pattern}")));
+            IndexCachePattern uniform = IndexCachePattern.FromKeepRatio(llama.Layers, keepRatio);
+            weights.WithPattern(uniform);
+            err.WriteLine(string.Create(CultureInfo.InvariantCulture, $"uniform {uniform}: loss {loss(weights):F6}"));
+            string? outPath = parse.GetValue(output);
+            if (outPath is null)
+            {
+                context.Stdout.WriteLine(found.ToString());
+            }
+            else
+            {
+                File.WriteAllText(outPath, found + Environment.NewLine);
+                err.WriteLine($"wrote {outPath}");
+            }
+
+            return 0;
+        }));
+        return command;
     }
 
     private static int Matching(int[] a, int[] b, int count) => Enumerable.Range(0, count).Count(i => a[i] == b[i]);
