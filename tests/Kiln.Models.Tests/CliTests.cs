@@ -322,6 +322,23 @@ public sealed class CliTests : IDisposable
         Assert.Contains("fast session on ilgpu-cpu", stdout);
     }
 
+    [Theory]
+    [InlineData("--temp 0 --top-k 0 --top-p 1")]
+    [InlineData("--top-k 5")]
+    public void Generate_OnIlgpuCpu_GivesTheCpuText(string flags)
+    {
+        // Greedy without top-k/top-p samples on the device; --top-k 5 (with the default temperature and top-p)
+        // copies the logits back and samples on the host. Same seed, same text as on cpu.
+        string[] args = ["generate", "-m", TestData.StoriesModel, "-p", "Once", "-n", "3", "--seed", "3", .. flags.Split(' ')];
+        (int code, string stdout, string stderr) = Run([.. args, "--device", "ilgpu-cpu:4x4"]);
+        (int cpuCode, string cpuStdout, _) = Run([.. args, "--device", "cpu"]);
+
+        Assert.True(code == 0, stderr);
+        Assert.Equal(0, cpuCode);
+        Assert.StartsWith("Once", stdout);
+        Assert.Equal(cpuStdout, stdout);
+    }
+
     private (int Code, string Stdout, string Stderr) Run(params string[] args) =>
         Run(new CliEnvironment(null, _temp.Path), args);
 
