@@ -316,7 +316,7 @@ public sealed class CliTests : IDisposable
     [Fact]
     public void BenchDecode_RunsOnIlgpuCpu()
     {
-        (int code, string stdout, string stderr) = Run("bench", "decode", "-m", TestData.StoriesModel, "--device", "ilgpu-cpu:4x4", "--context", "6", "--runs", "1");
+        (int code, string stdout, string stderr) = Run("bench", "decode", "-m", TestData.StoriesModel, "--device", "ilgpu-cpu:4x4", "--context", "4", "--runs", "1");
 
         Assert.True(code == 0, stderr);
         Assert.Contains("fast session on ilgpu-cpu", stdout);

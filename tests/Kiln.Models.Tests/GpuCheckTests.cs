@@ -26,7 +26,9 @@ public sealed class GpuCheckTests : IDisposable
     [Fact]
     public void SmallRun_OnIlgpuCpu_PassesEveryCheckAndReportsEverySection()
     {
-        (int code, string stdout, string stderr) = Run("--device", "ilgpu-cpu", "--size", "small", "--out", _temp.Path);
+        // Every section on a 4 lanes × 4 warps device: the model section's decode steps cost about 1 s each there,
+        // against 20 s on the 32 × 2 device (every simulated thread is an OS thread), whose correctness run is below.
+        (int code, string stdout, string stderr) = Run("--device", "ilgpu-cpu:4x4", "--size", "small", "--out", _temp.Path);
 
         // Exit code and the four tables.
         Assert.True(code == GpuCheckProgram.Success, $"exit code {code}\n{stdout}\n{stderr}");
@@ -72,15 +74,15 @@ public sealed class GpuCheckTests : IDisposable
     }
 
     [Fact]
-    public void Correctness_OnNarrowGroups_PassesEveryCheck()
+    public void Correctness_OnWarp32Groups_PassesEveryCheck()
     {
-        // 4 lanes × 4 warps: 16-thread groups, so the tiled product runs 4×4 tiles and every reduction crosses warps.
+        // 32 lanes × 2 warps: CUDA's warp width, 64-thread groups (8×8 matrix-product tiles), as in the kernel properties.
         (int code, string stdout, string stderr) = Run(
-            "--device", "ilgpu-cpu:4x4", "--size", "small", "--sections", "correctness", "--out", _temp.Path);
+            "--device", "ilgpu-cpu", "--size", "small", "--sections", "correctness", "--out", _temp.Path);
 
         Assert.True(code == GpuCheckProgram.Success, $"exit code {code}\n{stdout}\n{stderr}");
         Assert.Contains("## Correctness: ilgpu-cpu against cpu", stdout);
-        Assert.Contains("warp 4, 16 threads per group", stdout);
+        Assert.Contains("warp 32, 64 threads per group", stdout);
         using JsonDocument json = JsonDocument.Parse(File.ReadAllText(_temp.File(GpuCheckProgram.JsonFileName)));
         JsonElement[] rows = json.RootElement.EnumerateArray().ToArray();
         Assert.All(rows, static r => Assert.Equal("correctness", r.GetProperty("section").GetString()));
