@@ -152,6 +152,9 @@ public sealed class CliTests : IDisposable
     [InlineData(2, "-t -3", "bench", "decode", "-t", "-3")]
     [InlineData(2, "-n -2", "generate", "-n", "-2")]
     [InlineData(2, "--device tpu", "generate", "--device", "tpu")]
+    [InlineData(2, "--device ilgpu-cpu:3x4: unknown device 'ilgpu-cpu:3x4'; the simulated GPU is", "generate", "--device", "ilgpu-cpu:3x4")]
+    [InlineData(2, "--device ilgpu-cpu:4x8: unknown device", "generate", "--device", "ilgpu-cpu:4x8")]
+    [InlineData(2, "--device ilgpu-cpuz: unknown device", "bench", "decode", "--device", "ilgpu-cpuz")]
     [InlineData(2, "--context 513", "bench", "decode", "--context", "513")]
     [InlineData(2, "--m 0", "bench", "gemm", "--m", "0")]
     [InlineData(2, "--k -5", "bench", "gemm", "--k", "-5")]
@@ -313,10 +316,27 @@ public sealed class CliTests : IDisposable
     [Fact]
     public void BenchDecode_RunsOnIlgpuCpu()
     {
-        (int code, string stdout, string stderr) = Run("bench", "decode", "-m", TestData.StoriesModel, "--device", "ilgpu-cpu:4x4", "--context", "6", "--runs", "1");
+        (int code, string stdout, string stderr) = Run("bench", "decode", "-m", TestData.StoriesModel, "--device", "ilgpu-cpu:4x4", "--context", "4", "--runs", "1");
 
         Assert.True(code == 0, stderr);
         Assert.Contains("fast session on ilgpu-cpu", stdout);
+    }
+
+    [Theory]
+    [InlineData("--temp 0 --top-k 0 --top-p 1")]
+    [InlineData("--top-k 5")]
+    public void Generate_OnIlgpuCpu_GivesTheCpuText(string flags)
+    {
+        // Greedy without top-k/top-p samples on the device; --top-k 5 (with the default temperature and top-p)
+        // copies the logits back and samples on the host. Same seed, same text as on cpu.
+        string[] args = ["generate", "-m", TestData.StoriesModel, "-p", "Once", "-n", "3", "--seed", "3", .. flags.Split(' ')];
+        (int code, string stdout, string stderr) = Run([.. args, "--device", "ilgpu-cpu:4x4"]);
+        (int cpuCode, string cpuStdout, _) = Run([.. args, "--device", "cpu"]);
+
+        Assert.True(code == 0, stderr);
+        Assert.Equal(0, cpuCode);
+        Assert.StartsWith("Once", stdout);
+        Assert.Equal(cpuStdout, stdout);
     }
 
     private (int Code, string Stdout, string Stderr) Run(params string[] args) =>

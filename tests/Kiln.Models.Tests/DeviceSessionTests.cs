@@ -234,6 +234,83 @@ public sealed class IlgpuSessionTests : IClassFixture<IlgpuStoriesFixture>
         Assert.Contains("SessionOptions.ContextLength", error.Message);
     }
 
+    [Fact]
+    public void ForwardAndSample_ATokenOtherThanTheLastDraw_IsUploaded()
+    {
+        // After a draw, feed a different id: the session must embed that id, not the one it drew.
+        using LlamaSession sampling = new(_fixture.Stories, new SessionOptions { ContextLength = 8 });
+        using LlamaSession forward = new(_fixture.Stories, new SessionOptions { ContextLength = 8 });
+        int[] prompt = [1, 403];
+        int drawn = sampling.ForwardAndSample(prompt, 0f, 0);
+        forward.Forward(prompt);
+        int other = (drawn + 7) % 512;
+
+        int next = sampling.ForwardAndSample([other], 0f, 0);
+
+        Assert.Equal(Sampler.ArgMax(forward.Forward([other])), next);
+    }
+
+    [Fact]
+    public void ForwardAndSample_IdsOutsideTheVocabulary_AreRefusedBeforeAnythingRuns()
+    {
+        // -1 is also the "nothing drawn yet" marker: it must not pass for the last draw.
+        using LlamaSession session = new(_fixture.Stories, new SessionOptions { ContextLength = 8 });
+        foreach (int id in new[] { -1, 512 })
+        {
+            ArgumentException draw = Assert.Throws<ArgumentException>(() => session.ForwardAndSample([id], 0f, 0));
+            Assert.Contains($"token id {id} (position 0) is outside the vocabulary of 512", draw.Message);
+            ArgumentException forward = Assert.Throws<ArgumentException>(() => session.Forward([1, id]));
+            Assert.Contains($"token id {id} (position 1)", forward.Message);
+            Assert.Equal(0, session.Position);
+        }
+
+        // Bad draw arguments are refused before the tokens run, too.
+        Assert.Throws<ArgumentOutOfRangeException>(() => session.ForwardAndSample([1], -1f, 0));
+        Assert.Throws<ArgumentOutOfRangeException>(() => session.ForwardAndSample([1], 1f, 1.0));
+        Assert.Equal(0, session.Position);
+    }
+
+    [Fact]
+    public void Reset_ThenReuse_RepeatsTheRun_AndFillsTheContextExactly()
+    {
+        // A context of 3: a 2-token prompt and one decode step fill it; the next token does not fit. (Each call
+        // costs about a second on this device: the steps are few.)
+        using LlamaSession session = new(_fixture.Stories, new SessionOptions { ContextLength = 3 });
+        int[] Run()
+        {
+            int first = session.ForwardAndSample([1, 403], 0f, 0);
+            return [first, session.ForwardAndSample([first], 0f, 0)];
+        }
+
+        int[] ids = Run();
+        Assert.Equal(3, session.Position);
+        InvalidOperationException full = Assert.Throws<InvalidOperationException>(() => session.ForwardAndSample([ids[^1]], 0f, 0));
+        Assert.Contains("0 of the context's 3 positions are left", full.Message);
+        Assert.Equal(3, session.Position);
+
+        session.Reset();
+        Assert.Equal(ids, Run());
+
+        // After a reset, the last draw fed first is that token at position 0.
+        session.Reset();
+        int again = session.ForwardAndSample([ids[^1]], 0f, 0);
+        using LlamaSession fresh = new(_fixture.Stories, new SessionOptions { ContextLength = 3 });
+        Assert.Equal(Sampler.ArgMax(fresh.Forward([ids[^1]])), again);
+    }
+
+    [Fact]
+    public void Dispose_Twice_IsHarmless_AndUseAfterDispose_Throws()
+    {
+        LlamaSession session = new(_fixture.Stories, new SessionOptions { ContextLength = 4 });
+        int drawn = session.ForwardAndSample([1], 0f, 0);
+        session.Dispose();
+        session.Dispose();
+
+        Assert.Throws<ObjectDisposedException>(() => session.Forward([1]));
+        Assert.Throws<ObjectDisposedException>(() => session.ForwardAndSample([drawn], 0f, 0));
+        Assert.Throws<ObjectDisposedException>(() => session.ForwardAndSample([1], 0.5f, 0.5));
+    }
+
     private static void AssertClose(float[] expected, float[] actual, double tolerance, string what)
     {
         Assert.Equal(expected.Length, actual.Length);

@@ -73,6 +73,16 @@ internal static class CommonOptions
             throw new CliException($"--device {name}: unknown device; use one of auto, cpu, cuda, ilgpu-cpu (or ilgpu-cpu:LANESxWARPS).");
         }
 
+        // A malformed simulated shape is a usage error too, caught before any device starts.
+        try
+        {
+            IlgpuDevice.TryParseCpuShape(name, out _, out _);
+        }
+        catch (ArgumentException e)
+        {
+            throw new CliException($"--device {name}: {KilnCli.OneLine(e.Message)}", CliException.UsageExitCode, e);
+        }
+
         try
         {
             return Kiln.Devices.Device.Create(name, threads);

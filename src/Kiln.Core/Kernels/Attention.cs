@@ -83,7 +83,8 @@ public static unsafe class Attention
     /// kernels are queued on its stream, not waited for, and a call allocates no device memory once the device's
     /// split-key scratch exists (sized for the cache's capacity on the first call that splits).
     /// </summary>
-    /// <param name="q">Queries, [T, H, Dh] (or [T, H * Dh]) with H a multiple of Hkv.</param>
+    /// <param name="q">Queries, [T, H, Dh] (or [T, H * Dh]) with H a multiple of Hkv; the last dimension of a
+    /// rank-3 query is Dh.</param>
     /// <param name="keyCache">The layer's keys, [Hkv, Dh, S], already holding positions up to start + T.</param>
     /// <param name="valueCache">The layer's values, [Hkv, Dh, S].</param>
     /// <param name="start">The position of the first query token.</param>
@@ -99,6 +100,12 @@ public static unsafe class Attention
         if (q.Rank < 2)
         {
             throw new ArgumentException($"Attention: queries {q} must be [T, H, {dh}] or [T, H * {dh}].", nameof(q));
+        }
+
+        // Rows of heads must have the cache's head width: [T, 4, 3] would otherwise pass for two heads of 6.
+        if (q.Rank >= 3 && q.Size(-1) != dh)
+        {
+            throw new ArgumentException($"Attention: queries {q} have heads of {q.Size(-1)} but the cache {Tensor.FormatShape(keyCache.Shape)} holds heads of Dh = {dh}; pass [T, H, {dh}] or [T, H * {dh}].", nameof(q));
         }
 
         int t = q.Size(0);

@@ -72,16 +72,7 @@ public static class DeviceSampling
     public static void Sample(Tensor logits, float temperature, double uniform, Tensor id)
     {
         int vocab = Validate("DeviceSampling.Sample", logits, id);
-        if (!(temperature >= 0) || !float.IsFinite(temperature))
-        {
-            throw new ArgumentOutOfRangeException(nameof(temperature), $"DeviceSampling.Sample: the temperature is {temperature}; pass a finite number >= 0 (0 means greedy).");
-        }
-
-        if (!(uniform >= 0 && uniform < 1))
-        {
-            throw new ArgumentOutOfRangeException(nameof(uniform), $"DeviceSampling.Sample: the uniform number is {uniform}; pass a number in [0, 1).");
-        }
-
+        CheckDraw(temperature, uniform);
         if (temperature == 0f)
         {
             ArgMax(logits, id);
@@ -100,6 +91,24 @@ public static class DeviceSampling
                 break;
             default:
                 throw new NotSupportedException($"DeviceSampling.Sample: device {logits.Device.Name} is not supported.");
+        }
+    }
+
+    /// <summary>
+    /// Checks the draw arguments of <see cref="Sample(Tensor, float, double, Tensor)"/>, so that a caller can refuse
+    /// them before doing work that the draw would follow.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">The temperature is negative or not finite, or the uniform is outside [0, 1).</exception>
+    public static void CheckDraw(float temperature, double uniform)
+    {
+        if (!(temperature >= 0) || !float.IsFinite(temperature))
+        {
+            throw new ArgumentOutOfRangeException(nameof(temperature), $"DeviceSampling.Sample: the temperature is {temperature}; pass a finite number >= 0 (0 means greedy).");
+        }
+
+        if (!(uniform >= 0 && uniform < 1))
+        {
+            throw new ArgumentOutOfRangeException(nameof(uniform), $"DeviceSampling.Sample: the uniform number is {uniform}; pass a number in [0, 1).");
         }
     }
 

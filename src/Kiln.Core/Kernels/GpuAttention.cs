@@ -149,9 +149,15 @@ internal static class GpuAttention
     /// <summary>Queues attention with the default plan for the device (arguments checked by the caller).</summary>
     public static void Compute(IlgpuDevice device, Tensor q, Tensor keyCache, Tensor valueCache, int start, Tensor output)
     {
+        // No query tokens: nothing to plan (the plan divides by the number of row blocks) and nothing to write.
+        if (q.Length == 0)
+        {
+            return;
+        }
+
         int hkv = keyCache.Size(0), dh = keyCache.Size(1);
         int t = q.Size(0);
-        int h = (int)(q.Length / Math.Max(t, 1) / dh);
+        int h = (int)(q.Length / t / dh);
         AttentionPlan plan = Plan(device.Accelerator, t, h, hkv, dh, start + t);
         Compute(device, q, keyCache, valueCache, start, output, plan);
     }

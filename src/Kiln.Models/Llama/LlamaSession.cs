@@ -189,8 +189,12 @@ public sealed unsafe class LlamaSession : IInferenceSession, IDeviceSampling
     /// <inheritdoc />
     public int ForwardAndSample(ReadOnlySpan<int> tokens, float temperature, double uniform)
     {
-        // The id just drawn, fed back alone, is embedded from where the draw wrote it: nothing to upload.
-        if (tokens.Length == 1 && tokens[0] == _lastSampled)
+        // Refuse bad draw arguments before the tokens move the position.
+        DeviceSampling.CheckDraw(temperature, uniform);
+
+        // The id just drawn, fed back alone, is embedded from where the draw wrote it: nothing to upload. Before
+        // the first draw _lastSampled is -1, which must be refused as an id, not taken for the buffer's content.
+        if (tokens.Length == 1 && _lastSampled >= 0 && tokens[0] == _lastSampled)
         {
             CheckRoom(tokens);
             Run(_sampled, withLogits: true);
