@@ -72,12 +72,17 @@ internal static class GenerateCommand
             Description = "Random seed (default: random, printed on stderr).",
             HelpName = "S",
         };
+        Option<string?> pattern = new("--pattern")
+        {
+            Description = "DSA checkpoints: the IndexCache pattern to run (F/S per layer, e.g. FSFSS, or a file holding one, as written by indexcache calibrate -o).",
+            HelpName = "FS..|FILE",
+        };
         Option<string> device = CommonOptions.Device();
         Option<int?> threads = CommonOptions.Threads();
 
         Command command = new("generate", "Continue a prompt: prints the prompt, then streams new text.")
         {
-            model, tokenizer, prompt, count, temperature, topK, topP, seed, device, threads,
+            model, tokenizer, prompt, count, temperature, topK, topP, seed, pattern, device, threads,
         };
         command.SetAction(parse => KilnCli.Guard(context, parse, () => Execute(
             context,
@@ -90,6 +95,7 @@ internal static class GenerateCommand
                 parse.GetValue(topK),
                 parse.GetValue(topP),
                 parse.GetValue(seed),
+                parse.GetValue(pattern),
                 parse.GetValue(device) ?? "cpu",
                 parse.GetValue(threads),
                 parse.GetValue(context.Verbose)))));
@@ -109,7 +115,17 @@ internal static class GenerateCommand
         // Read the header and the tokenizer (both small) and check that the prompt fits before loading weights.
         string modelPath = ModelFiles.ResolveModel(request.Model, context.Environment);
         bool dsa = DsaCheckpoint.IsDsaCheckpoint(modelPath);
+        if (!dsa && request.Pattern is not null)
+        {
+            throw new CliException($"--pattern: {Path.GetFileName(modelPath)} is a dense llama2.c model; an IndexCache pattern applies to DSA checkpoints only (made by kiln indexcache fit).");
+        }
+
         using DsaWeights? dsaWeights = dsa ? DsaCheckpoint.Load(modelPath) : null;
+        if (dsaWeights is not null && request.Pattern is not null)
+        {
+            ApplyPattern(dsaWeights, request.Pattern);
+        }
+
         Llama2cHeader? header = dsa ? null : Llama2cCheckpoint.ReadHeader(modelPath);
         LlamaConfig config = dsaWeights?.Config.Llama ?? header!.Config;
         string tokenizerPath = ModelFiles.ResolveTokenizer(request.Tokenizer, modelPath, config.VocabSize);
@@ -179,6 +195,27 @@ internal static class GenerateCommand
         return 0;
     }
 
+    /// <summary>Runs <paramref name="weights"/> with the pattern of --pattern: F/S characters, or a file holding them.</summary>
+    private static void ApplyPattern(DsaWeights weights, string value)
+    {
+        string text = value.Trim();
+        if (text.Any(c => c != 'F' && c != 'S') && File.Exists(value))
+        {
+            text = File.ReadAllText(value).Trim();
+        }
+
+        try
+        {
+            IndexCachePattern parsed = IndexCachePattern.Parse(text, weights.Config.Llama.Layers);
+            weights.RequireIndexers(parsed);
+            weights.WithPattern(parsed);
+        }
+        catch (ArgumentException e)
+        {
+            throw new CliException($"--pattern {value}: {e.Message.Split(" (Parameter")[0]}");
+        }
+    }
+
     /// <summary>Checks --temp, --top-k and --top-p.</summary>
     public static void CheckSampling(float temperature, int topK, float topP)
     {
@@ -225,6 +262,7 @@ internal static class GenerateCommand
         int TopK,
         float TopP,
         ulong? Seed,
+        string? Pattern,
         string Device,
         int? Threads,
         bool Verbose);

@@ -44,6 +44,21 @@ public sealed class IndexCacheCliTests(ITestOutputHelper output) : IDisposable
         Assert.True(out1.Length > "Once upon".Length + 1, out1);
         Assert.Equal(out1, out2);
 
+        // --pattern runs another pattern (as a string or from calibrate's file); a Full layer without an indexer
+        // (layer 2 was Shared when fitted) is refused.
+        string patternFile = Path.Combine(_dir, "pattern.txt");
+        File.WriteAllText(patternFile, "FSSSS\n");
+        (int p1, string outString, string errString) = Run([.. generate, "--pattern", "FSSSS"]);
+        (int p2, string outFile, _) = Run([.. generate, "--pattern", patternFile]);
+        Assert.True(p1 == 0, errString);
+        Assert.Equal(0, p2);
+        Assert.Contains("pattern FSSSS", errString, StringComparison.Ordinal);
+        Assert.Equal(outString, outFile);
+        (int p3, _, string errMissing) = Run([.. generate, "--pattern", "FFFFF"]);
+        Assert.NotEqual(0, p3);
+        Assert.Contains("Layer 2 is Full", errMissing, StringComparison.Ordinal);
+        Assert.Single(errMissing.TrimEnd('\n').Split('\n'));
+
         // Info shows the DSA config.
         (int i, string info, _) = Run("info", "-m", model);
         Assert.Equal(0, i);
@@ -98,6 +113,9 @@ public sealed class IndexCacheCliTests(ITestOutputHelper output) : IDisposable
     [InlineData("short")]
     [InlineData("dense")]
     [InlineData("k0")]
+    [InlineData("pattern-length")]
+    [InlineData("pattern-s")]
+    [InlineData("pattern-dense")]
     public void Errors_AreOneLineWithAFailureCode(string which)
     {
         string model = RandomModel("FFFF");
@@ -109,6 +127,9 @@ public sealed class IndexCacheCliTests(ITestOutputHelper output) : IDisposable
             "keep2" => ["indexcache", "calibrate", "-m", model, "--keep", "1.5", "--random"],
             "short" => ["indexcache", "calibrate", "-m", StoriesShapedModel(), "--keep", "0.5", "--data", shortText, "--tokenizer", TestData.StoriesTokenizer, "--window", "8"],
             "dense" => ["indexcache", "calibrate", "-m", TestData.StoriesModel, "--keep", "0.5", "--random"],
+            "pattern-length" => ["generate", "-m", StoriesShapedModel(), "--tokenizer", TestData.StoriesTokenizer, "--pattern", "FFS", "-n", "1"],
+            "pattern-s" => ["generate", "-m", StoriesShapedModel(), "--tokenizer", TestData.StoriesTokenizer, "--pattern", "SFFFF", "-n", "1"],
+            "pattern-dense" => ["generate", "-m", TestData.StoriesModel, "--pattern", "FFFFF", "-n", "1"],
             _ => ["indexcache", "fit", "-m", TestData.StoriesModel, "--top-k", "0", "--steps", "1"],
         };
         string expected = which switch
@@ -116,6 +137,9 @@ public sealed class IndexCacheCliTests(ITestOutputHelper output) : IDisposable
             "keep0" or "keep2" => "--keep",
             "short" => "shorter than one window",
             "dense" => "not a Kiln DSA checkpoint",
+            "pattern-length" => "has 3 characters but the model has 5",
+            "pattern-s" => "starts with S",
+            "pattern-dense" => "applies to DSA checkpoints only",
             _ => "index_topk (K) is 0",
         };
         (int code, _, string err) = Run(args);
