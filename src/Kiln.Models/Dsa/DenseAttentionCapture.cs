@@ -92,7 +92,7 @@ public sealed class DenseAttentionCapture
         public void Attend(in AttentionStepInput input)
         {
             // The dense step itself.
-            Attention.Compute(input.Queries, input.KeyCache, input.ValueCache, input.Start, input.Output);
+            Attention.Compute(input.Queries, input.KeyCache!, input.ValueCache!, input.Start, input.Output);
 
             // Copy the normed input rows of the chunk.
             int t = input.Queries.Size(0), h = input.Queries.Size(1), dh = input.Queries.Size(2);
@@ -101,8 +101,9 @@ public sealed class DenseAttentionCapture
 
             // p rows: softmax per head over positions 0..pos, summed over heads, divided by H.
             ReadOnlySpan<float> q = input.Queries.AsSpan();
-            ReadOnlySpan<float> keys = input.KeyCache.AsSpan();
-            int hkv = input.KeyCache.Size(0), capacity = input.KeyCache.Size(2);
+            Tensor keyCache = input.KeyCache!;
+            ReadOnlySpan<float> keys = keyCache.AsSpan();
+            int hkv = keyCache.Size(0), capacity = keyCache.Size(2);
             int group = h / hkv;
             int total = capture.Tokens;
             double scale = 1.0 / Math.Sqrt(dh);

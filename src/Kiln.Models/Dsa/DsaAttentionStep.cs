@@ -8,8 +8,11 @@
 //     selection [T, K] (ascending, -1 padded, min(K, pos + 1) per row)
 //   Shared layer (pattern S): nothing of the above (no projections, no key append, no key cache); the shared selection
 //     still holds the rows of the nearest Full layer before it, because layers run in order within a chunk.
-//   Every layer: SparseAttention.Compute of its rotated queries over its own KV cache with the shared selection.
-// Key caches exist for Full layers only. Buffers are allocated once for the largest chunk; views per chunk length are
+//   Every layer: the chunk's keys and values appended to the layer's KV cache, then SparseAttention.Compute of its
+//     rotated queries over that cache with the shared selection.
+// The step keeps the KV caches itself, position-major [S, Hkv, Dh], so that a selected key is Dh contiguous floats
+// (the session's dense caches are transposed for streaming every position). Indexer key caches exist for Full
+// layers only. Buffers are allocated once for the largest chunk; views per chunk length are
 // made once, so a decode step allocates nothing. CPU only: the indexer, top-k and sparse kernels are CPU kernels.
 using Kiln.Devices;
 using Kiln.Kernels;
@@ -26,9 +29,11 @@ internal sealed unsafe class DsaAttentionStep : IAttentionStep
     private readonly Tensor? _cos;            // [S, RopeDims/2]
     private readonly Tensor? _sin;            // [S, RopeDims/2]
     private readonly Tensor?[] _keyCaches;    // per Full layer [Di, S]; null for Shared layers
+    private readonly Tensor[] _keys;          // per layer [S, Hkv, Dh], the attention keys
+    private readonly Tensor[] _values;        // per layer [S, Hkv, Dh], the attention values
     private readonly Tensor _queries;         // [chunk, Hi·Di]
     private readonly Tensor _headWeights;     // [chunk, Hi]
-    private readonly Tensor _keys;            // [chunk, Di]
+    private readonly Tensor _indexerKeys;     // [chunk, Di]
     private readonly Tensor _scores;          // [chunk, S]
     private readonly int[] _selection;        // [chunk, K] the shared selection of the current chunk
     private readonly int[][]? _recorded;      // per layer [S, K]: the selection each layer used, by absolute position
@@ -50,14 +55,18 @@ internal sealed unsafe class DsaAttentionStep : IAttentionStep
 
         // Indexer key caches for Full layers only: a Shared layer never reads or writes one.
         _keyCaches = new Tensor?[c.Llama.Layers];
+        _keys = new Tensor[c.Llama.Layers];
+        _values = new Tensor[c.Llama.Layers];
         for (int l = 0; l < _keyCaches.Length; l++)
         {
             _keyCaches[l] = c.Pattern.IsFull(l) ? Tensor.Empty([c.IndexerHeadDim, _contextLength]) : null;
+            _keys[l] = Tensor.Empty([_contextLength, c.Llama.KvHeads, c.Llama.HeadDim]);
+            _values[l] = Tensor.Empty([_contextLength, c.Llama.KvHeads, c.Llama.HeadDim]);
         }
 
         _queries = Tensor.Empty([chunk, c.IndexerQueryDim]);
         _headWeights = Tensor.Empty([chunk, c.IndexerHeads]);
-        _keys = Tensor.Empty([chunk, c.IndexerHeadDim]);
+        _indexerKeys = Tensor.Empty([chunk, c.IndexerHeadDim]);
         _scores = Tensor.Empty([chunk, _contextLength]);
         _selection = new int[chunk * c.TopK];
         if (record)
@@ -81,9 +90,14 @@ internal sealed unsafe class DsaAttentionStep : IAttentionStep
         return _recorded[layer].AsSpan(0, count * _config.TopK).ToArray();
     }
 
+    public bool KeepsOwnCache => true;
+
     public void Attend(in AttentionStepInput input)
     {
         int t = input.Queries.Size(0), layer = input.Layer, start = input.Start, k = _config.TopK;
+        int width = _config.Llama.KvDim;
+        input.Keys.AsSpan().CopyTo(_keys[layer].AsSpan().Slice(start * width, t * width));
+        input.Values.AsSpan().CopyTo(_values[layer].AsSpan().Slice(start * width, t * width));
         Span<int> selection = _selection.AsSpan(0, t * k);
         if (_config.Pattern.IsFull(layer))
         {
@@ -91,7 +105,7 @@ internal sealed unsafe class DsaAttentionStep : IAttentionStep
         }
 
         // Sparse attention over this layer's own cache with the (own or shared) selection.
-        SparseAttention.Compute(input.Queries, input.KeyCache, input.ValueCache, selection, k, start, input.Output);
+        SparseAttention.Compute(input.Queries, _keys[layer], _values[layer], selection, k, start, input.Output);
         if (_recorded is not null)
         {
             selection.CopyTo(_recorded[layer].AsSpan(start * k, t * k));
@@ -164,7 +178,7 @@ internal sealed unsafe class DsaAttentionStep : IAttentionStep
     {
         if (!_views.TryGetValue(count, out (Tensor Q, Tensor W, Tensor K, Tensor Scores) views))
         {
-            views = (_queries.Slice(0, count), _headWeights.Slice(0, count), _keys.Slice(0, count), _scores.Slice(0, count));
+            views = (_queries.Slice(0, count), _headWeights.Slice(0, count), _indexerKeys.Slice(0, count), _scores.Slice(0, count));
             _views[count] = views;
         }
 
@@ -180,9 +194,14 @@ internal sealed unsafe class DsaAttentionStep : IAttentionStep
             cache?.Dispose();
         }
 
+        foreach (Tensor cache in _keys.Concat(_values))
+        {
+            cache?.Dispose();
+        }
+
         _queries.Dispose();
         _headWeights.Dispose();
-        _keys.Dispose();
+        _indexerKeys.Dispose();
         _scores.Dispose();
     }
 }

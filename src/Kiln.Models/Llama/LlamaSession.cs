@@ -11,7 +11,7 @@
 //   for each layer:
 //     xb = RmsNorm(x, attention_norm)
 //     q = xb Wqᵀ [T, H·Dh], k = xb Wkᵀ, v = xb Wvᵀ [T, Hkv·Dh]; RoPE on q and k at positions p..p+T-1
-//     append k, v to the layer's cache; att = the layer's attention step (IAttentionStep; by default causal GQA
+//     append k, v to the layer's cache (unless the step keeps its own); att = the layer's attention step (IAttentionStep; by default causal GQA
 //     attention of q over positions [0, p + T), DSA sessions attend over a top-k selection)
 //     x = x + att Woᵀ                                  (residual add fused into the product's epilogue)
 //     xb = RmsNorm(x, ffn_norm); up = xb W3ᵀ
@@ -126,15 +126,6 @@ public sealed unsafe class LlamaSession : IInferenceSession, IDeviceSampling
         // RoPE tables for every position of the context.
         (_cos, _sin) = Ops.RopeTables(ContextLength, c.HeadDim, c.RopeTheta, device);
 
-        // Caches, transposed for the attention kernel.
-        _keyCache = new Tensor[c.Layers];
-        _valueCache = new Tensor[c.Layers];
-        for (int l = 0; l < c.Layers; l++)
-        {
-            _keyCache[l] = Tensor.Empty([c.KvHeads, c.HeadDim, ContextLength], device: device);
-            _valueCache[l] = Tensor.Empty([c.KvHeads, c.HeadDim, ContextLength], device: device);
-        }
-
         // Activations for the largest chunk; smaller chunks use views of them. Then logits and the sampled id.
         _buffers = new Buffers(c, _chunk, device);
         _logits = Tensor.Empty([1, c.VocabSize], device: device);
@@ -143,7 +134,8 @@ public sealed unsafe class LlamaSession : IInferenceSession, IDeviceSampling
         _views[_chunk] = _buffers;
         _views[1] = _buffers.Rows(1);
 
-        // The attention step last, so that a step that refuses the setup leaves nothing half-made but this session.
+        // The attention step, then the caches (transposed for the attention kernel) unless the step keeps its own;
+        // a step that refuses the setup leaves nothing half-made but this session.
         try
         {
             _attention = attention is null ? DenseAttentionStep.Instance : attention(new AttentionStepSetup(c, ContextLength, _chunk, device));
@@ -152,6 +144,15 @@ public sealed unsafe class LlamaSession : IInferenceSession, IDeviceSampling
         {
             Dispose();
             throw;
+        }
+
+        int cached = _attention.KeepsOwnCache ? 0 : c.Layers;
+        _keyCache = new Tensor[cached];
+        _valueCache = new Tensor[cached];
+        for (int l = 0; l < cached; l++)
+        {
+            _keyCache[l] = Tensor.Empty([c.KvHeads, c.HeadDim, ContextLength], device: device);
+            _valueCache[l] = Tensor.Empty([c.KvHeads, c.HeadDim, ContextLength], device: device);
         }
     }
 
@@ -261,8 +262,15 @@ public sealed unsafe class LlamaSession : IInferenceSession, IDeviceSampling
             MatMul.Compute(b.Xb, w.Wv, b.V);
             Ops.Rope(b.QHeads, _cos, _sin, start, c.RopeLayout, b.QHeads);
             Ops.Rope(b.KHeads, _cos, _sin, start, c.RopeLayout, b.KHeads);
-            Attention.Append(b.K, b.V, _keyCache[l], _valueCache[l], start);
-            _attention.Attend(new AttentionStepInput(l, start, b.Xb, b.QHeads, _keyCache[l], _valueCache[l], b.AttentionHeads));
+            Tensor? keyCache = null, valueCache = null;
+            if (_keyCache.Length > 0)
+            {
+                keyCache = _keyCache[l];
+                valueCache = _valueCache[l];
+                Attention.Append(b.K, b.V, keyCache, valueCache, start);
+            }
+
+            _attention.Attend(new AttentionStepInput(l, start, b.Xb, b.QHeads, b.K, b.V, keyCache, valueCache, b.AttentionHeads));
             Ops.ResidualAdd(b.Attention, w.Wo, b.X, b.X);
 
             // Feed-forward: norm, up projection, gate projection with SwiGLU, down projection with the residual add.
@@ -317,9 +325,9 @@ public sealed unsafe class LlamaSession : IInferenceSession, IDeviceSampling
         _sampled.Dispose();
         _cos.Dispose();
         _sin.Dispose();
-        foreach (Tensor cache in _keyCache.Concat(_valueCache))
+        foreach (Tensor? cache in (_keyCache ?? []).Concat(_valueCache ?? []))
         {
-            cache.Dispose();
+            cache?.Dispose();
         }
     }
 

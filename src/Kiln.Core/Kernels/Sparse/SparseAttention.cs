@@ -1,19 +1,23 @@
 // Sparse causal grouped-query attention on the CPU (DSA, eq. 2 of the DeepSeek-V3.2-Exp report): query token t of
-// every head attends only to the positions selected for row t (TopK.Select), gathered from the same transposed
-// key/value cache [Hkv, Dh, S] that dense Attention reads, so that a model can switch per layer.
+// every head attends only to the positions selected for row t (TopK.Select), gathered from a position-major KV cache
+// [S, Hkv, Dh], in which the key (or value) of one position and head is Dh contiguous floats.
 //
 // Math (token t at absolute position p = start + t, query head h, its key/value head g = h / (H / Hkv), selected
 // positions sel[t, 0..c) with c the number of leading non-negative entries of the row):
-//   scores[i] = (q[t, h, :] · K[g, :, sel[i]]) / sqrt(Dh)
+//   scores[i] = (q[t, h, :] · K[sel[i], g, :]) / sqrt(Dh)
 //   weights   = softmax(scores), stable (the max is subtracted before exp)
-//   out[t, h, d] = Σ_i weights[i] · V[g, d, sel[i]]
-// With sel[t] = 0..p this is exactly Attention.Compute, and the loops follow Attention's order of operations (blocks of
-// 16 positions with one FMA per dimension, then 8, then single positions; four output dimensions per pass), so the
-// two agree to float32 rounding of the gathered loads, which is none: they are the same numbers.
+//   out[t, h, d] = Σ_i weights[i] · V[sel[i], g, d]
 //
-// Gathers. Eight positions of one cache row are loaded with one AVX2 gather (two for a Vector512 block); the index
-// vector is the selected positions themselves, the base the row's start. Every selected position is checked against
-// [0, p] before the kernel runs, so a gather can never read outside the written prefix of the cache.
+// Why position-major. Dense attention streams every position, so its cache is transposed ([Hkv, Dh, S]) for
+// vector loads along S. Sparse attention reads K scattered positions: in the transposed layout each gathered float
+// is its own cache line (Dh lines per key), in this layout a key is Dh/16 lines read with full-width loads. At
+// Dh = 64, K = 128 that is 256 KB against 4 MB of memory traffic per token and head group.
+//
+// Work items are (token, key/value head) pairs: the query heads of a group share each key row while it is in L1.
+// Each score is one vectorized dot product; the values are summed in register blocks of 64 dimensions (four
+// Vector512 accumulators), so a value row is read once per head. Every selected position is checked against [0, p]
+// before the kernel runs, so no load can read outside the written prefix of the cache. The result of a token does
+// not depend on the chunk it came in or on the thread count: prefill in pieces is bitwise prefill in one piece.
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
@@ -23,7 +27,7 @@ namespace Kiln.Kernels;
 
 /// <summary>
 /// Causal grouped-query attention of new query tokens over the cache positions selected per token (the same selection
-/// for every head), reading the dense attention cache layout [Hkv, Dh, S].
+/// for every head), reading a position-major KV cache [S, Hkv, Dh].
 /// </summary>
 public static unsafe class SparseAttention
 {
@@ -33,8 +37,8 @@ public static unsafe class SparseAttention
     /// of leading non-negative entries (a row with none gives zeros).
     /// </summary>
     /// <param name="q">Queries, [T, H, Dh] (or [T, H * Dh]) with H a multiple of Hkv.</param>
-    /// <param name="keyCache">The layer's keys, [Hkv, Dh, S], holding positions up to start + T.</param>
-    /// <param name="valueCache">The layer's values, [Hkv, Dh, S].</param>
+    /// <param name="keyCache">The layer's keys, [S, Hkv, Dh] (position-major), holding positions up to start + T.</param>
+    /// <param name="valueCache">The layer's values, [S, Hkv, Dh].</param>
     /// <param name="indices">The selection, [T, K] row-major (from <see cref="TopK.Select"/>).</param>
     /// <param name="k">K, the row length of <paramref name="indices"/>; at least 1.</param>
     /// <param name="start">The position of the first query token.</param>
@@ -63,7 +67,7 @@ public static unsafe class SparseAttention
 
         RequireCpuFloat(q, nameof(q));
         RequireCpuFloat(output, nameof(output));
-        int hkv = keyCache.Size(0), dh = keyCache.Size(1), capacity = keyCache.Size(2);
+        int capacity = keyCache.Size(0), hkv = keyCache.Size(1), dh = keyCache.Size(2);
         int t = q.Rank >= 2 ? q.Size(0) : -1;
         long width = t > 0 ? q.Length / t : 0;
         if (t < 1 || width % dh != 0 || width == 0 || (width / dh) % hkv != 0)
@@ -96,7 +100,7 @@ public static unsafe class SparseAttention
 
         RequireCausalSelection(indices, t, k, start);
 
-        // Split the (token, head) pairs across threads, as dense attention does.
+        // Split the (token, key/value head) pairs across threads.
         int h = (int)(width / dh);
         fixed (int* selection = indices)
         {
@@ -109,21 +113,21 @@ public static unsafe class SparseAttention
                 Indices = selection,
                 K = k,
                 Heads = h,
+                KvHeads = hkv,
                 Group = h / hkv,
                 HeadDim = dh,
-                Capacity = capacity,
                 Start = start,
                 Scale = 1f / MathF.Sqrt(dh),
             };
-            long workPerItem = (long)Math.Min(k, start + ((t + 1) / 2)) * dh * 2;
+            long workPerItem = (long)Math.Min(k, start + ((t + 1) / 2)) * dh * 2 * (h / hkv);
             int grain = (int)Math.Clamp(32_768 / Math.Max(workPerItem, 1), 1, int.MaxValue);
-            ((CpuDevice)q.Device).Pool.For(t * h, grain, &Run, &state);
+            ((CpuDevice)q.Device).Pool.For(t * hkv, grain, &Run, &state);
         }
     }
 
     /// <summary>
     /// The float64 reference for tests: attention over the selected positions only, with the cache as plain arrays
-    /// [Hkv, Dh, S] and the selection [T, K] (-1 padded).
+    /// [S, Hkv, Dh] and the selection [T, K] (-1 padded).
     /// </summary>
     public static double[] Reference(
         float[] q,
@@ -133,7 +137,6 @@ public static unsafe class SparseAttention
         float[] keys,
         float[] values,
         int hkv,
-        int capacity,
         int[] indices,
         int k)
     {
@@ -152,7 +155,7 @@ public static unsafe class SparseAttention
                     double dot = 0;
                     for (int d = 0; d < dh; d++)
                     {
-                        dot += (double)q[(((token * h) + head) * dh) + d] * keys[(((g * dh) + d) * capacity) + selected[i]];
+                        dot += (double)q[(((token * h) + head) * dh) + d] * keys[(((selected[i] * hkv) + g) * dh) + d];
                     }
 
                     scores[i] = dot * scale;
@@ -165,7 +168,7 @@ public static unsafe class SparseAttention
                     double acc = 0;
                     for (int i = 0; i < selected.Length; i++)
                     {
-                        acc += Math.Exp(scores[i] - max) / sum * values[(((g * dh) + d) * capacity) + selected[i]];
+                        acc += Math.Exp(scores[i] - max) / sum * values[(((selected[i] * hkv) + g) * dh) + d];
                     }
 
                     output[(((token * h) + head) * dh) + d] = acc;
@@ -185,26 +188,31 @@ public static unsafe class SparseAttention
         public int* Indices;
         public int K;
         public int Heads;
+        public int KvHeads;
         public int Group;
         public int HeadDim;
-        public int Capacity;
         public int Start;
         public float Scale;
     }
+
+    // The most scores held on the stack at once (64 KB): the heads of a group are scored together while they fit.
+    private const int StackScores = 16_384;
 
     // The scores are fully written before they are read, so the stack buffer is not zeroed.
     [SkipLocalsInit]
     private static void Run(void* statePointer, int begin, int end)
     {
         ref State state = ref Unsafe.AsRef<State>(statePointer);
-        int dh = state.HeadDim;
-        int lastToken = (end - 1) / state.Heads;
-        Span<float> scores = stackalloc float[Math.Min(state.K, state.Start + lastToken + 1)];
+        int dh = state.HeadDim, hkv = state.KvHeads, group = state.Group;
+        long rowStride = (long)hkv * dh;
+        int most = Math.Min(state.K, state.Start + ((end - 1) / hkv) + 1);
+        int together = Math.Clamp(StackScores / most, 1, group);
+        Span<float> scores = stackalloc float[together * most];
         for (int item = begin; item < end; item++)
         {
             // The row's selection and its count (leading non-negative entries).
-            int token = item / state.Heads;
-            int head = item % state.Heads;
+            int token = item / hkv;
+            int g = item % hkv;
             int* selection = state.Indices + ((long)token * state.K);
             int count = 0;
             while (count < state.K && selection[count] >= 0)
@@ -212,142 +220,168 @@ public static unsafe class SparseAttention
                 count++;
             }
 
-            float* output = state.Output + ((long)item * dh);
-            if (count == 0)
+            float* keys = state.Keys + ((long)g * dh);
+            float* values = state.Values + ((long)g * dh);
+            for (int first = 0; first < group; first += together)
             {
-                new Span<float>(output, dh).Clear();
-                continue;
+                int heads = Math.Min(together, group - first);
+                long head = ((long)token * state.Heads) + ((long)g * group) + first;
+                float* query = state.Q + (head * dh);
+                float* output = state.Output + (head * dh);
+                if (count == 0)
+                {
+                    new Span<float>(output, heads * dh).Clear();
+                    continue;
+                }
+
+                // Scores of the heads over the selected positions (each key row loaded once for all of them), a
+                // stable softmax per head, then each head's weighted sum of the value rows.
+                Scores(query, heads, keys, rowStride, dh, state.Scale, selection, count, scores);
+                for (int j = 0; j < heads; j++)
+                {
+                    Span<float> weights = scores.Slice(j * count, count);
+                    Ops.SoftmaxRow(weights, weights);
+                    fixed (float* w = weights)
+                    {
+                        WeightedSum(w, values, rowStride, dh, selection, count, output + ((long)j * dh));
+                    }
+                }
             }
-
-            long kvBase = (long)(head / state.Group) * dh * state.Capacity;
-            float* query = state.Q + ((long)item * dh);
-            Span<float> weights = scores[..count];
-
-            // Scores over the selected positions, a stable softmax, then the weighted gathered values.
-            Scores(query, state.Keys + kvBase, state.Capacity, dh, state.Scale, selection, weights);
-            Ops.SoftmaxRow(weights, weights);
-            WeightedSums(weights, state.Values + kvBase, state.Capacity, dh, selection, output);
         }
     }
 
-    // Eight positions of one cache row, by their indices.
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> Gather8(float* row, Vector256<int> positions) =>
-        Avx2.GatherVector256(row, positions, 4);
-
-    private static void Scores(float* query, float* keys, int capacity, int dh, float scale, int* selection, Span<float> scores)
+    // scores[j, i] = (query_j · keys[sel[i]]) · scale for the `heads` consecutive query heads j.
+    private static void Scores(
+        float* query, int heads, float* keys, long rowStride, int dh, float scale, int* selection, int count, Span<float> scores)
     {
-        int n = scores.Length;
-        int i = 0;
         fixed (float* result = scores)
         {
-            if (Vector512.IsHardwareAccelerated && Avx2.IsSupported)
+            for (int i = 0; i < count; i++)
             {
-                for (; i + 16 <= n; i += 16)
+                float* key = keys + (selection[i] * rowStride);
+                if (Sse.IsSupported && i + 4 < count)
                 {
-                    // Sixteen positions: one pair of gathers and one FMA per dimension.
-                    Vector256<int> low = Vector256.Load(selection + i), high = Vector256.Load(selection + i + 8);
-                    Vector512<float> acc = Vector512<float>.Zero;
-                    for (int d = 0; d < dh; d++)
+                    // The row four selections ahead: its positions are random, so no hardware prefetcher sees it.
+                    float* ahead = keys + (selection[i + 4] * rowStride);
+                    for (int line = 0; line < dh; line += 16)
                     {
-                        float* row = keys + ((long)d * capacity);
-                        Vector512<float> k = Vector512.Create(Gather8(row, low), Gather8(row, high));
-                        acc = Vector512.FusedMultiplyAdd(Vector512.Create(query[d]), k, acc);
+                        Sse.Prefetch0(ahead + line);
                     }
-
-                    (acc * scale).Store(result + i);
                 }
-            }
 
-            if (Vector256.IsHardwareAccelerated && Avx2.IsSupported)
-            {
-                for (; i + 8 <= n; i += 8)
+                for (int j = 0; j < heads; j++)
                 {
-                    Vector256<int> positions = Vector256.Load(selection + i);
-                    Vector256<float> acc = Vector256<float>.Zero;
-                    for (int d = 0; d < dh; d++)
-                    {
-                        Vector256<float> k = Gather8(keys + ((long)d * capacity), positions);
-                        acc = Vector256.FusedMultiplyAdd(Vector256.Create(query[d]), k, acc);
-                    }
-
-                    (acc * scale).Store(result + i);
+                    result[(j * count) + i] = Dot(query + ((long)j * dh), key, dh) * scale;
                 }
-            }
-
-            for (; i < n; i++)
-            {
-                float acc = 0f;
-                long position = selection[i];
-                for (int d = 0; d < dh; d++)
-                {
-                    acc = MathF.FusedMultiplyAdd(query[d], keys[((long)d * capacity) + position], acc);
-                }
-
-                result[i] = acc * scale;
             }
         }
     }
 
-    // output[d] = Σ_i weights[i] · values[d, sel[i]]: four dimensions per pass, so each block of weights and indices is
-    // loaded once for four value rows and the four sums run as independent chains.
-    private static void WeightedSums(Span<float> weights, float* values, int capacity, int dh, int* selection, float* output)
+    // Σ_d a[d] · b[d]: two Vector512 chains, then one Vector256 block, then single floats.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float Dot(float* a, float* b, int n)
     {
-        int n = weights.Length;
-        fixed (float* w = weights)
+        int d = 0;
+        float sum = 0f;
+        if (Vector512.IsHardwareAccelerated)
         {
-            int d = 0;
-            if (Vector512.IsHardwareAccelerated && Avx2.IsSupported)
+            Vector512<float> acc0 = Vector512<float>.Zero, acc1 = Vector512<float>.Zero;
+            for (; d + 32 <= n; d += 32)
             {
-                for (; d + 4 <= dh; d += 4)
-                {
-                    float* v0 = values + ((long)d * capacity);
-                    float* v1 = v0 + capacity;
-                    float* v2 = v1 + capacity;
-                    float* v3 = v2 + capacity;
-                    Vector512<float> acc0 = Vector512<float>.Zero, acc1 = Vector512<float>.Zero;
-                    Vector512<float> acc2 = Vector512<float>.Zero, acc3 = Vector512<float>.Zero;
-                    int i = 0;
-                    for (; i + 16 <= n; i += 16)
-                    {
-                        Vector256<int> low = Vector256.Load(selection + i), high = Vector256.Load(selection + i + 8);
-                        Vector512<float> block = Vector512.Load(w + i);
-                        acc0 = Vector512.FusedMultiplyAdd(block, Vector512.Create(Gather8(v0, low), Gather8(v0, high)), acc0);
-                        acc1 = Vector512.FusedMultiplyAdd(block, Vector512.Create(Gather8(v1, low), Gather8(v1, high)), acc1);
-                        acc2 = Vector512.FusedMultiplyAdd(block, Vector512.Create(Gather8(v2, low), Gather8(v2, high)), acc2);
-                        acc3 = Vector512.FusedMultiplyAdd(block, Vector512.Create(Gather8(v3, low), Gather8(v3, high)), acc3);
-                    }
-
-                    float sum0 = Vector512.Sum(acc0), sum1 = Vector512.Sum(acc1);
-                    float sum2 = Vector512.Sum(acc2), sum3 = Vector512.Sum(acc3);
-                    for (; i < n; i++)
-                    {
-                        long position = selection[i];
-                        sum0 = MathF.FusedMultiplyAdd(w[i], v0[position], sum0);
-                        sum1 = MathF.FusedMultiplyAdd(w[i], v1[position], sum1);
-                        sum2 = MathF.FusedMultiplyAdd(w[i], v2[position], sum2);
-                        sum3 = MathF.FusedMultiplyAdd(w[i], v3[position], sum3);
-                    }
-
-                    output[d] = sum0;
-                    output[d + 1] = sum1;
-                    output[d + 2] = sum2;
-                    output[d + 3] = sum3;
-                }
+                acc0 = Vector512.FusedMultiplyAdd(Vector512.Load(a + d), Vector512.Load(b + d), acc0);
+                acc1 = Vector512.FusedMultiplyAdd(Vector512.Load(a + d + 16), Vector512.Load(b + d + 16), acc1);
             }
 
-            // The remaining dimensions (all of them without Vector512): one gathered dot product each.
-            for (; d < dh; d++)
+            if (d + 16 <= n)
             {
-                float* row = values + ((long)d * capacity);
-                float sum = 0f;
-                for (int i = 0; i < n; i++)
+                acc0 = Vector512.FusedMultiplyAdd(Vector512.Load(a + d), Vector512.Load(b + d), acc0);
+                d += 16;
+            }
+
+            sum = Vector512.Sum(acc0 + acc1);
+        }
+
+        if (Vector256.IsHardwareAccelerated)
+        {
+            Vector256<float> acc = Vector256<float>.Zero;
+            for (; d + 8 <= n; d += 8)
+            {
+                acc = Vector256.FusedMultiplyAdd(Vector256.Load(a + d), Vector256.Load(b + d), acc);
+            }
+
+            sum += Vector256.Sum(acc);
+        }
+
+        for (; d < n; d++)
+        {
+            sum = MathF.FusedMultiplyAdd(a[d], b[d], sum);
+        }
+
+        return sum;
+    }
+
+    // output[d] = Σ_i w[i] · values[sel[i], d]: the dimensions in register blocks (64 with Vector512, then 16, then 8,
+    // then single floats), each block summed over every selected row before it is stored.
+    private static void WeightedSum(float* w, float* values, long rowStride, int dh, int* selection, int count, float* output)
+    {
+        int d = 0;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            for (; d + 64 <= dh; d += 64)
+            {
+                Vector512<float> acc0 = Vector512<float>.Zero, acc1 = Vector512<float>.Zero;
+                Vector512<float> acc2 = Vector512<float>.Zero, acc3 = Vector512<float>.Zero;
+                for (int i = 0; i < count; i++)
                 {
-                    sum = MathF.FusedMultiplyAdd(w[i], row[selection[i]], sum);
+                    float* row = values + (selection[i] * rowStride) + d;
+                    Vector512<float> weight = Vector512.Create(w[i]);
+                    acc0 = Vector512.FusedMultiplyAdd(weight, Vector512.Load(row), acc0);
+                    acc1 = Vector512.FusedMultiplyAdd(weight, Vector512.Load(row + 16), acc1);
+                    acc2 = Vector512.FusedMultiplyAdd(weight, Vector512.Load(row + 32), acc2);
+                    acc3 = Vector512.FusedMultiplyAdd(weight, Vector512.Load(row + 48), acc3);
                 }
 
-                output[d] = sum;
+                acc0.Store(output + d);
+                acc1.Store(output + d + 16);
+                acc2.Store(output + d + 32);
+                acc3.Store(output + d + 48);
             }
+
+            for (; d + 16 <= dh; d += 16)
+            {
+                Vector512<float> acc = Vector512<float>.Zero;
+                for (int i = 0; i < count; i++)
+                {
+                    acc = Vector512.FusedMultiplyAdd(Vector512.Create(w[i]), Vector512.Load(values + (selection[i] * rowStride) + d), acc);
+                }
+
+                acc.Store(output + d);
+            }
+        }
+
+        if (Vector256.IsHardwareAccelerated)
+        {
+            for (; d + 8 <= dh; d += 8)
+            {
+                Vector256<float> acc = Vector256<float>.Zero;
+                for (int i = 0; i < count; i++)
+                {
+                    acc = Vector256.FusedMultiplyAdd(Vector256.Create(w[i]), Vector256.Load(values + (selection[i] * rowStride) + d), acc);
+                }
+
+                acc.Store(output + d);
+            }
+        }
+
+        for (; d < dh; d++)
+        {
+            float sum = 0f;
+            for (int i = 0; i < count; i++)
+            {
+                sum = MathF.FusedMultiplyAdd(w[i], values[(selection[i] * rowStride) + d], sum);
+            }
+
+            output[d] = sum;
         }
     }
 
@@ -393,10 +427,10 @@ public static unsafe class SparseAttention
     private static void RequireCache(Tensor cache, string name)
     {
         RequireCpuFloat(cache, name);
-        if (cache.Rank != 3 || cache.Size(0) == 0 || cache.Size(1) == 0)
+        if (cache.Rank != 3 || cache.Size(1) == 0 || cache.Size(2) == 0)
         {
             throw new ArgumentException(
-                $"SparseAttention: {name} {cache} must be [Hkv, Dh, S] with Hkv and Dh at least 1.", name);
+                $"SparseAttention: {name} {cache} must be [S, Hkv, Dh] (position-major) with Hkv and Dh at least 1.", name);
         }
     }
 
