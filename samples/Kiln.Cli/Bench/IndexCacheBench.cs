@@ -2,8 +2,9 @@
 // 8 layers, 4 heads × 64, 8 indexer heads × 64 with 32 rotated dims, K 128, FFN 512, vocabulary 512). Per context:
 // the dense Llama session, then DSA sessions with keep 1 (all Full), 1/2 and 1/4 (IndexCachePattern.FromKeepRatio),
 // all on the same weights and the same random tokens. Prefill: the whole context in one Forward (the session chunks
-// it); decode: `decode` one-token steps right after it. Each figure is the best of `runs` measured runs. Speed-ups are
-// against all-Full DSA at the same context; "vs_dense" against the dense session measured in the same run.
+// it); decode: `decode` one-token steps right after it. The four sessions of a context take turns, one measured run
+// each per round, so that a burst of load from elsewhere on a shared machine hits them alike; each figure is the best
+// of `runs` rounds. Speed-ups are against all-Full DSA at the same context; "vs_dense" against the dense session.
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
@@ -49,54 +50,78 @@ public static class IndexCacheBench
         }
 
         // Warm the JIT on a short run of each session kind.
-        Measure(() => new LlamaSession(weights.Dense, new SessionOptions { ContextLength = 300 }), tokens.AsSpan(0, 290), 4, 1);
-        Measure(() => new DsaSession(weights, new SessionOptions { ContextLength = 300 }), tokens.AsSpan(0, 290), 4, 1);
+        int warmLength = Math.Min(300, tokens.Length), warmDecode = Math.Min(4, warmLength - 1);
+        SessionOptions warmUp = new() { ContextLength = warmLength };
+        using (LlamaSession dense = new(weights.Dense, warmUp))
+        using (DsaSession dsa = new(weights, warmUp))
+        {
+            Measure(dense, tokens.AsSpan(0, warmLength), warmDecode);
+            Measure(dsa, tokens.AsSpan(0, warmLength), warmDecode);
+        }
         foreach (int context in contexts)
         {
+            // The sessions of this context: dense, then DSA with each keep ratio (a session keeps the pattern it was
+            // created with).
             SessionOptions options = new() { ContextLength = context + decode };
-            ReadOnlySpan<int> prompt = tokens.AsSpan(0, context + decode);
-            stderr.WriteLine($"indexcache bench: context {context}, dense");
-            (double densePrefill, double denseDecode) = Measure(() => new LlamaSession(weights.Dense, options), prompt, decode, runs);
-            double fullPrefill = 0, fullDecode = 0;
-            foreach (double keep in KeepRatios)
+            List<IInferenceSession> sessions = [new LlamaSession(weights.Dense, options)];
+            List<IndexCachePattern> patterns = [];
+            try
             {
-                // Same weights, another pattern.
-                IndexCachePattern pattern = IndexCachePattern.FromKeepRatio(8, keep);
-                weights.WithPattern(pattern);
-                stderr.WriteLine($"indexcache bench: context {context}, keep {keep} ({pattern})");
-                (double prefill, double decodeSpeed) = Measure(() => new DsaSession(weights, options), prompt, decode, runs);
-                if (keep == 1.0)
+                foreach (double keep in KeepRatios)
                 {
-                    (fullPrefill, fullDecode) = (prefill, decodeSpeed);
+                    IndexCachePattern pattern = IndexCachePattern.FromKeepRatio(8, keep);
+                    weights.WithPattern(pattern);
+                    patterns.Add(pattern);
+                    sessions.Add(new DsaSession(weights, options));
                 }
 
-                stdout.WriteLine(Line(json, context, keep, pattern, prefill, decodeSpeed, fullPrefill, fullDecode, densePrefill, denseDecode));
+                // Rounds: every session once per round, best of the rounds.
+                ReadOnlySpan<int> prompt = tokens.AsSpan(0, context + decode);
+                var best = new (double Prefill, double Decode)[sessions.Count];
+                for (int round = 0; round < runs; round++)
+                {
+                    stderr.WriteLine($"indexcache bench: context {context}, round {round + 1} of {runs}: dense, keep {string.Join(", ", KeepRatios.Select(k => k.ToString(CultureInfo.InvariantCulture)))}");
+                    for (int i = 0; i < sessions.Count; i++)
+                    {
+                        (double prefill, double decodeSpeed) = Measure(sessions[i], prompt, decode);
+                        best[i] = (Math.Max(best[i].Prefill, prefill), Math.Max(best[i].Decode, decodeSpeed));
+                    }
+                }
+
+                (double densePrefill, double denseDecode) = best[0];
+                (double fullPrefill, double fullDecode) = best[1];
+                for (int i = 0; i < patterns.Count; i++)
+                {
+                    (double prefill, double decodeSpeed) = best[i + 1];
+                    stdout.WriteLine(Line(json, context, KeepRatios[i], patterns[i], prefill, decodeSpeed, fullPrefill, fullDecode, densePrefill, denseDecode));
+                }
+            }
+            finally
+            {
+                foreach (IInferenceSession session in sessions)
+                {
+                    session.Dispose();
+                }
             }
         }
     }
 
-    // Best-of-runs prefill tok/s over prompt[..^decode], then decode tok/s over the last `decode` tokens, one at a time.
-    private static (double Prefill, double Decode) Measure(Func<IInferenceSession> create, ReadOnlySpan<int> prompt, int decode, int runs)
+    // One measured run: prefill tok/s over prompt[..^decode] from position 0, then decode tok/s over the last `decode`
+    // tokens, one at a time.
+    private static (double Prefill, double Decode) Measure(IInferenceSession session, ReadOnlySpan<int> prompt, int decode)
     {
-        using IInferenceSession session = create();
         int prefillLength = prompt.Length - decode;
-        double bestPrefill = 0, bestDecode = 0;
-        for (int run = 0; run < runs; run++)
+        session.Reset();
+        long start = Stopwatch.GetTimestamp();
+        session.Forward(prompt[..prefillLength]);
+        double prefill = PerSecond(prefillLength, Stopwatch.GetTimestamp() - start);
+        start = Stopwatch.GetTimestamp();
+        for (int i = prefillLength; i < prompt.Length; i++)
         {
-            session.Reset();
-            long start = Stopwatch.GetTimestamp();
-            session.Forward(prompt[..prefillLength]);
-            bestPrefill = Math.Max(bestPrefill, PerSecond(prefillLength, Stopwatch.GetTimestamp() - start));
-            start = Stopwatch.GetTimestamp();
-            for (int i = prefillLength; i < prompt.Length; i++)
-            {
-                session.Forward(prompt.Slice(i, 1));
-            }
-
-            bestDecode = Math.Max(bestDecode, PerSecond(decode, Stopwatch.GetTimestamp() - start));
+            session.Forward(prompt.Slice(i, 1));
         }
 
-        return (bestPrefill, bestDecode);
+        return (prefill, PerSecond(decode, Stopwatch.GetTimestamp() - start));
     }
 
     private static double PerSecond(int tokens, long ticks) => ticks > 0 ? tokens * (double)Stopwatch.Frequency / ticks : 0;

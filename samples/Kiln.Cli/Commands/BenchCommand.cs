@@ -42,8 +42,8 @@ internal static class BenchCommand
             AllowMultipleArgumentsPerToken = true,
             HelpName = "N",
         };
-        Option<int> decode = new("--decode") { Description = "Decode steps measured after the prefill.", DefaultValueFactory = static _ => 32 };
-        Option<int> runs = new("--runs") { Description = "Measured runs per configuration (best reported).", DefaultValueFactory = static _ => 1 };
+        Option<int> decode = new("--decode") { Description = "Decode steps measured after the prefill.", DefaultValueFactory = static _ => 64 };
+        Option<int> runs = new("--runs") { Description = "Measured rounds (each session once per round, best reported).", DefaultValueFactory = static _ => 3 };
         Option<bool> json = new("--json") { Description = "Print one JSON object per line." };
         Command command = new("indexcache", "IndexCache speed on random B' weights: DSA with keep 1, 1/2, 1/4 against all-Full DSA and dense attention.")
         {

@@ -37,16 +37,20 @@ public sealed class DsaSession : IInferenceSession
 
         weights.RequireIndexers(weights.Config.Pattern);
         Weights = weights;
+        DsaConfig = weights.Config;
         DsaAttentionStep? step = null;
         _session = new LlamaSession(weights.Dense, options, setup => step = new DsaAttentionStep(weights, setup, recordSelections));
         _step = step!;
     }
 
-    /// <summary>The DSA weights (and through them the pattern) this session runs.</summary>
+    /// <summary>The DSA weights this session runs.</summary>
     public DsaWeights Weights { get; }
 
-    /// <summary>The DSA configuration.</summary>
-    public DsaConfig DsaConfig => Weights.Config;
+    /// <summary>
+    /// The DSA configuration this session runs, pattern included: the weights' config when the session was created
+    /// (a later <see cref="DsaWeights.WithPattern"/> does not change a running session).
+    /// </summary>
+    public DsaConfig DsaConfig { get; }
 
     /// <inheritdoc />
     public LlamaConfig Config => _session.Config;

@@ -67,6 +67,40 @@ public sealed class IndexCacheCliTests(ITestOutputHelper output) : IDisposable
     }
 
     [Fact]
+    public void BenchIndexCache_Json_OneLinePerKeepRatio()
+    {
+        (int code, string stdout, string err) = Run("bench", "indexcache", "--json", "-c", "40", "--decode", "2", "--runs", "1");
+        Assert.True(code == 0, err);
+        string[] lines = stdout.TrimEnd('\n').Split('\n');
+        Assert.Equal(3, lines.Length);
+        double[] keeps = [1, 0.5, 0.25];
+        string[] patterns = ["FFFFFFFF", "FSFSFSFS", "FSSSFSSS"];
+        for (int i = 0; i < 3; i++)
+        {
+            using System.Text.Json.JsonDocument line = System.Text.Json.JsonDocument.Parse(lines[i]);
+            System.Text.Json.JsonElement o = line.RootElement;
+            Assert.Equal(40, o.GetProperty("context").GetInt32());
+            Assert.Equal(keeps[i], o.GetProperty("keep").GetDouble());
+            Assert.Equal(patterns[i], o.GetProperty("pattern").GetString());
+            foreach (string field in new[] { "prefill_tok_s", "decode_tok_s", "dense_prefill_tok_s", "dense_decode_tok_s", "prefill_speedup", "decode_speedup" })
+            {
+                Assert.True(o.GetProperty(field).GetDouble() > 0, $"{field} in {lines[i]}");
+            }
+        }
+
+        // All-F is the speed-up baseline.
+        using System.Text.Json.JsonDocument first = System.Text.Json.JsonDocument.Parse(lines[0]);
+        Assert.Equal(1.0, first.RootElement.GetProperty("prefill_speedup").GetDouble());
+        Assert.Equal(1.0, first.RootElement.GetProperty("decode_speedup").GetDouble());
+
+        // A context out of range is a one-line error.
+        (int bad, _, string badErr) = Run("bench", "indexcache", "-c", "0");
+        Assert.NotEqual(0, bad);
+        Assert.Contains("--context", badErr, StringComparison.Ordinal);
+        Assert.Single(badErr.TrimEnd('\n').Split('\n'));
+    }
+
+    [Fact]
     public void Calibrate_Random_IsDeterministicAndKeepsTheTargetCount()
     {
         string model = RandomModel("FFFFFF");
