@@ -73,8 +73,15 @@ public sealed class Mamba3ReferenceState
 /// <summary>The float64 sequential Mamba-3 mixer: the oracle for the chunked and recurrent float32 forms.</summary>
 public static class Mamba3Reference
 {
-    /// <summary>softplus(x) = ln(1 + eˣ), without overflow for large x.</summary>
-    public static double Softplus(double x) => x > 30 ? x + double.LogP1(Math.Exp(-x)) : double.LogP1(Math.Exp(x));
+    /// <summary>softplus(x) = ln(1 + eˣ) = max(x, 0) + ln(1 + e^-|x|), accurate for every x (no overflow, no loss for x ≪ 0).</summary>
+    public static double Softplus(double x) => Math.Max(x, 0) + LogOnePlus(Math.Exp(-Math.Abs(x)));
+
+    // ln(1 + e) for 0 <= e <= 1 to full precision (Goldberg's correction for the rounding of 1 + e).
+    private static double LogOnePlus(double e)
+    {
+        double u = 1 + e;
+        return u == 1 ? e : Math.Log(u) * e / (u - 1);
+    }
 
     /// <summary>The decay A = min(-f(a), -A_floor) for activation f.</summary>
     public static double Decay(Mamba3AActivation activation, double a, double floor)
