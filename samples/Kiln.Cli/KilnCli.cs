@@ -57,6 +57,7 @@ public static class KilnCli
         root.Subcommands.Add(InfoCommand.Create(context));
         root.Subcommands.Add(BenchCommand.Create(context));
         root.Subcommands.Add(IndexCacheFitCommand.Create(context));
+        root.Subcommands.Add(CheckLayerCommand.Create(context));
         return root;
     }
 

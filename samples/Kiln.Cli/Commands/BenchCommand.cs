@@ -26,11 +26,59 @@ internal static class BenchCommand
     /// <summary>Builds the command.</summary>
     public static Command Create(CliContext context)
     {
-        Command bench = new("bench", "Measure speed: decode (a whole model) or gemm (matrix products).");
+        Command bench = new("bench", "Measure speed: decode (a whole model), gemm (matrix products), indexcache, mamba3 (one mixer).");
         bench.Subcommands.Add(CreateDecode(context));
         bench.Subcommands.Add(CreateGemm(context));
         bench.Subcommands.Add(CreateIndexCache(context));
+        bench.Subcommands.Add(CreateMamba3(context));
         return bench;
+    }
+
+    private static Command CreateMamba3(CliContext context)
+    {
+        Option<int> tokens = new("--tokens") { Description = "Prefill length T.", DefaultValueFactory = static _ => 4096 };
+        Option<int> dModel = new("--d-model") { Description = "d_model.", DefaultValueFactory = static _ => 512 };
+        Option<int> dState = new("--d-state") { Description = "d_state N.", DefaultValueFactory = static _ => 64 };
+        Option<int> headDim = new("--headdim") { Description = "Head width P.", DefaultValueFactory = static _ => 64 };
+        Option<int> chunk = new("--chunk") { Description = "Chunk size C (default 64, or 64/R with --mimo).", DefaultValueFactory = static _ => 0 };
+        Option<int> mimo = new("--mimo") { Description = "MIMO rank R (0: SISO).", DefaultValueFactory = static _ => 0 };
+        Option<int> decode = new("--decode") { Description = "Decode steps measured after the prefill.", DefaultValueFactory = static _ => 256 };
+        Option<int> runs = new("--runs") { Description = "Measured runs (best reported).", DefaultValueFactory = static _ => 3 };
+        Option<int?> threads = CommonOptions.Threads();
+        Option<bool> json = new("--json") { Description = "Print one JSON object on one line." };
+        Command command = new("mamba3", "One Mamba-3 mixer on random weights: prefill and decode tokens per second.")
+        {
+            tokens, dModel, dState, headDim, chunk, mimo, decode, runs, threads, json,
+        };
+        command.SetAction(parse => KilnCli.Guard(context, parse, () =>
+        {
+            int t = parse.GetValue(tokens), steps = parse.GetValue(decode), runCount = parse.GetValue(runs), rank = parse.GetValue(mimo);
+            int? threadCount = parse.GetValue(threads);
+            CommonOptions.CheckThreads(threadCount);
+            if (t < 1 || t > 1 << 20 || steps < 1 || runCount < 1 || rank < 0)
+            {
+                throw new CliException($"--tokens {t} --decode {steps} --runs {runCount} --mimo {rank}: tokens must be 1..1048576, decode and runs at least 1, mimo 0 or more.");
+            }
+
+            int chunkSize = parse.GetValue(chunk) is > 0 and int given ? given : rank > 1 ? Math.Max(64 / rank, 1) : 64;
+            Kiln.Models.Mamba.Mamba3Config config = new()
+            {
+                DModel = parse.GetValue(dModel), DState = parse.GetValue(dState), HeadDim = parse.GetValue(headDim),
+                ChunkSize = chunkSize, IsMimo = rank > 0, MimoRank = Math.Max(rank, 1),
+            };
+            try
+            {
+                config.Validate();
+            }
+            catch (ArgumentException e)
+            {
+                throw new CliException($"bench mamba3: {KilnCli.OneLine(e.Message)}", CliException.UsageExitCode, e);
+            }
+
+            Mamba3Bench.Run(config, t, steps, runCount, threadCount ?? Environment.ProcessorCount, parse.GetValue(json), context.Stdout, context.Stderr);
+            return 0;
+        }));
+        return command;
     }
 
     private static Command CreateIndexCache(CliContext context)

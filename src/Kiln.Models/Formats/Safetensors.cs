@@ -3,10 +3,14 @@
 // the start of the data, end exclusive) and may hold "__metadata__", a map of strings to strings.
 //
 // Reading trusts nothing: the header length must fit the file and a fixed ceiling (100 MiB) before it is read; every
-// dtype must be one Kiln knows (F32, F16, BF16, I32); every shape dimension non-negative with an element count that
+// dtype must be one Kiln knows (F32, F16, BF16, I32, F64); every shape dimension non-negative with an element count that
 // neither overflows nor exceeds a tensor's limit; every byte range must equal count × element size, lie inside the data
 // and not overlap another. No allocation depends on a size before that size has been checked against the file.
-// Writing lays tensors out in the order given, contiguous, with the header padded by spaces to a multiple of 8 bytes.
+// Kiln computes in float32 and has no float64 tensors: an F64 entry loads as float32 (narrowed, round to nearest),
+// LoadFloat32 widens F16/BF16 (and narrows F64) to float32, and ReadDoubles reads any float entry exactly as float64
+// (for reference data such as expected outputs).
+// Writing lays tensors out in the order given, contiguous, with the header padded by spaces to a multiple of 8 bytes;
+// float64 arrays can be written next to the tensors.
 using System.Buffers.Binary;
 using System.Text;
 using System.Text.Json;
@@ -19,8 +23,20 @@ namespace Kiln.Models.Formats;
 /// <param name="DType">Its dtype.</param>
 /// <param name="Shape">Its shape (outermost first).</param>
 /// <param name="Offset">The byte offset of its data from the start of the file.</param>
-/// <param name="Length">The byte length of its data.</param>
-public sealed record SafetensorsEntry(string Name, DType DType, int[] Shape, long Offset, long Length);
+/// <param name="Length">The byte length of its data in the file.</param>
+/// <remarks>An F64 entry has <see cref="DType"/> float32, the dtype <see cref="SafetensorsFile.Load"/> gives it, and
+/// <see cref="FileDType"/> "F64".</remarks>
+public sealed record SafetensorsEntry(string Name, DType DType, int[] Shape, long Offset, long Length)
+{
+    /// <summary>The dtype as the file names it: F32, F16, BF16, I32 or F64.</summary>
+    public string FileDType { get; init; } = "F32";
+
+    /// <summary>Whether the file stores the values as float64.</summary>
+    public bool IsFloat64 => FileDType == "F64";
+
+    /// <summary>Whether the values are floating point (F32, F16, BF16 or F64).</summary>
+    public bool IsFloat => FileDType is "F32" or "F16" or "BF16" or "F64";
+}
 
 /// <summary>A validated safetensors file: its metadata and tensor entries; tensors are read on demand.</summary>
 public sealed unsafe class SafetensorsFile
@@ -70,6 +86,12 @@ public sealed unsafe class SafetensorsFile
             throw new ModelFormatException(Path, $"{Path}: has no tensor \"{name}\"; the file holds {_entries.Count} others (kiln info lists them).");
         }
 
+        // Float64 data is narrowed to a float32 tensor.
+        if (entry.IsFloat64)
+        {
+            return LoadFloat32(name, device);
+        }
+
         // Read into a CPU tensor, then move it when another device was asked for.
         Tensor tensor = Tensor.Empty(entry.Shape, entry.DType);
         try
@@ -97,6 +119,87 @@ public sealed unsafe class SafetensorsFile
             tensor.Dispose();
             throw new ModelFormatException(Path, $"{Path}: tensor \"{name}\" could not be read ({e.Message}); the file may have changed, re-save it.", e);
         }
+    }
+
+    /// <summary>
+    /// Reads float tensor <paramref name="name"/> (F32, F16, BF16 or F64) into a new float32 tensor on
+    /// <paramref name="device"/> (cpu when null): 16-bit values are widened exactly, float64 values rounded to nearest.
+    /// </summary>
+    /// <exception cref="ModelFormatException">No such tensor, it is not floating point, or the file changed.</exception>
+    public Tensor LoadFloat32(string name, Device? device = null)
+    {
+        SafetensorsEntry entry = FloatEntry(name);
+        if (!entry.IsFloat64)
+        {
+            Tensor loaded = Load(name);
+            if (loaded.DType == DType.Float32 && (device is null || device is CpuDevice))
+            {
+                return loaded;
+            }
+
+            // Widen 16-bit values on the host, then move.
+            using (loaded)
+            {
+                float[] values = loaded.ToArray();
+                return Tensor.FromArray(values, entry.Shape, device ?? CpuDevice.Default);
+            }
+        }
+
+        double[] doubles = ReadDoubles(name);
+        float[] narrowed = new float[doubles.Length];
+        for (int i = 0; i < doubles.Length; i++)
+        {
+            narrowed[i] = (float)doubles[i];
+        }
+
+        return Tensor.FromArray(narrowed, entry.Shape, device ?? CpuDevice.Default);
+    }
+
+    /// <summary>Reads float tensor <paramref name="name"/> (F32, F16, BF16 or F64) exactly as float64 values, row-major.</summary>
+    /// <exception cref="ModelFormatException">No such tensor, it is not floating point, or the file changed.</exception>
+    public double[] ReadDoubles(string name)
+    {
+        SafetensorsEntry entry = FloatEntry(name);
+        if (!entry.IsFloat64)
+        {
+            using Tensor loaded = Load(name);
+            float[] values = loaded.ToArray();
+            double[] widened = new double[values.Length];
+            for (int i = 0; i < values.Length; i++)
+            {
+                widened[i] = values[i];
+            }
+
+            return widened;
+        }
+
+        double[] result = new double[entry.Length / sizeof(double)];
+        try
+        {
+            using FileStream stream = new(Path, FileMode.Open, FileAccess.Read, FileShare.Read);
+            stream.Position = entry.Offset;
+            stream.ReadExactly(System.Runtime.InteropServices.MemoryMarshal.AsBytes(result.AsSpan()));
+            return result;
+        }
+        catch (Exception e) when (e is IOException or EndOfStreamException)
+        {
+            throw new ModelFormatException(Path, $"{Path}: tensor \"{name}\" could not be read ({e.Message}); the file may have changed, re-save it.", e);
+        }
+    }
+
+    private SafetensorsEntry FloatEntry(string name)
+    {
+        if (!_entries.TryGetValue(name, out SafetensorsEntry? entry))
+        {
+            throw new ModelFormatException(Path, $"{Path}: has no tensor \"{name}\"; the file holds {_entries.Count} others (kiln info lists them).");
+        }
+
+        if (!entry.IsFloat)
+        {
+            throw new ModelFormatException(Path, $"{Path}: tensor \"{name}\" is {entry.FileDType}; a float tensor (F32, F16, BF16 or F64) is needed.");
+        }
+
+        return entry;
     }
 
     /// <summary>Reads the header from <paramref name="stream"/> (positioned at the start) and validates every entry.</summary>
@@ -199,13 +302,15 @@ public sealed unsafe class SafetensorsFile
         }
 
         // The dtype, then the shape with an overflow-checked element count.
-        DType dtype = dtypeElement.GetString() switch
+        string fileDType = dtypeElement.GetString()!;
+        (DType dtype, int elementSize) = fileDType switch
         {
-            "F32" => DType.Float32,
-            "F16" => DType.Float16,
-            "BF16" => DType.BFloat16,
-            "I32" => DType.Int32,
-            _ => throw Bad(path, $"has tensor \"{name}\" of dtype {dtypeElement.GetString()}; Kiln reads F32, F16, BF16 and I32"),
+            "F32" => (DType.Float32, 4),
+            "F16" => (DType.Float16, 2),
+            "BF16" => (DType.BFloat16, 2),
+            "I32" => (DType.Int32, 4),
+            "F64" => (DType.Float32, 8),
+            _ => throw Bad(path, $"has tensor \"{name}\" of dtype {fileDType}; Kiln reads F32, F16, BF16, I32 and F64"),
         };
         if (shapeElement.GetArrayLength() > 8)
         {
@@ -247,14 +352,14 @@ public sealed unsafe class SafetensorsFile
             throw Bad(path, $"has tensor \"{name}\" with data [{offsets[0]}, {offsets[1]}) outside the {dataLength} data bytes");
         }
 
-        long bytes = count * dtype.SizeOf();
+        long bytes = count * elementSize;
         if (offsets[1] - offsets[0] != bytes)
         {
             throw Bad(path, $"has tensor \"{name}\" of {Tensor.FormatShape(shape)} {dtypeElement.GetString()} ({bytes} bytes) "
                 + $"but data_offsets span {offsets[1] - offsets[0]} bytes");
         }
 
-        return new SafetensorsEntry(name, dtype, shape, dataStart + offsets[0], bytes);
+        return new SafetensorsEntry(name, dtype, shape, dataStart + offsets[0], bytes) { FileDType = fileDType };
     }
 
     // Reads a contiguous CPU tensor's bytes in pieces of at most 1 GiB (a span holds fewer than 2^31 bytes).
@@ -280,16 +385,43 @@ public static unsafe class Safetensors
     /// <paramref name="metadata"/> as <c>__metadata__</c>.
     /// </summary>
     /// <exception cref="ArgumentException">Two tensors share a name, or a name is <c>__metadata__</c>.</exception>
-    public static void Write(string path, IEnumerable<(string Name, Tensor Tensor)> tensors, IReadOnlyDictionary<string, string>? metadata = null)
+    public static void Write(string path, IEnumerable<(string Name, Tensor Tensor)> tensors, IReadOnlyDictionary<string, string>? metadata = null) =>
+        Write(path, tensors, [], metadata);
+
+    /// <summary>
+    /// Writes <paramref name="tensors"/> (any device; each copied to the host), then the float64 arrays
+    /// <paramref name="float64"/> (dtype F64, row-major values of the given shape), with <paramref name="metadata"/>
+    /// as <c>__metadata__</c>.
+    /// </summary>
+    /// <exception cref="ArgumentException">Two entries share a name, a name is <c>__metadata__</c>, or a float64 array's
+    /// length is not its shape's element count.</exception>
+    public static void Write(
+        string path,
+        IEnumerable<(string Name, Tensor Tensor)> tensors,
+        IEnumerable<(string Name, int[] Shape, double[] Values)> float64,
+        IReadOnlyDictionary<string, string>? metadata = null)
     {
         ArgumentNullException.ThrowIfNull(tensors);
+        ArgumentNullException.ThrowIfNull(float64);
         List<(string Name, Tensor Tensor)> list = tensors.ToList();
-        if (list.Select(static t => t.Name).Distinct(StringComparer.Ordinal).Count() != list.Count || list.Any(static t => t.Name == "__metadata__"))
+        List<(string Name, int[] Shape, double[] Values)> doubles = float64.ToList();
+        List<string> names = [.. list.Select(static t => t.Name), .. doubles.Select(static d => d.Name)];
+        if (names.Distinct(StringComparer.Ordinal).Count() != names.Count || names.Contains("__metadata__"))
         {
             throw new ArgumentException("Safetensors.Write: tensor names must be distinct and not \"__metadata__\".", nameof(tensors));
         }
 
-        // The header: metadata first, then each tensor with its running offsets.
+        foreach ((string name, int[] shape, double[] values) in doubles)
+        {
+            if (shape.Aggregate(1L, static (n, d) => n * d) != values.Length)
+            {
+                throw new ArgumentException(
+                    $"Safetensors.Write: float64 entry \"{name}\" has {values.Length} values but shape {Tensor.FormatShape(shape)}; pass as many values as the shape holds.",
+                    nameof(float64));
+            }
+        }
+
+        // The header: metadata first, then each entry with its running offsets.
         using MemoryStream headerBuffer = new();
         using (Utf8JsonWriter writer = new(headerBuffer))
         {
@@ -308,28 +440,19 @@ public static unsafe class Safetensors
             long offset = 0;
             foreach ((string name, Tensor tensor) in list)
             {
-                long bytes = tensor.Length * tensor.DType.SizeOf();
-                writer.WriteStartObject(name);
-                writer.WriteString("dtype", tensor.DType switch
+                string dtype = tensor.DType switch
                 {
                     DType.Float32 => "F32",
                     DType.Float16 => "F16",
                     DType.BFloat16 => "BF16",
                     _ => "I32",
-                });
-                writer.WriteStartArray("shape");
-                foreach (int dim in tensor.Shape)
-                {
-                    writer.WriteNumberValue(dim);
-                }
+                };
+                offset = WriteEntry(writer, name, dtype, tensor.Shape, offset, tensor.Length * tensor.DType.SizeOf());
+            }
 
-                writer.WriteEndArray();
-                writer.WriteStartArray("data_offsets");
-                writer.WriteNumberValue(offset);
-                writer.WriteNumberValue(offset + bytes);
-                writer.WriteEndArray();
-                writer.WriteEndObject();
-                offset += bytes;
+            foreach ((string name, int[] shape, double[] values) in doubles)
+            {
+                offset = WriteEntry(writer, name, "F64", shape, offset, values.LongLength * sizeof(double));
             }
 
             writer.WriteEndObject();
@@ -360,6 +483,31 @@ public static unsafe class Safetensors
                 WriteBytes(stream, host);
             }
         }
+
+        foreach ((_, _, double[] values) in doubles)
+        {
+            stream.Write(System.Runtime.InteropServices.MemoryMarshal.AsBytes(values.AsSpan()));
+        }
+    }
+
+    // One header entry: {"dtype", "shape", "data_offsets"}; returns the offset after it.
+    private static long WriteEntry(Utf8JsonWriter writer, string name, string dtype, ReadOnlySpan<int> shape, long offset, long bytes)
+    {
+        writer.WriteStartObject(name);
+        writer.WriteString("dtype", dtype);
+        writer.WriteStartArray("shape");
+        foreach (int dim in shape)
+        {
+            writer.WriteNumberValue(dim);
+        }
+
+        writer.WriteEndArray();
+        writer.WriteStartArray("data_offsets");
+        writer.WriteNumberValue(offset);
+        writer.WriteNumberValue(offset + bytes);
+        writer.WriteEndArray();
+        writer.WriteEndObject();
+        return offset + bytes;
     }
 
     // Writes a contiguous CPU tensor's bytes in pieces of at most 1 GiB.
