@@ -35,7 +35,7 @@ internal static class IndexCacheFitCommand
         Option<int> heads = new("--heads") { Description = "Indexer heads.", DefaultValueFactory = static _ => 4 };
         Option<int> headDim = new("--head-dim") { Description = "Indexer head width.", DefaultValueFactory = static _ => 32 };
         Option<int> ropeDims = new("--rope-dims") { Description = "Rotated leading dims.", DefaultValueFactory = static _ => 16 };
-        Option<int> steps = new("--steps") { Description = "Adam steps.", DefaultValueFactory = static _ => 300 };
+        Option<int> steps = new("--steps") { Description = "Adam steps.", DefaultValueFactory = static _ => 1000 };
         Option<float> lr = new("--lr") { Description = "Learning rate.", DefaultValueFactory = static _ => 1e-3f };
         Option<int> window = new("--window") { Description = "Tokens per window.", DefaultValueFactory = static _ => 128 };
         Option<int> topK = new("--top-k") { Description = "K for the comparison.", DefaultValueFactory = static _ => 16 };
