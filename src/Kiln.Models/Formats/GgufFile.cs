@@ -396,12 +396,12 @@ public sealed class GgufFile
         // name, n_dims, one dim, type, offset). Counts beyond what the rest of the file could hold are lies.
         if (kvCount > (ulong)(reader.Remaining / 13))
         {
-            throw Fail(path, $"declares {kvCount} metadata entries but only {reader.Remaining} bytes follow the header (an entry takes at least 13)", Damaged);
+            throw Fail(path, $"declares {kvCount} metadata entries but only {reader.Remaining} bytes follow the header (an entry takes at least 13)", Truncated);
         }
 
         if (tensorCount > (ulong)(reader.Remaining / 28))
         {
-            throw Fail(path, $"declares {tensorCount} tensors but only {reader.Remaining} bytes follow the header (a tensor entry takes at least 28)", Damaged);
+            throw Fail(path, $"declares {tensorCount} tensors but only {reader.Remaining} bytes follow the header (a tensor entry takes at least 28)", Truncated);
         }
 
         // The metadata.
@@ -590,9 +590,10 @@ public sealed class GgufFile
         {
             case GgufValueType.String:
                 string[] strings = new string[n];
+                string arrayName = $"array '{key}'";
                 for (int i = 0; i < n; i++)
                 {
-                    strings[i] = reader.ReadString($"element {i} of array '{key}'");
+                    strings[i] = reader.ReadString(new Field(arrayName, i));
                 }
 
                 return GgufValue.Array(GgufValueType.String, strings);
@@ -652,10 +653,11 @@ public sealed class GgufFile
         try
         {
             Stream stream = _openData();
-            if (stream.Length != FileLength)
+            long length = stream.Length;
+            if (length != FileLength)
             {
                 stream.Dispose();
-                throw new ModelFormatException(Path, $"{Path}: is now {stream.Length} bytes, not the {FileLength} it had when opened; the file changed, open it again.");
+                throw new ModelFormatException(Path, $"{Path}: is now {length} bytes, not the {FileLength} it had when opened; the file changed, open it again.");
             }
 
             stream.Position = tensor.FileOffset;
@@ -805,11 +807,23 @@ public sealed class GgufFile
 
     private static string OneLine(string text) => text.ReplaceLineEndings(" ").Trim();
 
+    /// <summary>
+    /// What a read is for, in messages: a text, optionally one element of it and optionally its length prefix. Built
+    /// into a string only when a message needs it, so reading a 150,000-string array allocates no descriptions.
+    /// </summary>
+    private readonly record struct Field(string Text, int Element = -1, bool Length = false)
+    {
+        public static implicit operator Field(string text) => new(text);
+
+        public override string ToString() => (Length ? "the length of " : string.Empty) + (Element >= 0 ? $"element {Element} of {Text}" : Text);
+    }
+
     /// <summary>Reads little-endian fields from a stream, checking each against the bytes left before reading.</summary>
     private sealed class BoundedReader
     {
         private readonly Stream _stream;
         private readonly byte[] _scratch = new byte[8];
+        private byte[] _text = new byte[256];
 
         public BoundedReader(string path, Stream stream)
         {
@@ -827,12 +841,12 @@ public sealed class GgufFile
 
         public long Remaining => Length - Position;
 
-        public uint ReadUInt32(string what) => BinaryPrimitives.ReadUInt32LittleEndian(ReadBytes(4, what));
+        public uint ReadUInt32(Field what) => BinaryPrimitives.ReadUInt32LittleEndian(ReadBytes(4, what));
 
-        public ulong ReadUInt64(string what) => BinaryPrimitives.ReadUInt64LittleEndian(ReadBytes(8, what));
+        public ulong ReadUInt64(Field what) => BinaryPrimitives.ReadUInt64LittleEndian(ReadBytes(8, what));
 
         /// <summary>Up to 8 bytes into a scratch buffer (valid until the next read).</summary>
-        public ReadOnlySpan<byte> ReadBytes(int count, string what)
+        public ReadOnlySpan<byte> ReadBytes(int count, Field what)
         {
             if (count <= _scratch.Length)
             {
@@ -846,16 +860,16 @@ public sealed class GgufFile
             return bytes;
         }
 
-        public void ReadInto(Span<byte> destination, string what)
+        public void ReadInto(Span<byte> destination, Field what)
         {
             Require(destination.Length, what);
             _stream.ReadExactly(destination);
             Position += destination.Length;
         }
 
-        public string ReadString(string what)
+        public string ReadString(Field what)
         {
-            ulong length = ReadUInt64($"the length of {what}");
+            ulong length = ReadUInt64(what with { Length = true });
             if (length > (ulong)Remaining)
             {
                 throw Fail(Path, $"has {what} of {length} bytes but only {Remaining} bytes follow (at byte {Position})", Truncated);
@@ -871,12 +885,18 @@ public sealed class GgufFile
                 return string.Empty;
             }
 
-            byte[] bytes = new byte[(int)length];
+            // Decode through a reused buffer, so a string costs only itself.
+            if (_text.Length < (int)length)
+            {
+                _text = new byte[Math.Max((int)length, Math.Min(2 * _text.Length, (int)MaxStringBytes))];
+            }
+
+            Span<byte> bytes = _text.AsSpan(0, (int)length);
             ReadInto(bytes, what);
             return Encoding.UTF8.GetString(bytes);
         }
 
-        private void Require(long count, string what)
+        private void Require(long count, Field what)
         {
             if (count > Remaining)
             {
