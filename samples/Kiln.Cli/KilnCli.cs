@@ -50,11 +50,12 @@ public static class KilnCli
     /// <summary>The root command and its subcommands.</summary>
     internal static RootCommand BuildRoot(CliContext context)
     {
-        RootCommand root = new("kiln: run Llama models (llama2.c checkpoints) with the Kiln tensor framework.");
+        RootCommand root = new("kiln: run Llama models (llama2.c checkpoints and GGUF files) with the Kiln tensor framework.");
         root.Options.Add(context.Verbose);
         root.Subcommands.Add(GenerateCommand.Create(context));
         root.Subcommands.Add(TokenizeCommand.Create(context));
         root.Subcommands.Add(InfoCommand.Create(context));
+        root.Subcommands.Add(ConvertCommand.Create(context));
         root.Subcommands.Add(BenchCommand.Create(context));
         root.Subcommands.Add(IndexCacheFitCommand.Create(context));
         root.Subcommands.Add(CheckLayerCommand.Create(context));

@@ -342,7 +342,7 @@ public sealed class CliTests : IDisposable
     private (int Code, string Stdout, string Stderr) Run(params string[] args) =>
         Run(new CliEnvironment(null, _temp.Path), args);
 
-    private static (int Code, string Stdout, string Stderr) Run(CliEnvironment environment, params string[] args)
+    internal static (int Code, string Stdout, string Stderr) Run(CliEnvironment environment, params string[] args)
     {
         using StringWriter stdout = new() { NewLine = "\n" };
         using StringWriter stderr = new() { NewLine = "\n" };
@@ -351,7 +351,7 @@ public sealed class CliTests : IDisposable
     }
 
     /// <summary>Asserts the exit code and exactly one stderr line, containing the text, without a stack trace.</summary>
-    private static void AssertError(int code, string stderr, int exitCode, string expected)
+    internal static void AssertError(int code, string stderr, int exitCode, string expected)
     {
         Assert.Equal(exitCode, code);
         string line = Assert.Single(stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));

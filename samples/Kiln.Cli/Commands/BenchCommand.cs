@@ -151,22 +151,26 @@ internal static class BenchCommand
             }
 
             string modelPath = ModelFiles.ResolveModel(parse.GetValue(model), context.Environment);
-            Llama2cHeader header = Llama2cCheckpoint.ReadHeader(modelPath);
+            LlamaModelFile modelFile = LlamaModelFile.Open(modelPath);
+            LlamaConfig config = modelFile.Config;
             int? contextFlag = parse.GetValue(length);
-            int usableContext = Math.Min(header.Config.SeqLen, LlamaSession.MaxContextLength);
+            int usableContext = Math.Min(config.SeqLen, LlamaSession.MaxContextLength);
             if (contextFlag is < 1 || contextFlag > usableContext)
             {
-                throw new CliException($"--context {contextFlag}: must be between 1 and {usableContext} (the model's seq_len {header.Config.SeqLen}, at most {LlamaSession.MaxContextLength}).");
+                throw new CliException($"--context {contextFlag}: must be between 1 and {usableContext} (the model's seq_len {config.SeqLen}, at most {LlamaSession.MaxContextLength}).");
             }
 
             string deviceName = parse.GetValue(device) ?? "cpu";
             using Device target = CommonOptions.CreateDevice(deviceName, threadFlag, context.Stderr);
-            using LlamaWeights weights = Llama2cCheckpoint.Load(modelPath, target);
+            using LlamaWeights weights = modelFile.Load(target);
             SessionOptions options = new() { ContextLength = contextFlag ?? usableContext };
             using IInferenceSession session = InferenceSessions.Default(weights, options);
 
             // Measure and report.
-            DecodeBench.Result result = DecodeBench.Measure(session, Llama2cTokenizer.BeginId, runCount);
+            int bos = modelFile.Gguf is { } gguf
+                ? (int)gguf.GetInteger("tokenizer.ggml.bos_token_id", Llama2cTokenizer.BeginId, 0, config.VocabSize - 1)
+                : Llama2cTokenizer.BeginId;
+            DecodeBench.Result result = DecodeBench.Measure(session, bos, runCount);
             string name = Path.GetFileNameWithoutExtension(modelPath);
             int threadCount = CommonOptions.ThreadCount(target, threadFlag);
             if (parse.GetValue(json))

@@ -9,17 +9,17 @@ namespace Kiln.Cli.Commands;
 /// <summary>Factories for shared options and validation of flag values.</summary>
 internal static class CommonOptions
 {
-    /// <summary>-m, --model: the llama2.c checkpoint.</summary>
+    /// <summary>-m, --model: the llama2.c checkpoint or GGUF file.</summary>
     public static Option<string?> Model() => new("--model", "-m")
     {
-        Description = "The llama2.c checkpoint (.bin). Default: $KILN_MODEL, then ~/.cache/kiln/models/stories260K/stories260K.bin.",
+        Description = "The model: a llama2.c checkpoint (.bin) or a GGUF file (.gguf, llama architecture). Default: $KILN_MODEL, then ~/.cache/kiln/models/stories260K/stories260K.bin.",
         HelpName = "MODEL",
     };
 
-    /// <summary>--tokenizer: the llama2.c tokenizer.</summary>
+    /// <summary>--tokenizer: the llama2.c tokenizer (or a GGUF file whose vocabulary to use).</summary>
     public static Option<string?> Tokenizer() => new("--tokenizer")
     {
-        Description = "The llama2.c tokenizer. Default: tok<vocab_size>.bin, then tokenizer.bin, next to the model.",
+        Description = "The tokenizer: a llama2.c tok*.bin or a GGUF file's vocabulary. Default: a GGUF model's own vocabulary; for a llama2.c model tok<vocab_size>.bin, then tokenizer.bin, next to it.",
         HelpName = "TOK",
     };
 

@@ -2,8 +2,9 @@
 // note and the prefill/decode speeds go to stderr. Flags follow llama.cpp (-m, -p, -n, --temp, --top-k, --top-p,
 // -s/--seed, -t). Defaults are llama.cpp's: temperature 0.8, top-k 40, top-p 0.95, a random seed (printed, so a
 // run can be repeated), and -n 256; --temp 0 is greedy, -n -1 runs to the stop token or a full context.
-// Models: llama2.c checkpoints (any device) and Kiln DSA safetensors checkpoints (DsaSession, cpu only); the
-// tokenizer is found the same way for both (--tokenizer, else tok<vocab>.bin or tokenizer.bin next to the model).
+// Models: llama2.c checkpoints and GGUF llama files (any device) and Kiln DSA safetensors checkpoints (DsaSession, cpu
+// only). The tokenizer is --tokenizer when given, else a GGUF file's own vocabulary, else tok<vocab>.bin or
+// tokenizer.bin next to the model.
 
 using System.CommandLine;
 using System.Globalization;
@@ -117,7 +118,7 @@ internal static class GenerateCommand
         bool dsa = DsaCheckpoint.IsDsaCheckpoint(modelPath);
         if (!dsa && request.Pattern is not null)
         {
-            throw new CliException($"--pattern: {Path.GetFileName(modelPath)} is a dense llama2.c model; an IndexCache pattern applies to DSA checkpoints only (made by kiln indexcache fit).");
+            throw new CliException($"--pattern: {Path.GetFileName(modelPath)} is a dense model; an IndexCache pattern applies to DSA checkpoints only (made by kiln indexcache fit).");
         }
 
         using DsaWeights? dsaWeights = dsa ? DsaCheckpoint.Load(modelPath) : null;
@@ -126,10 +127,20 @@ internal static class GenerateCommand
             ApplyPattern(dsaWeights, request.Pattern);
         }
 
-        Llama2cHeader? header = dsa ? null : Llama2cCheckpoint.ReadHeader(modelPath);
-        LlamaConfig config = dsaWeights?.Config.Llama ?? header!.Config;
-        string tokenizerPath = ModelFiles.ResolveTokenizer(request.Tokenizer, modelPath, config.VocabSize);
-        Llama2cTokenizer tokenizer = Llama2cTokenizer.Load(tokenizerPath, config.VocabSize);
+        LlamaModelFile? modelFile = dsa ? null : LlamaModelFile.Open(modelPath);
+        LlamaConfig config = dsaWeights?.Config.Llama ?? modelFile!.Config;
+        ITokenizer tokenizer;
+        string tokenizerPath;
+        if (modelFile is not null)
+        {
+            (tokenizer, tokenizerPath) = modelFile.LoadTokenizer(request.Tokenizer);
+        }
+        else
+        {
+            tokenizerPath = ModelFiles.ResolveTokenizer(request.Tokenizer, modelPath, config.VocabSize);
+            tokenizer = Llama2cTokenizer.Load(tokenizerPath, config.VocabSize);
+        }
+
         int[] promptTokens = tokenizer.Encode(request.Prompt, bos: true);
         int usableContext = Math.Min(config.SeqLen, LlamaSession.MaxContextLength);
         if (promptTokens.Length > usableContext)
@@ -144,7 +155,7 @@ internal static class GenerateCommand
             throw new CliException($"--device {request.Device}: DSA checkpoints run on the cpu device only (the indexer, top-k and sparse attention are CPU kernels); pass --device cpu.");
         }
 
-        using LlamaWeights? weights = dsa ? null : Llama2cCheckpoint.Load(modelPath, device);
+        using LlamaWeights? weights = modelFile?.Load(device);
         // The session holds only the positions this run can use: the prompt and -n new tokens (all of seq_len for
         // -1), and no more than the fast session runs.
         int contextLength = request.MaxNewTokens < 0
@@ -174,7 +185,7 @@ internal static class GenerateCommand
         // Say what runs, then print the prompt and stream the continuation.
         TextWriter err = context.Stderr;
         string container = dsaWeights is null
-            ? $"llama2.c {FormatName(header!.Format)}"
+            ? modelFile!.Container
             : $"DSA safetensors (K {dsaWeights.Config.TopK}, pattern {dsaWeights.Config.Pattern})";
         string sessionName = dsaWeights is null ? InferenceSessions.DefaultNameOn(device) : "dsa";
         err.WriteLine(Invariant($"kiln: {Path.GetFileName(modelPath)}: {container}, {config.ParameterCount:N0} parameters, context {config.SeqLen}, vocab {config.VocabSize}; {CommonOptions.Describe(device)}, {sessionName} session"));

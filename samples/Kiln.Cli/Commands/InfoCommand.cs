@@ -1,12 +1,16 @@
 // kiln info: prints a checkpoint's container, configuration (as JSON, snake_case names) and parameter count,
 // from the header alone (the header is validated against the file length, the weights are not read). Kiln DSA
-// checkpoints (safetensors) also show the DSA fields, the IndexCache pattern and the indexers' parameter count.
+// checkpoints (safetensors) also show the DSA fields, the IndexCache pattern and the indexers' parameter count. GGUF
+// files show their container facts, architecture, tokenizer and tensor types, then the config when they hold a
+// runnable llama model (else the reason); --verbose lists every metadata key and tensor.
 
 using System.CommandLine;
 using System.Globalization;
+using Kiln.Models;
 using Kiln.Models.Dsa;
 using Kiln.Models.Formats;
 using Kiln.Models.Llama;
+using Kiln.Models.Tokenizers;
 
 namespace Kiln.Cli.Commands;
 
@@ -36,6 +40,12 @@ internal static class InfoCommand
                 return 0;
             }
 
+            if (GgufFile.IsGguf(modelPath))
+            {
+                PrintGguf(context, GgufFile.Open(modelPath), parse.GetValue(context.Verbose));
+                return 0;
+            }
+
             Llama2cHeader header = Llama2cCheckpoint.ReadHeader(modelPath);
             LlamaConfig config = header.Config;
             TextWriter output = context.Stdout;
@@ -46,6 +56,55 @@ internal static class InfoCommand
             return 0;
         }));
         return command;
+    }
+
+    // A GGUF file: container facts, architecture, tokenizer and tensor types; the llama config when the file is a
+    // runnable llama model, else why not; with --verbose every metadata key and tensor entry.
+    private static void PrintGguf(CliContext context, GgufFile gguf, bool verbose)
+    {
+        TextWriter output = context.Stdout;
+        output.WriteLine($"model: {gguf.Path}");
+        output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"format: GGUF v{gguf.Version} ({gguf.FileLength:N0} bytes, alignment {gguf.Alignment}, {gguf.Keys.Count} metadata keys, {gguf.Tensors.Count} tensors)"));
+        string architecture = gguf.Find("general.architecture")?.Value as string ?? "(none)";
+        output.WriteLine($"architecture: {architecture}");
+        if (gguf.Find(GgufTokenizers.ModelKey)?.Value is string tokenizerModel)
+        {
+            int tokens = gguf.Find("tokenizer.ggml.tokens")?.Count ?? 0;
+            output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"tokenizer: {tokenizerModel} ({tokens:N0} tokens)"));
+        }
+
+        if (gguf.Tensors.Count > 0)
+        {
+            IEnumerable<string> types = gguf.Tensors.GroupBy(static t => t.Type).OrderBy(static g => g.Key).Select(static g => $"{g.Key.Name()} {g.Count()}");
+            long elements = gguf.Tensors.Sum(static t => t.ElementCount);
+            output.WriteLine($"tensors: {gguf.Tensors.Count} ({string.Join(", ", types)}), {elements.ToString("N0", CultureInfo.InvariantCulture)} elements");
+        }
+
+        // The llama config when the file runs; otherwise the reason, which is not an error for info.
+        try
+        {
+            LlamaConfig config = GgufLlama.ReadConfig(gguf);
+            output.WriteLine($"config: {config.ToJson()}");
+            output.WriteLine($"parameters: {config.ParameterCount.ToString("N0", CultureInfo.InvariantCulture)} ({FormatCount(config.ParameterCount)})");
+        }
+        catch (ModelFormatException e)
+        {
+            string reason = e.Message.StartsWith(gguf.Path + ": ", StringComparison.Ordinal) ? e.Message[(gguf.Path.Length + 2)..] : e.Message;
+            output.WriteLine($"runnable: no ({reason.TrimEnd('.')})");
+        }
+
+        if (verbose)
+        {
+            foreach (string key in gguf.Keys)
+            {
+                output.WriteLine($"  {key} ({gguf.Metadata[key].TypeName}): {gguf.Metadata[key]}");
+            }
+
+            foreach (GgufTensorInfo tensor in gguf.Tensors)
+            {
+                output.WriteLine($"  tensor {tensor.Name}: {tensor.Type.Name()} {tensor.ShapeText} at {tensor.FileOffset}, {tensor.ByteSize} bytes");
+            }
+        }
     }
 
     private static string FormatCount(long count) => count switch

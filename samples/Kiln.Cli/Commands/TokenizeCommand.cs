@@ -1,5 +1,6 @@
-// kiln tokenize: prints the token ids of a text (BOS included) on one line, separated by spaces. Reads only the
-// model's header (for the vocabulary size) and the tokenizer, not the weights.
+// kiln tokenize: prints the token ids of a text (BOS included when the vocabulary adds it) on one line, separated by
+// spaces. Reads only the model's header (for the vocabulary size) and the tokenizer, not the weights; a GGUF file's
+// own vocabulary is used unless --tokenizer is given, so vocabulary-only GGUF files (no tensors) work too.
 
 using System.CommandLine;
 using Kiln.Models.Formats;
@@ -22,12 +23,25 @@ internal static class TokenizeCommand
         };
         command.SetAction(parse => KilnCli.Guard(context, parse, () =>
         {
-            // The vocabulary size comes from the model header; the weights are not needed.
+            // The tokenizer: --tokenizer, else a GGUF file's own vocabulary (vocabulary-only files work: no weights
+            // or llama config are needed), else the llama2.c tokenizer next to the checkpoint, sized by its header.
             string modelPath = ModelFiles.ResolveModel(parse.GetValue(model), context.Environment);
-            Llama2cHeader header = Llama2cCheckpoint.ReadHeader(modelPath);
-            int vocab = header.Config.VocabSize;
-            string tokenizerPath = ModelFiles.ResolveTokenizer(parse.GetValue(tokenizer), modelPath, vocab);
-            Llama2cTokenizer vocabulary = Llama2cTokenizer.Load(tokenizerPath, vocab);
+            string? flag = parse.GetValue(tokenizer);
+            ITokenizer vocabulary;
+            if (GgufFile.IsGguf(modelPath))
+            {
+                GgufFile gguf = GgufFile.Open(modelPath);
+                vocabulary = string.IsNullOrEmpty(flag)
+                    ? GgufTokenizers.Load(gguf)
+                    : LlamaModelFile.LoadTokenizerFile(flag, LlamaModelFile.VocabSizeOf(gguf)
+                        ?? throw new CliException($"{modelPath} declares no vocabulary size (llama.vocab_size, tokenizer.ggml.tokens or token_embd.weight); a llama2.c --tokenizer needs one.", CliException.FailureExitCode));
+            }
+            else
+            {
+                int vocab = Llama2cCheckpoint.ReadHeader(modelPath).Config.VocabSize;
+                vocabulary = LlamaModelFile.LoadTokenizerFile(ModelFiles.ResolveTokenizer(flag, modelPath, vocab), vocab);
+            }
+
             int[] ids = vocabulary.Encode(parse.GetValue(text) ?? string.Empty, bos: true);
             context.Stdout.WriteLine(string.Join(' ', ids));
             return 0;

@@ -230,6 +230,61 @@ public static class Llama2cCheckpoint
         return new Llama2cHeader(format, config, headerBytes, expected);
     }
 
+    /// <summary>
+    /// Writes <paramref name="weights"/> (any device, float32 or 16-bit matrices, which are widened exactly) as a
+    /// llama2.c version-1 checkpoint: the 256-byte header, then the float32 tensors in the version-1 order.
+    /// </summary>
+    /// <exception cref="ArgumentException">
+    /// The config is one llama2.c cannot express: a head width other than dim / n_heads, or a RoPE other than adjacent
+    /// pairs with base 10000 and RMSNorm epsilon 1e-5 (llama2.c's run.c has them fixed).
+    /// </exception>
+    public static void WriteVersion1(string path, LlamaWeights weights)
+    {
+        ArgumentNullException.ThrowIfNull(weights);
+        LlamaConfig c = weights.Config;
+        if (c.HeadDim * c.Heads != c.Dim || c.RopeLayout != RopeLayout.Adjacent || c.RopeTheta != 10000f || c.NormEps != 1e-5f)
+        {
+            throw new ArgumentException($"A llama2.c checkpoint fixes head_dim = dim / n_heads, adjacent RoPE pairs, rope_theta 10000 and norm_eps 1e-5; this model has head_dim {c.HeadDim} (dim {c.Dim} / {c.Heads} heads), {c.RopeLayout} pairs, rope_theta {c.RopeTheta}, norm_eps {c.NormEps}: keep it in GGUF.", nameof(weights));
+        }
+
+        // The header: magic, version 1, the seven fields, the shared-classifier byte, zero padding.
+        byte[] header = new byte[Version1HeaderBytes];
+        BitConverter.TryWriteBytes(header.AsSpan(0), Version1Magic);
+        BitConverter.TryWriteBytes(header.AsSpan(4), 1);
+        int[] fields = [c.Dim, c.HiddenDim, c.Layers, c.Heads, c.KvHeads, c.VocabSize, c.SeqLen];
+        for (int i = 0; i < fields.Length; i++)
+        {
+            BitConverter.TryWriteBytes(header.AsSpan(8 + (i * sizeof(int))), fields[i]);
+        }
+
+        header[8 + LegacyHeaderBytes] = c.SharedClassifier ? (byte)1 : (byte)0;
+
+        // The tensors in the version-1 order, each widened to float32.
+        IReadOnlyList<LlamaLayerWeights> layers = weights.Layers;
+        IEnumerable<Tensor> order =
+        [
+            .. layers.Select(static l => l.AttentionNorm),
+            .. layers.Select(static l => l.FfnNorm),
+            weights.FinalNorm,
+            weights.TokenEmbedding,
+            .. layers.Select(static l => l.Wq),
+            .. layers.Select(static l => l.Wk),
+            .. layers.Select(static l => l.Wv),
+            .. layers.Select(static l => l.Wo),
+            .. layers.Select(static l => l.W1),
+            .. layers.Select(static l => l.W2),
+            .. layers.Select(static l => l.W3),
+            .. c.SharedClassifier ? Array.Empty<Tensor>() : [weights.Classifier],
+        ];
+        using FileStream stream = new(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 16);
+        stream.Write(header);
+        foreach (Tensor tensor in order)
+        {
+            float[] values = tensor.ToArray();
+            stream.Write(MemoryMarshal.AsBytes(values.AsSpan()));
+        }
+    }
+
     private static void ReadLegacy(FileStream stream, LlamaWeights weights)
     {
         // Kind-major order: all layers of one tensor kind, then the next kind.

@@ -5,10 +5,8 @@
 //
 // Encoding follows llama2.c's run.c: BOS, the piece " " as a dummy prefix when the text is non-empty, each UTF-8
 // code point looked up as a piece or else split into byte pieces, then repeatedly merge the adjacent pair whose
-// concatenation is a piece with the highest score (ties: the leftmost). The merges run on a linked list with a
-// priority queue keyed by (score, position), O(n log n) in the text length; the queue may hold stale pairs,
-// which are skipped when popped. Pieces are keyed by their bytes widened one-to-one to chars (Latin-1), so
-// lookups of spans allocate nothing.
+// concatenation is a piece with the highest score (ties: the leftmost). The code points and merges are ScoredPieces,
+// the engine this tokenizer shares with the `llama` vocabulary of GGUF files (LlamaSpmTokenizer).
 //
 // Decoding: after BOS one leading space of the piece is dropped; "<0xHH>" pieces become the raw byte.
 //
@@ -36,54 +34,29 @@ public sealed class Llama2cTokenizer : ITokenizer
     private const int MaxPieceBytes = 1 << 16;
     private const long MaxFileBytes = 1L << 30;
 
-    private readonly byte[][] _pieces;
+    private readonly ScoredPieces _vocabulary;
     private readonly byte[][] _decoded;
-    private readonly float[] _scores;
-    private readonly int[] _byteIds;
-    private readonly Dictionary<string, int> _ids;
-    private readonly Dictionary<string, int>.AlternateLookup<ReadOnlySpan<char>> _lookup;
     private readonly int _spaceId;
 
     private Llama2cTokenizer(byte[][] pieces, float[] scores, int maxTokenLength)
     {
-        _pieces = pieces;
-        _scores = scores;
+        _vocabulary = new ScoredPieces(pieces, scores, UnknownId);
         MaxTokenLength = maxTokenLength;
 
-        // Key each piece by its bytes as Latin-1 characters; on duplicates the lowest id wins.
-        _ids = new Dictionary<string, int>(pieces.Length, StringComparer.Ordinal);
-        for (int id = pieces.Length - 1; id >= 0; id--)
-        {
-            _ids[Encoding.Latin1.GetString(pieces[id])] = id;
-        }
-
-        _lookup = _ids.GetAlternateLookup<ReadOnlySpan<char>>();
-
-        // Find the byte-fallback pieces "<0xHH>" and what each piece decodes to.
-        _byteIds = new int[256];
-        Array.Fill(_byteIds, UnknownId);
+        // What each piece decodes to: byte-fallback pieces "<0xHH>" become their byte, others their bytes.
         _decoded = new byte[pieces.Length][];
         for (int id = 0; id < pieces.Length; id++)
         {
-            if (TryParseBytePiece(pieces[id], out byte value))
-            {
-                _decoded[id] = [value];
-                if (_byteIds[value] == UnknownId)
-                {
-                    _byteIds[value] = id;
-                }
-            }
-            else
-            {
-                _decoded[id] = pieces[id];
-            }
+            int value = _vocabulary.ByteValue(id);
+            _decoded[id] = value >= 0 ? [(byte)value] : pieces[id];
         }
 
-        _spaceId = _lookup.TryGetValue(" ", out int space) ? space : _byteIds[' '];
+        int space = _vocabulary.Lookup(" "u8);
+        _spaceId = space >= 0 ? space : _vocabulary.ByteId((byte)' ');
     }
 
     /// <inheritdoc />
-    public int VocabSize => _pieces.Length;
+    public int VocabSize => _vocabulary.Count;
 
     /// <inheritdoc />
     public int BosId => BeginId;
@@ -206,23 +179,18 @@ public sealed class Llama2cTokenizer : ITokenizer
     public ReadOnlySpan<byte> Piece(int id)
     {
         CheckId(id, nameof(id));
-        return _pieces[id];
+        return _vocabulary.Piece(id);
     }
 
     /// <summary>The merge score of the piece of <paramref name="id"/> (higher merges first).</summary>
     public float Score(int id)
     {
         CheckId(id, nameof(id));
-        return _scores[id];
+        return _vocabulary.Score(id);
     }
 
     /// <summary>The id of the piece with exactly these bytes, or -1.</summary>
-    public int Lookup(ReadOnlySpan<byte> piece)
-    {
-        Span<char> key = piece.Length <= 256 ? stackalloc char[piece.Length] : new char[piece.Length];
-        Widen(piece, key);
-        return _lookup.TryGetValue(key, out int id) ? id : -1;
-    }
+    public int Lookup(ReadOnlySpan<byte> piece) => _vocabulary.Lookup(piece);
 
     /// <summary>
     /// Encodes <paramref name="text"/> as llama2.c's run.c does: BOS (when <paramref name="bos"/>), the dummy
@@ -235,7 +203,7 @@ public sealed class Llama2cTokenizer : ITokenizer
     {
         ArgumentNullException.ThrowIfNull(text);
 
-        // Start from single code points: ids[i] is the token of symbol i.
+        // Start from the dummy prefix and single code points (or their bytes).
         byte[] utf8 = Encoding.UTF8.GetBytes(text);
         List<int> symbols = new(utf8.Length + 1);
         if (utf8.Length > 0)
@@ -243,36 +211,10 @@ public sealed class Llama2cTokenizer : ITokenizer
             symbols.Add(_spaceId);
         }
 
-        Span<char> key = stackalloc char[4];
-        for (int start = 0; start < utf8.Length;)
-        {
-            // A code point is a lead byte and the continuation bytes (10xxxxxx) after it, at most 4 bytes.
-            int end = start + 1;
-            while (end < utf8.Length && (utf8[end] & 0xC0) == 0x80 && end - start < 4)
-            {
-                end++;
-            }
-
-            ReadOnlySpan<byte> codePoint = utf8.AsSpan(start, end - start);
-            Widen(codePoint, key);
-            if (_lookup.TryGetValue(key[..codePoint.Length], out int id))
-            {
-                symbols.Add(id);
-            }
-            else
-            {
-                // Byte fallback: one piece per byte.
-                foreach (byte b in codePoint)
-                {
-                    symbols.Add(_byteIds[b]);
-                }
-            }
-
-            start = end;
-        }
+        _vocabulary.AppendSymbols(utf8, symbols);
 
         // Merge, then write BOS, the merged symbols in list order, and EOS.
-        int[] merged = Merge(symbols);
+        int[] merged = _vocabulary.Merge(symbols);
         int count = merged.Length + (bos ? 1 : 0) + (eos ? 1 : 0);
         int[] tokens = new int[count];
         int at = 0;
@@ -303,7 +245,7 @@ public sealed class Llama2cTokenizer : ITokenizer
         }
 
         // After BOS, drop the leading space of a piece (the dummy prefix); byte pieces become their byte.
-        byte[] piece = _pieces[token];
+        byte[] piece = _vocabulary.Piece(token);
         if (previous == BeginId && piece.Length > 0 && piece[0] == (byte)' ')
         {
             return piece.AsSpan(1);
@@ -325,152 +267,13 @@ public sealed class Llama2cTokenizer : ITokenizer
         return text.Append(decoder.Flush()).ToString();
     }
 
-    private int[] Merge(List<int> symbols)
-    {
-        int n = symbols.Count;
-        if (n < 2)
-        {
-            return [.. symbols];
-        }
-
-        // A doubly linked list over the symbols; merged-away symbols are marked dead.
-        int[] ids = [.. symbols];
-        int[] next = new int[n];
-        int[] prev = new int[n];
-        bool[] dead = new bool[n];
-        for (int i = 0; i < n; i++)
-        {
-            next[i] = i + 1 < n ? i + 1 : -1;
-            prev[i] = i - 1;
-        }
-
-        // Every adjacent pair that concatenates to a piece is a candidate, best score first, then leftmost.
-        PriorityQueue<Candidate, Candidate> queue = new(n, CandidateOrder.Instance);
-        char[] buffer = new char[2 * MaxTokenLength];
-        for (int i = 0; i + 1 < n; i++)
-        {
-            TryQueue(queue, buffer, ids, i, i + 1);
-        }
-
-        while (queue.TryDequeue(out Candidate best, out _))
-        {
-            // Skip pairs made stale by an earlier merge (a side was merged away or changed id).
-            int left = best.Left;
-            int right = best.Right;
-            if (dead[left] || dead[right] || next[left] != right || ids[left] != best.LeftId || ids[right] != best.RightId)
-            {
-                continue;
-            }
-
-            // Merge right into left and unlink right.
-            ids[left] = best.MergedId;
-            dead[right] = true;
-            next[left] = next[right];
-            if (next[right] >= 0)
-            {
-                prev[next[right]] = left;
-            }
-
-            // The merged symbol forms new pairs with its neighbours.
-            if (prev[left] >= 0)
-            {
-                TryQueue(queue, buffer, ids, prev[left], left);
-            }
-
-            if (next[left] >= 0)
-            {
-                TryQueue(queue, buffer, ids, left, next[left]);
-            }
-        }
-
-        // Collect the survivors in order.
-        List<int> result = new(n);
-        for (int i = 0; i >= 0; i = next[i])
-        {
-            result.Add(ids[i]);
-        }
-
-        return [.. result];
-    }
-
-    private void TryQueue(PriorityQueue<Candidate, Candidate> queue, char[] buffer, int[] ids, int left, int right)
-    {
-        // Look up the concatenation of the two pieces; only a piece of the vocabulary is a candidate.
-        byte[] a = _pieces[ids[left]];
-        byte[] b = _pieces[ids[right]];
-        int length = a.Length + b.Length;
-        if (length > buffer.Length)
-        {
-            return;
-        }
-
-        Widen(a, buffer);
-        Widen(b, buffer.AsSpan(a.Length));
-        if (_lookup.TryGetValue(buffer.AsSpan(0, length), out int merged))
-        {
-            Candidate candidate = new(left, right, ids[left], ids[right], merged, _scores[merged]);
-            queue.Enqueue(candidate, candidate);
-        }
-    }
-
-    private static void Widen(ReadOnlySpan<byte> bytes, Span<char> chars)
-    {
-        for (int i = 0; i < bytes.Length; i++)
-        {
-            chars[i] = (char)bytes[i];
-        }
-    }
-
-    private static bool TryParseBytePiece(ReadOnlySpan<byte> piece, out byte value)
-    {
-        // Exactly "<0xHH>" with two hex digits (either case).
-        value = 0;
-        if (piece.Length != 6 || piece[0] != '<' || piece[1] != '0' || piece[2] != 'x' || piece[5] != '>')
-        {
-            return false;
-        }
-
-        int high = HexDigit(piece[3]);
-        int low = HexDigit(piece[4]);
-        if (high < 0 || low < 0)
-        {
-            return false;
-        }
-
-        value = (byte)((high << 4) | low);
-        return true;
-    }
-
-    private static int HexDigit(byte c) => c switch
-    {
-        >= (byte)'0' and <= (byte)'9' => c - '0',
-        >= (byte)'A' and <= (byte)'F' => c - 'A' + 10,
-        >= (byte)'a' and <= (byte)'f' => c - 'a' + 10,
-        _ => -1,
-    };
-
     private void CheckId(int id, string name)
     {
-        if ((uint)id >= (uint)_pieces.Length)
+        if ((uint)id >= (uint)_vocabulary.Count)
         {
-            throw new ArgumentOutOfRangeException(name, $"Token id {id} is outside the vocabulary 0..{_pieces.Length - 1}; use ids produced by this tokenizer or by a model with the same vocabulary.");
+            throw new ArgumentOutOfRangeException(name, $"Token id {id} is outside the vocabulary 0..{_vocabulary.Count - 1}; use ids produced by this tokenizer or by a model with the same vocabulary.");
         }
     }
 
     private static ModelFormatException Fail(string path, string problem) => new(path, $"tokenizer file '{path}' {problem}.");
-
-    /// <summary>A merge candidate: symbols Left and Right (with the ids they had when queued) form MergedId.</summary>
-    private readonly record struct Candidate(int Left, int Right, int LeftId, int RightId, int MergedId, float Score);
-
-    /// <summary>Orders candidates best first: higher score, then the leftmost position.</summary>
-    private sealed class CandidateOrder : IComparer<Candidate>
-    {
-        public static readonly CandidateOrder Instance = new();
-
-        public int Compare(Candidate x, Candidate y)
-        {
-            int byScore = y.Score.CompareTo(x.Score);
-            return byScore != 0 ? byScore : x.Left.CompareTo(y.Left);
-        }
-    }
 }
