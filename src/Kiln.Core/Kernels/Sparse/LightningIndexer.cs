@@ -19,6 +19,9 @@
 // zig-zag order (0, T-1, 1, T-2, ...) so that the worker pool's contiguous ranges get equal shares of the causal
 // triangle. Every lane computes exactly what the scalar loop computes (same FMA order), so the Vector512, Vector256
 // and scalar paths agree bit for bit, and no result depends on the thread count.
+//
+// Devices. AppendKeys, RotateQueries and Scores dispatch by the key cache's device: the loops here on cpu, the kernels
+// of GpuIndexer.cs on ILGPU devices (cuda, ilgpu-cpu), queued on the device's stream, with the same checks.
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using Kiln.Devices;

@@ -18,6 +18,10 @@
 // Vector512 accumulators), so a value row is read once per head. Every selected position is checked against [0, p]
 // before the kernel runs, so no load can read outside the written prefix of the cache. The result of a token does
 // not depend on the chunk it came in or on the thread count: prefill in pieces is bitwise prefill in one piece.
+//
+// Devices. Compute with the selection as an int32 tensor, and Append (the chunk's rows into the position-major
+// caches), dispatch by the cache's device: the code here on cpu, GpuSparseAttention.cs on ILGPU devices, where the
+// selection stays on the device and the kernel skips entries outside [0, p] instead of the host checking them.
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;

@@ -15,6 +15,9 @@
 //
 // Output. indices [T, K] int32, row t holding its min(K, p + 1) positions ascending, then -1 padding. When p + 1 ≤ K
 // the row is exactly 0..p (dense causal attention).
+//
+// Devices. Select(scores, start, k, Tensor indices) writes an int32 tensor on the scores' device: this kernel on cpu,
+// the radix select of GpuTopK.cs on ILGPU devices, which gives exactly the same rows (ties and NaN included).
 using System.Buffers;
 using System.Runtime.CompilerServices;
 using Kiln.Devices;
