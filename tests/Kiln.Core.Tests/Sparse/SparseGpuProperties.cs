@@ -6,7 +6,8 @@
 //     has κ = (Σx²/n) / var (the one-pass variance loses digits as κ grows, and the two round it differently), cells
 //     outside the new columns exactly untouched; RotateQueries within 1e-6 + 1e-6·|x| (the same arithmetic);
 //   - Scores: exactly the float64 reference on grid values (every product and sum is exact in float32), -∞ after
-//     each token's position, head counts not a multiple of 4, several position tiles, start > 0, T = 1;
+//     each token's position, head counts not a multiple of 4 and over one head block, head widths over one staged
+//     chunk of 32 dimensions, several position tiles, start > 0, T = 1;
 //   - TopK.Select: exactly the CPU selection, on rows full of ties (3 levels), with NaN, ±0, ±∞, K ≥ context, T = 1;
 //   - SparseAttention: within 2e-5 of the float64 reference on random causal selections (random order, -1 padded),
 //     with forced small plans (1..32-entry tiles, 1..G heads per group, many chunks) and the default plan; future
@@ -106,8 +107,8 @@ public abstract class SparseGpuProperties
     public void Scores_MatchTheFloat64Reference()
     {
         Gen<IndexerTests.Case> cases =
-            from heads in Gen.Choose(1, 9)
-            from headDim in Gen.Elements(1, 3, 7, 16, 33)
+            from heads in Gen.Choose(1, 19)
+            from headDim in Gen.Elements(1, 3, 7, 16, 33, 65)
             from capacity in Gen.Choose(1, 300)
             from tokens in Gen.Choose(1, Math.Min(6, capacity))
             from start in Gen.Choose(0, capacity - tokens)

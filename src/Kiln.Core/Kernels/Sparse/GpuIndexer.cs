@@ -10,15 +10,18 @@
 // RotateQueriesKernel: one thread per rotated pair of every (token, indexer head): RoPE on the leading ropeDims of
 // each head of q [T, Hi, Di], in place, in the pair layout given.
 //
-// ScoresKernel: a group of P threads (128 on a GPU) scores one query token against a tile of 4·P positions:
-//   scores[t, s] = Σ_j w[t, j] · ReLU(q[t, j, :] · k[:, s]),  -∞ for s > start + t.
-// The token's queries sit in shared memory (a chunk of heads at a time, at most 32 KB); thread i owns positions
-// s0 + i + {0, 1, 2, 3}·P, so each key load of a dimension is one coalesced 128-byte row per warp. Heads are taken four
-// at a time: per dimension a thread loads 4 keys (L1/L2; the tile of keys is reused by every head block) and 4
-// query values (shared-memory broadcasts) for 16 multiply-adds, 16 accumulators in registers. Then ReLU, the head
-// weight, and the sum over heads in head order. Tiles that lie wholly after the token's position only write -∞.
-// Grid: (position tiles, T). A decode step over L positions runs L / 512 groups (128 at 64K positions), each streaming
-// its keys once from memory; a prefill chunk runs T times as many, the keys then coming from L2.
+// ScoresKernel: a group scores one query token against a tile of 64 positions (a blocked product
+//   A[j, c] = q[t, j, :] · k[:, s0 + c],   then   scores[t, s0 + c] = Σ_j w[t, j] · ReLU(A[j, c]),  -∞ after p).
+// Its 256 threads (fewer on small devices) are 16 position groups × 16 head groups; thread (h, g) owns positions
+// g + {0, 16, 32, 48} and heads 4h..4h+3 of a block of 64 heads: 16 accumulators in registers. The reduction over Di
+// runs in chunks of 32 dimensions: the group stages the key tile [32, 64] (each row 64 consecutive positions, one
+// coalesced load) and the block's queries [64, 32] in shared memory, then each thread does 4 key and 4 query loads
+// (conflict-free or broadcast) per 16 multiply-adds. After the last chunk each thread applies ReLU and its heads'
+// weights; the 16 head groups' partial sums meet in shared memory and are added in head-group order. Each key is read
+// from memory once per token (Hi ≤ 64: one head block), shared memory is 20 KB per group, and a decode step over L
+// positions runs L / 64 groups (1024 at 64K positions), enough to fill an H200. Tiles wholly after the token's
+// position only write -∞. At 4 shared loads per 4 multiply-adds the loop is bound by shared-memory bandwidth at about
+// half the FP32 peak: about 30 µs per Full layer for Hi·Di = 64·128 at 64K positions (1 GFLOP, 32 MB of keys).
 //
 // Kernel rules (docs/reference/dotnet-stack.md §0): a·b + c rather than an FMA intrinsic, no exceptions, no
 // System.Half; shared memory is static and below ILGPU's 48 KB per group.
@@ -69,21 +72,30 @@ internal struct IndexerScoreArgs
     /// <summary>The position of the first query token.</summary>
     public int Start;
 
-    /// <summary>Heads whose queries are loaded into shared memory at once.</summary>
-    public int HeadChunk;
+    /// <summary>Position groups of the group (16, or the whole group on devices with fewer threads).</summary>
+    public int PositionGroups;
 }
 
 /// <summary>The ILGPU kernels of the lightning indexer and their launches (see the file header).</summary>
 internal static class GpuIndexer
 {
-    /// <summary>Floats of shared memory the score kernel holds queries in (32 KB): Di may be at most this.</summary>
-    public const int QueryFloats = 8192;
+    /// <summary>The largest group of the score kernel: 16 position groups × 16 head groups.</summary>
+    public const int ScoreThreads = 256;
 
-    /// <summary>Positions each thread of the score kernel scores.</summary>
-    public const int PositionsPerThread = 4;
+    /// <summary>Position groups of a full score group; each thread scores 4 positions, so a tile is 64.</summary>
+    public const int PositionGroups = 16;
 
-    /// <summary>The group size of the score kernel on a GPU.</summary>
-    public const int ScoreThreads = 128;
+    /// <summary>Dimensions of the reduction staged in shared memory at once.</summary>
+    public const int DimChunk = 32;
+
+    /// <summary>Shared floats of the key tile [DimChunk, 4 · PositionGroups].</summary>
+    public const int KeyTileFloats = DimChunk * 4 * PositionGroups;
+
+    /// <summary>Shared floats of the query tile [64 heads, DimChunk + 1].</summary>
+    public const int QueryTileFloats = 4 * (ScoreThreads / PositionGroups) * (DimChunk + 1);
+
+    /// <summary>Shared floats of the head groups' partial sums [16, 4 · PositionGroups].</summary>
+    public const int PartialFloats = (ScoreThreads / PositionGroups) * 4 * PositionGroups;
 
     private static readonly object AppendKey = new();
     private static readonly object RotateKey = new();
@@ -167,8 +179,8 @@ internal static class GpuIndexer
             return;
         }
 
-        int threads = Threads(device.Accelerator);
-        int tile = threads * PositionsPerThread;
+        (int threads, int positionGroups) = ScoreShape(device.Accelerator);
+        int tile = 4 * positionGroups;
         IndexerScoreArgs args = new()
         {
             Heads = hi,
@@ -176,7 +188,7 @@ internal static class GpuIndexer
             Capacity = keyCache.Size(1),
             Length = length,
             Start = start,
-            HeadChunk = Math.Min(hi, QueryFloats / di),
+            PositionGroups = positionGroups,
         };
         Action<KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, IndexerScoreArgs> kernel =
             device.GetKernel(ScoresKey, static accelerator =>
@@ -186,11 +198,22 @@ internal static class GpuIndexer
         kernel(config, q.View<float>(), weights.View<float>(), keyCache.View<float>(), scores.View<float>(), args);
     }
 
-    /// <summary>The score kernel's group size on <paramref name="accelerator"/>: 128 threads, whole warps, within its limit.</summary>
-    public static int Threads(Accelerator accelerator)
+    /// <summary>
+    /// The score kernel's group on <paramref name="accelerator"/>: up to 256 threads in whole warps and whole sets of
+    /// 16 position groups; a device whose groups hold fewer than 16 threads uses one head group of all its threads.
+    /// </summary>
+    public static (int Threads, int PositionGroups) ScoreShape(Accelerator accelerator)
     {
         int warp = accelerator.WarpSize;
-        return Math.Max(warp, Math.Min(ScoreThreads, accelerator.MaxNumThreadsPerGroup) / warp * warp);
+        int unit = Math.Max(warp, PositionGroups);
+        int threads = Math.Min(ScoreThreads, accelerator.MaxNumThreadsPerGroup) / unit * unit;
+        if (threads == 0)
+        {
+            int all = Math.Max(warp, accelerator.MaxNumThreadsPerGroup / warp * warp);
+            return (all, Math.Min(all, PositionGroups));
+        }
+
+        return (threads, PositionGroups);
     }
 
     /// <summary>LayerNorm, RoPE and the transposed write of one token's key per group (see the file header).</summary>
@@ -279,7 +302,7 @@ internal static class GpuIndexer
         q[at + secondDim] = (x0 * s) + (x1 * c);
     }
 
-    /// <summary>The scores of one token against one tile of 4·P positions per group (see the file header).</summary>
+    /// <summary>The scores of one token against one tile of 4 · position-groups positions per group (see the file header).</summary>
     internal static void ScoresKernel(
         ArrayView<float> q,
         ArrayView<float> weights,
@@ -287,69 +310,80 @@ internal static class GpuIndexer
         ArrayView<float> scores,
         IndexerScoreArgs args)
     {
-        ArrayView<float> queries = SharedMemory.Allocate<float>(QueryFloats);
-        int token = Grid.IdxY;
+        ArrayView<float> keyTile = SharedMemory.Allocate<float>(KeyTileFloats);
+        ArrayView<float> queryTile = SharedMemory.Allocate<float>(QueryTileFloats);
+        ArrayView<float> partials = SharedMemory.Allocate<float>(PartialFloats);
         int threads = Group.DimX;
         int thread = Group.IdxX;
-        int di = args.HeadDim;
-        int length = args.Length;
-        int s0 = (Grid.IdxX * threads * PositionsPerThread) + thread;
-        int s1 = s0 + threads;
-        int s2 = s1 + threads;
-        int s3 = s2 + threads;
+        int groups = args.PositionGroups;
+        int tile = 4 * groups;
+        int headGroups = threads / groups;
+        int blockHeads = 4 * headGroups;
+        int position = thread % groups;
+        int headGroup = thread / groups;
+        int token = Grid.IdxY;
+        int first = Grid.IdxX * tile;
         int visible = args.Start + token + 1;
+        int length = args.Length;
+        int di = args.HeadDim;
         long rowAt = (long)token * length;
 
         // The whole tile after the token's position (the same for every thread of the group): only -∞ to write.
-        if (Grid.IdxX * threads * PositionsPerThread >= visible)
+        if (first >= visible)
         {
-            WriteScore(scores, rowAt, s0, length, float.NegativeInfinity);
-            WriteScore(scores, rowAt, s1, length, float.NegativeInfinity);
-            WriteScore(scores, rowAt, s2, length, float.NegativeInfinity);
-            WriteScore(scores, rowAt, s3, length, float.NegativeInfinity);
+            for (int c = thread; c < tile; c += threads)
+            {
+                WriteScore(scores, rowAt, first + c, length, float.NegativeInfinity);
+            }
+
             return;
         }
 
-        // Key columns: positions past the scores' end read the last column instead and are not written.
-        long k0 = XMin(s0, length - 1);
-        long k1 = XMin(s1, length - 1);
-        long k2 = XMin(s2, length - 1);
-        long k3 = XMin(s3, length - 1);
+        // This thread's share of the scores of its 4 positions: Σ over its heads of w · ReLU(q · k).
         float score0 = 0f, score1 = 0f, score2 = 0f, score3 = 0f;
-        long capacity = args.Capacity;
-        for (int chunk = 0; chunk < args.Heads; chunk += args.HeadChunk)
+        int stride = DimChunk + 1;
+        for (int block = 0; block < args.Heads; block += blockHeads)
         {
-            // This chunk's queries into shared memory (after every thread is done with the previous chunk).
-            int heads = XMin(args.HeadChunk, args.Heads - chunk);
-            long queryAt = (((long)token * args.Heads) + chunk) * di;
-            Group.Barrier();
-            for (int e = thread; e < heads * di; e += threads)
+            float a00 = 0f, a01 = 0f, a02 = 0f, a03 = 0f;
+            float a10 = 0f, a11 = 0f, a12 = 0f, a13 = 0f;
+            float a20 = 0f, a21 = 0f, a22 = 0f, a23 = 0f;
+            float a30 = 0f, a31 = 0f, a32 = 0f, a33 = 0f;
+            for (int d0 = 0; d0 < di; d0 += DimChunk)
             {
-                queries[e] = q[queryAt + e];
-            }
-
-            Group.Barrier();
-            for (int j = 0; j < heads; j += 4)
-            {
-                // Four heads (the last block may have fewer: its missing heads read head j's queries and are dropped).
-                int j1 = j + 1 < heads ? j + 1 : j;
-                int j2 = j + 2 < heads ? j + 2 : j;
-                int j3 = j + 3 < heads ? j + 3 : j;
-                float a00 = 0f, a01 = 0f, a02 = 0f, a03 = 0f;
-                float a10 = 0f, a11 = 0f, a12 = 0f, a13 = 0f;
-                float a20 = 0f, a21 = 0f, a22 = 0f, a23 = 0f;
-                float a30 = 0f, a31 = 0f, a32 = 0f, a33 = 0f;
-                for (int d = 0; d < di; d++)
+                // Stage keys [dims, positions] (rows of consecutive positions; past the scores' end, the last one)
+                // and the block's queries [heads, dims] (zero for heads past Hi), once every thread is done with the
+                // previous chunk.
+                int dims = XMin(DimChunk, di - d0);
+                Group.Barrier();
+                for (int e = thread; e < DimChunk * tile; e += threads)
                 {
-                    long column = d * capacity;
-                    float key0 = keys[column + k0];
-                    float key1 = keys[column + k1];
-                    float key2 = keys[column + k2];
-                    float key3 = keys[column + k3];
-                    float q0 = queries[(j * di) + d];
-                    float q1 = queries[(j1 * di) + d];
-                    float q2 = queries[(j2 * di) + d];
-                    float q3 = queries[(j3 * di) + d];
+                    int dd = e / tile;
+                    int c = e - (dd * tile);
+                    keyTile[e] = dd < dims ? keys[((long)(d0 + dd) * args.Capacity) + XMin(first + c, length - 1)] : 0f;
+                }
+
+                for (int e = thread; e < blockHeads * DimChunk; e += threads)
+                {
+                    int h = e / DimChunk;
+                    int dd = e - (h * DimChunk);
+                    queryTile[(h * stride) + dd] = dd < dims && block + h < args.Heads
+                        ? q[((((long)token * args.Heads) + block + h) * di) + d0 + dd]
+                        : 0f;
+                }
+
+                Group.Barrier();
+                int queryAt = 4 * headGroup * stride;
+                for (int dd = 0; dd < dims; dd++)
+                {
+                    int keyAt = (dd * tile) + position;
+                    float key0 = keyTile[keyAt];
+                    float key1 = keyTile[keyAt + groups];
+                    float key2 = keyTile[keyAt + (2 * groups)];
+                    float key3 = keyTile[keyAt + (3 * groups)];
+                    float q0 = queryTile[queryAt + dd];
+                    float q1 = queryTile[queryAt + stride + dd];
+                    float q2 = queryTile[queryAt + (2 * stride) + dd];
+                    float q3 = queryTile[queryAt + (3 * stride) + dd];
                     a00 += q0 * key0;
                     a01 += q0 * key1;
                     a02 += q0 * key2;
@@ -367,48 +401,65 @@ internal static class GpuIndexer
                     a32 += q3 * key2;
                     a33 += q3 * key3;
                 }
+            }
 
-                // ReLU per head, then the weighted sum in head order.
-                long weightAt = ((long)token * args.Heads) + chunk + j;
-                float w0 = weights[weightAt];
-                score0 += w0 * Relu(a00);
-                score1 += w0 * Relu(a01);
-                score2 += w0 * Relu(a02);
-                score3 += w0 * Relu(a03);
-                if (j + 1 < heads)
-                {
-                    float w1 = weights[weightAt + 1];
-                    score0 += w1 * Relu(a10);
-                    score1 += w1 * Relu(a11);
-                    score2 += w1 * Relu(a12);
-                    score3 += w1 * Relu(a13);
-                }
+            // ReLU per head, then the head's weight, in head order; heads past Hi are dropped.
+            int head = block + (4 * headGroup);
+            long weightAt = ((long)token * args.Heads) + head;
+            if (head < args.Heads)
+            {
+                float w = weights[weightAt];
+                score0 += w * Relu(a00);
+                score1 += w * Relu(a01);
+                score2 += w * Relu(a02);
+                score3 += w * Relu(a03);
+            }
 
-                if (j + 2 < heads)
-                {
-                    float w2 = weights[weightAt + 2];
-                    score0 += w2 * Relu(a20);
-                    score1 += w2 * Relu(a21);
-                    score2 += w2 * Relu(a22);
-                    score3 += w2 * Relu(a23);
-                }
+            if (head + 1 < args.Heads)
+            {
+                float w = weights[weightAt + 1];
+                score0 += w * Relu(a10);
+                score1 += w * Relu(a11);
+                score2 += w * Relu(a12);
+                score3 += w * Relu(a13);
+            }
 
-                if (j + 3 < heads)
-                {
-                    float w3 = weights[weightAt + 3];
-                    score0 += w3 * Relu(a30);
-                    score1 += w3 * Relu(a31);
-                    score2 += w3 * Relu(a32);
-                    score3 += w3 * Relu(a33);
-                }
+            if (head + 2 < args.Heads)
+            {
+                float w = weights[weightAt + 2];
+                score0 += w * Relu(a20);
+                score1 += w * Relu(a21);
+                score2 += w * Relu(a22);
+                score3 += w * Relu(a23);
+            }
+
+            if (head + 3 < args.Heads)
+            {
+                float w = weights[weightAt + 3];
+                score0 += w * Relu(a30);
+                score1 += w * Relu(a31);
+                score2 += w * Relu(a32);
+                score3 += w * Relu(a33);
             }
         }
 
-        // Positions after the token's own are masked.
-        WriteScore(scores, rowAt, s0, length, s0 < visible ? score0 : float.NegativeInfinity);
-        WriteScore(scores, rowAt, s1, length, s1 < visible ? score1 : float.NegativeInfinity);
-        WriteScore(scores, rowAt, s2, length, s2 < visible ? score2 : float.NegativeInfinity);
-        WriteScore(scores, rowAt, s3, length, s3 < visible ? score3 : float.NegativeInfinity);
+        // The head groups' shares meet in shared memory and are summed in head-group order; -∞ after the position.
+        int partialAt = (headGroup * tile) + position;
+        partials[partialAt] = score0;
+        partials[partialAt + groups] = score1;
+        partials[partialAt + (2 * groups)] = score2;
+        partials[partialAt + (3 * groups)] = score3;
+        Group.Barrier();
+        for (int c = thread; c < tile; c += threads)
+        {
+            float sum = 0f;
+            for (int g = 0; g < headGroups; g++)
+            {
+                sum += partials[(g * tile) + c];
+            }
+
+            WriteScore(scores, rowAt, first + c, length, first + c < visible ? sum : float.NegativeInfinity);
+        }
     }
 
     private static void WriteScore(ArrayView<float> scores, long rowAt, int position, int length, float value)

@@ -311,14 +311,6 @@ public static unsafe class LightningIndexer
         // ILGPU devices queue the kernel (a group per token and tile of positions).
         if (keyCache.Device is IlgpuDevice ilgpu)
         {
-            if (di > GpuIndexer.QueryFloats)
-            {
-                throw new ArgumentException(
-                    $"LightningIndexer.Scores: the key cache {Tensor.FormatShape(keyCache.Shape)} has Di = {di}, wider than the "
-                    + $"{GpuIndexer.QueryFloats} the {keyCache.Device.Name} kernel holds in shared memory; use a narrower indexer head.",
-                    nameof(keyCache));
-            }
-
             GpuIndexer.Scores(ilgpu, q, weights, keyCache, start, scores);
             return;
         }
