@@ -3,10 +3,13 @@
 // the dense Llama session, then DSA sessions with keep 1 (all Full), 1/2 and 1/4 (IndexCachePattern.FromKeepRatio),
 // all on the same weights and the same random tokens. Prefill: the whole context in one Forward (the session chunks
 // it); decode: `decode` one-token steps right after it. Each figure is the best of `runs` measured runs. Speed-ups are
-// against all-Full DSA at the same context; "vs_dense" against the dense session measured in the same run.
+// against all-Full DSA at the same context; "vs_dense" against the dense session measured in the same run. The
+// weights are made on the cpu and copied to the device under test (--device: cpu, cuda, ilgpu-cpu); each step's
+// logits come back to the host, as Forward returns them.
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
+using Kiln.Devices;
 using Kiln.Kernels;
 using Kiln.Models;
 using Kiln.Models.Dsa;
@@ -37,10 +40,11 @@ public static class IndexCacheBench
     };
 
     /// <summary>Runs the benchmark for each context and writes one line per configuration to <paramref name="stdout"/>.</summary>
-    public static void Run(IReadOnlyList<int> contexts, int decode, int runs, bool json, TextWriter stdout, TextWriter stderr)
+    public static void Run(Device device, IReadOnlyList<int> contexts, int decode, int runs, bool json, TextWriter stdout, TextWriter stderr)
     {
         int longest = contexts.Max();
-        using DsaWeights weights = DsaWeights.CreateRandom(Config(longest + decode), seed: 42);
+        using DsaWeights host = DsaWeights.CreateRandom(Config(longest + decode), seed: 42);
+        using DsaWeights weights = host.To(device);
         XorShiftRandom random = new(7);
         int[] tokens = new int[longest + decode];
         for (int i = 0; i < tokens.Length; i++)
@@ -48,9 +52,10 @@ public static class IndexCacheBench
             tokens[i] = (int)(random.NextUInt64() % 512);
         }
 
-        // Warm the JIT on a short run of each session kind.
-        Measure(() => new LlamaSession(weights.Dense, new SessionOptions { ContextLength = 300 }), tokens.AsSpan(0, 290), 4, 1);
-        Measure(() => new DsaSession(weights, new SessionOptions { ContextLength = 300 }), tokens.AsSpan(0, 290), 4, 1);
+        // Warm the JIT (and load the device's kernels) on a short run of each session kind.
+        int warm = Math.Min(300, tokens.Length);
+        Measure(() => new LlamaSession(weights.Dense, new SessionOptions { ContextLength = warm }), tokens.AsSpan(0, warm), Math.Min(4, warm - 1), 1);
+        Measure(() => new DsaSession(weights, new SessionOptions { ContextLength = warm }), tokens.AsSpan(0, warm), Math.Min(4, warm - 1), 1);
         foreach (int context in contexts)
         {
             SessionOptions options = new() { ContextLength = context + decode };
