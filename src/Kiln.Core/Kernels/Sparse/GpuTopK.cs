@@ -8,8 +8,9 @@
 //
 // Radix select (θ and take). Four passes over the row's visible keys, 8 bits each from the top: a pass histograms the
 // next digit of the keys that match the digits found so far (per-warp histograms of 256 bins in shared memory, so
-// that warps do not contend on one bin's atomics; 32 KB for 32 warps), sums them, and one thread walks the bins from
-// the top to the bin holding the remaining rank. After four passes the digits are θ and the rank left is `take`.
+// that warps do not contend on one bin's atomics; 32 KB for 32 warps), sums them, and warp 0 finds the bin holding
+// the remaining rank (a shuffle scan over runs of bins from the top, then one lane walks its run). After four passes
+// the digits are θ and the rank left is `take`.
 //
 // Compaction. The group walks the positions in order, a group-width block at a time: a group-wide exclusive scan of
 // "equals θ" gives each position its rank among the equal keys (taken while below `take`), a second scan of "taken"
@@ -148,25 +149,49 @@ internal static class GpuTopK
 
             Group.Barrier();
 
-            // From the top bin down: the bin where the count reaches the remaining rank holds the next digit.
-            if (thread == 0)
+            // The bin where the count from the top reaches the remaining rank holds the next digit. Warp 0 finds it:
+            // lane l sums the l-th run of bins from the top, a shuffle scan gives each lane the count above its
+            // run, and the one lane whose run crosses the rank walks it bin by bin.
+            if (Warp.WarpIdx == 0)
             {
-                int above = 0;
-                int digit = 0;
-                for (int b = Bins - 1; b >= 0; b--)
+                int lane = Warp.LaneIdx;
+                int run = Bins / Warp.WarpSize;
+                int top = Bins - (lane * run);
+                int local = 0;
+                for (int b = top - run; b < top; b++)
                 {
-                    int count = histogram[b];
-                    if (above + count >= remaining)
-                    {
-                        digit = b;
-                        break;
-                    }
-
-                    above += count;
+                    local += histogram[b];
                 }
 
-                scratch[32] = digit;
-                scratch[33] = remaining - above;
+                int inclusive = local;
+                for (int offset = 1; offset < Warp.WarpSize; offset *= 2)
+                {
+                    int other = Warp.ShuffleUp(inclusive, offset);
+                    if (lane >= offset)
+                    {
+                        inclusive += other;
+                    }
+                }
+
+                int above = inclusive - local;
+                if (above < remaining && remaining <= inclusive)
+                {
+                    int digit = top - run;
+                    for (int b = top - 1; b >= top - run; b--)
+                    {
+                        int count = histogram[b];
+                        if (above + count >= remaining)
+                        {
+                            digit = b;
+                            break;
+                        }
+
+                        above += count;
+                    }
+
+                    scratch[32] = digit;
+                    scratch[33] = remaining - above;
+                }
             }
 
             Group.Barrier();
