@@ -43,7 +43,8 @@ internal sealed class DsaAttentionStep : IAttentionStep
     private readonly Dictionary<int, Views> _views = new();
     private readonly float _headScale;
 
-    public DsaAttentionStep(DsaWeights weights, AttentionStepSetup setup, bool record)
+    // deviceMemoryBytes, when set, replaces the accelerator's memory size in the fit check (tests of the refusal).
+    public DsaAttentionStep(DsaWeights weights, AttentionStepSetup setup, bool record, long? deviceMemoryBytes = null)
     {
         DsaConfig c = weights.Config;
         Device device = setup.Device;
@@ -51,6 +52,11 @@ internal sealed class DsaAttentionStep : IAttentionStep
         _config = c;
         int context = setup.ContextLength;
         int chunk = setup.Chunk;
+        if (device is IlgpuDevice ilgpu)
+        {
+            EnsureDeviceFits(weights, ilgpu, deviceMemoryBytes ?? ilgpu.Accelerator.MemorySize, context, chunk);
+        }
+
         _headScale = LightningIndexer.HeadWeightScale(c.IndexerHeads, c.IndexerHeadDim);
         if (c.IndexerRopeDims > 0)
         {
@@ -81,6 +87,21 @@ internal sealed class DsaAttentionStep : IAttentionStep
                 _recorded[l] = new int[(long)context * c.TopK];
             }
         }
+    }
+
+    // Refuses a context whose caches and buffers do not fit in what all the weights leave of the device's memory:
+    // the position-major KV caches (the session counted them too, but does not allocate its own), the Full layers'
+    // indexer key caches, the scores [chunk, S] and the chunk's indexer buffers and selection, the RoPE tables.
+    private static void EnsureDeviceFits(DsaWeights weights, IlgpuDevice device, long memory, int context, int chunk)
+    {
+        DsaConfig c = weights.Config;
+        long weightBytes = weights.Dense.Tensors.Concat(weights.Indexers.SelectMany(static i => i?.Tensors ?? []))
+            .Sum(static t => t.Length * t.DType.SizeOf());
+        int full = Enumerable.Range(0, c.Llama.Layers).Count(c.Pattern.IsFull);
+        long cacheBytes = ((2L * c.Llama.Layers * c.Llama.KvDim) + ((long)full * c.IndexerHeadDim)) * context * sizeof(float);
+        long otherBytes = (((long)chunk * (context + c.IndexerQueryDim + c.IndexerHeads + c.IndexerHeadDim + c.TopK))
+            + ((long)context * c.IndexerRopeDims)) * sizeof(float);
+        SessionMemory.EnsureDeviceFits(device.Name, memory - weightBytes, cacheBytes, otherBytes, context, c.Llama.SeqLen);
     }
 
     /// <summary>The selection layer <paramref name="layer"/> used for positions [0, count), [count, K] (recording only).</summary>

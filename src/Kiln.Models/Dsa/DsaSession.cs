@@ -28,13 +28,20 @@ public sealed class DsaSession : IInferenceSession, IDeviceSampling
     /// <exception cref="ArgumentOutOfRangeException">The context length is out of range.</exception>
     /// <exception cref="InsufficientMemoryException">The caches cannot fit.</exception>
     public DsaSession(DsaWeights weights, SessionOptions options, bool recordSelections = false)
+        : this(weights, options, recordSelections, deviceMemoryBytes: null)
+    {
+    }
+
+    // deviceMemoryBytes, when set, replaces the accelerator's memory size in the fit checks (tests of the refusal).
+    internal DsaSession(DsaWeights weights, SessionOptions options, bool recordSelections, long? deviceMemoryBytes)
     {
         ArgumentNullException.ThrowIfNull(weights);
         ArgumentNullException.ThrowIfNull(options);
         weights.RequireIndexers(weights.Config.Pattern);
         Weights = weights;
         DsaAttentionStep? step = null;
-        _session = new LlamaSession(weights.Dense, options, setup => step = new DsaAttentionStep(weights, setup, recordSelections));
+        _session = new LlamaSession(
+            weights.Dense, options, deviceMemoryBytes, setup => step = new DsaAttentionStep(weights, setup, recordSelections, deviceMemoryBytes));
         _step = step!;
     }
 

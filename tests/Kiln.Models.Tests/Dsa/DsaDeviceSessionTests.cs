@@ -227,6 +227,37 @@ public sealed class DsaDeviceSessionTests : IClassFixture<DsaIlgpuFixture>
         Assert.Contains("copy it", Assert.Throws<ArgumentException>(() => copy.SetIndexer(1, stray)).Message);
     }
 
+    /// <summary>
+    /// A context whose indexer key caches do not fit the device is refused with the session's memory message: with
+    /// the weights plus 2 MiB the dense session's buffers fit (its 1024-position KV cache is 2·4·4·1024·4 B = 128 KiB)
+    /// but four Full layers' key caches of Di 256 (4·256·1024·4 B = 4 MiB) do not; with 16 MiB everything fits.
+    /// </summary>
+    [Fact]
+    public void AContextWhoseIndexerCachesDoNotFit_IsRefused()
+    {
+        DsaConfig config = DsaSessionTests.SmallConfig("FFFF", topK: 3) with
+        {
+            Llama = DsaSessionTests.SmallConfig("FFFF", 3).Llama with { SeqLen = 1024 },
+            IndexerHeads = 1,
+            IndexerHeadDim = 256,
+        };
+        using DsaWeights host = DsaWeights.CreateRandom(config, seed: 4);
+        using DsaWeights weights = host.To(_device);
+        long weightBytes = weights.Dense.Tensors.Concat(weights.Indexers.SelectMany(static i => i!.Tensors)).Sum(static t => t.Length * t.DType.SizeOf());
+        using (new DsaSession(weights, new SessionOptions(), recordSelections: false, weightBytes + (16L << 20)))
+        {
+        }
+
+        using (new LlamaSession(weights.Dense, new SessionOptions(), weightBytes + (2L << 20)))
+        {
+        }
+
+        InsufficientMemoryException error = Assert.Throws<InsufficientMemoryException>(
+            () => new DsaSession(weights, new SessionOptions(), recordSelections: false, weightBytes + (2L << 20)));
+        Assert.Contains("on ilgpu-cpu", error.Message);
+        Assert.Contains("SessionOptions.ContextLength", error.Message);
+    }
+
     /// <summary>A case: config, seed, tokens.</summary>
     public sealed record Case(DsaConfig Config, ulong Seed, int[] Tokens)
     {
