@@ -3,6 +3,8 @@
 // 50 MB L2, so that the bandwidth figures measure HBM). Small shapes are deliberately not multiples of the warp
 // size (32) or of the matrix product's tiles (32 on the test accelerator, 64 on GPUs).
 
+using Kiln.Kernels;
+using Kiln.Models.Dsa;
 using Kiln.Models.Llama;
 
 namespace Kiln.GpuCheck;
@@ -24,6 +26,18 @@ internal sealed record CheckSize
 
     /// <summary>N and K of the matrix-product correctness checks, and the row counts M tried (1, small, large).</summary>
     public required (int N, int K, int[] Rows) MatMul { get; init; }
+
+    /// <summary>
+    /// The DSA kernel checks: query tokens T, indexer heads Hi, indexer head width Di (ropeDims rotated), cache
+    /// positions S before the tokens, and the selection's K (attention heads from <see cref="Model"/>).
+    /// </summary>
+    public required (int Tokens, int Heads, int HeadDim, int RopeDims, int Prefix, int K) Dsa { get; init; }
+
+    /// <summary>The DSA decode measurement of the model section: the context prefilled, then decode steps timed.</summary>
+    public required (int Context, int Steps) DsaDecode { get; init; }
+
+    /// <summary>The DSA model of that measurement (random weights, all layers Full), seq_len covering it.</summary>
+    public required DsaConfig DsaModel { get; init; }
 
     /// <summary>Bytes of the device-to-device copy that measures the copy bandwidth.</summary>
     public required long CopyBytes { get; init; }
@@ -70,6 +84,18 @@ internal sealed record CheckSize
         SoftmaxRows = (2, 45),
         Rope = (3, 2, 10, 5),
         MatMul = (33, 40, [1, 5, 37]),
+        Dsa = (3, 3, 20, 8, 41, 7),
+        DsaDecode = (8, 2),
+        DsaModel = new DsaConfig
+        {
+            Llama = new LlamaConfig { Dim = 64, HiddenDim = 96, Layers = 1, Heads = 4, KvHeads = 2, HeadDim = 16, VocabSize = 97, SeqLen = 11 },
+            IndexerHeads = 2,
+            IndexerHeadDim = 8,
+            IndexerRopeDims = 4,
+            TopK = 7,
+            IndexerRopeLayout = RopeLayout.HalfSplit,
+            Pattern = IndexCachePattern.AllFull(1),
+        },
         CopyBytes = 1 << 20,
         BandwidthRows = (4, 200),
         BandwidthElements = 1000,
@@ -98,6 +124,18 @@ internal sealed record CheckSize
         SoftmaxRows = (7, 32003),
         Rope = (37, 32, 128, 101),
         MatMul = (4099, 2053, [1, 7, 517]),
+        Dsa = (37, 64, 128, 64, 8155, 2048),
+        DsaDecode = (32768, 64),
+        DsaModel = new DsaConfig
+        {
+            Llama = new LlamaConfig { Dim = 512, HiddenDim = 1024, Layers = 8, Heads = 8, KvHeads = 2, HeadDim = 64, VocabSize = 512, SeqLen = 32768 + 65 },
+            IndexerHeads = 32,
+            IndexerHeadDim = 128,
+            IndexerRopeDims = 64,
+            TopK = 2048,
+            IndexerRopeLayout = RopeLayout.HalfSplit,
+            Pattern = IndexCachePattern.AllFull(8),
+        },
         CopyBytes = 1L << 30,
         BandwidthRows = (16384, 4096),
         BandwidthElements = 1 << 26,

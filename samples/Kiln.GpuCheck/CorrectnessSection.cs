@@ -170,6 +170,9 @@ internal static class CorrectnessSection
         cases.Add(AttentionCase("Attention prefill (GQA)", size, decode: false));
         cases.Add(AttentionCase("Attention decode (GQA)", size, decode: true));
 
+        // DeepSeek sparse attention: the indexer's key append and scores, top-k, sparse attention (prefill, decode).
+        cases.AddRange(DsaCases(size));
+
         // The embedding lookup (a row gather, widening 16-bit tables) and the device-side sampling of the next token.
         int vocab = size.Model.VocabSize;
         foreach (DType dtype in (DType[])[DType.Float32, DType.Float16, DType.BFloat16])
@@ -341,6 +344,90 @@ internal static class CorrectnessSection
                 Tensor output = s.Add(Tensor.Empty([tokens, shape.Heads, shape.HeadDim], DType.Float32, device));
                 Attention.Compute(s.Add(Tensor.FromArray(q, [tokens, shape.Heads, shape.HeadDim], device)), keyCache,
                     valueCache, prefix, output);
+                return output;
+            });
+        });
+    }
+
+    /// <summary>
+    /// The DSA kernels through their public entry points: LightningIndexer.AppendKeys (LayerNorm, half-split RoPE,
+    /// transposed write) and Scores over a cache of S = prefix + T positions, TopK.Select on rows full of ties with
+    /// NaN and ±0 (exact), and SparseAttention.Compute with a selection [T, K] from the host (prefill, decode).
+    /// </summary>
+    private static IEnumerable<CorrectnessCase> DsaCases(CheckSize size)
+    {
+        (int t, int hi, int di, int rope, int prefix, int k) = size.Dsa;
+        int length = prefix + t;
+        yield return new("DSA indexer key append (LayerNorm + RoPE)", $"keys [{t}, {di}] at {prefix}, rope {rope}, cache [{di}, {length}]",
+            new(1e-5, 1e-5), (c, r) =>
+            {
+                float[] keys = DeviceFill.HostGrid(r, t * di, 3f);
+                float[] weight = DeviceFill.HostGrid(r, di, 0.5f, 1f);
+                float[] bias = DeviceFill.HostGrid(r, di, 0.5f);
+                return OnBoth(c, (device, s) =>
+                {
+                    (Tensor cos, Tensor sin) = Ops.RopeTables(length, rope, 10000f, device);
+                    Tensor cache = s.Add(Tensor.Empty([di, length], DType.Float32, device));
+                    LightningIndexer.AppendKeys(s.Add(Tensor.FromArray(keys, [t, di], device)), s.Add(Tensor.FromArray(weight, [di], device)),
+                        s.Add(Tensor.FromArray(bias, [di], device)), 1e-6f, s.Add(cos), s.Add(sin), rope, RopeLayout.HalfSplit, cache, prefix);
+                    return cache;
+                });
+            });
+        yield return new("DSA indexer scores", $"q [{t}, {hi}, {di}] against keys [{di}, {length}] at {prefix}",
+            new(2e-7 * hi * di, 2e-5), (c, r) =>
+            {
+                float[] q = DeviceFill.HostGrid(r, t * hi * di, 1f);
+                float[] w = DeviceFill.HostGrid(r, t * hi, 1f);
+                float[] keys = DeviceFill.HostGrid(r, di * length, 1f);
+                return OnBoth(c, (device, s) =>
+                {
+                    Tensor scores = s.Add(Tensor.Empty([t, length], DType.Float32, device));
+                    LightningIndexer.Scores(s.Add(Tensor.FromArray(q, [t, hi, di], device)), s.Add(Tensor.FromArray(w, [t, hi], device)),
+                        s.Add(Tensor.FromArray(keys, [di, length], device)), prefix, scores);
+                    return scores;
+                });
+            });
+        yield return new("DSA top-k (ties, NaN, ±0)", $"scores [{t}, {length}] at {prefix}, K {k}", new(0, 0), (c, r) =>
+        {
+            // Few levels, so that many scores tie across the K-th place; some NaN and signed zeros.
+            float[] scores = new float[t * length];
+            for (int i = 0; i < scores.Length; i++)
+            {
+                int pick = r.Next(20);
+                scores[i] = pick == 0 ? float.NaN : pick == 1 ? -0f : r.Next(-3, 4) / 2f;
+            }
+
+            return OnBoth(c, (device, s) =>
+            {
+                Tensor indices = s.Add(Tensor.Empty([t, k], DType.Int32, device));
+                TopK.Select(s.Add(Tensor.FromArray(scores, [t, length], device)), prefix, k, indices);
+                return s.Add(Tensor.FromArray(Array.ConvertAll(indices.ToInt32Array(), static i => (float)i), [t, k], device));
+            });
+        });
+        yield return SparseCase(size, decode: false);
+        yield return SparseCase(size, decode: true);
+    }
+
+    private static CorrectnessCase SparseCase(CheckSize size, bool decode)
+    {
+        (int dsaTokens, _, _, _, int prefix, int k) = size.Dsa;
+        int h = size.Model.Heads, hkv = size.Model.KvHeads, dh = size.Model.HeadDim;
+        int t = decode ? 1 : dsaTokens;
+        int start = decode ? prefix + dsaTokens - 1 : prefix;
+        int capacity = start + t;
+        string name = decode ? "DSA sparse attention decode" : "DSA sparse attention prefill";
+        return new(name, $"q [{t}, {h}, {dh}], cache [{capacity}, {hkv}, {dh}] at {start}, K {k}", new(1e-6, 1e-5), (c, r) =>
+        {
+            float[] keys = DeviceFill.HostGrid(r, capacity * hkv * dh, 1f);
+            float[] values = DeviceFill.HostGrid(r, capacity * hkv * dh, 1f);
+            float[] q = DeviceFill.HostGrid(r, t * h * dh, 1f);
+            float[] scores = DeviceFill.HostGrid(r, t * capacity, 1f);
+            int[] selection = TopK.Reference(scores, t, capacity, start, k);
+            return OnBoth(c, (device, s) =>
+            {
+                Tensor output = s.Add(Tensor.Empty([t, h, dh], DType.Float32, device));
+                SparseAttention.Compute(s.Add(Tensor.FromArray(q, [t, h, dh], device)), s.Add(Tensor.FromArray(keys, [capacity, hkv, dh], device)),
+                    s.Add(Tensor.FromArray(values, [capacity, hkv, dh], device)), s.Add(Tensor.FromArray(selection, [t, k], device)), k, start, output);
                 return output;
             });
         });

@@ -156,6 +156,8 @@ public sealed class CliTests : IDisposable
     [InlineData(2, "--device ilgpu-cpu:4x8: unknown device", "generate", "--device", "ilgpu-cpu:4x8")]
     [InlineData(2, "--device ilgpu-cpuz: unknown device", "bench", "decode", "--device", "ilgpu-cpuz")]
     [InlineData(2, "--context 513", "bench", "decode", "--context", "513")]
+    [InlineData(2, "--device tpu", "bench", "indexcache", "--device", "tpu")]
+    [InlineData(2, "-t 0", "bench", "indexcache", "-t", "0")]
     [InlineData(2, "--m 0", "bench", "gemm", "--m", "0")]
     [InlineData(2, "--k -5", "bench", "gemm", "--k", "-5")]
     [InlineData(2, "'--bogus'", "generate", "--bogus")]
@@ -165,9 +167,9 @@ public sealed class CliTests : IDisposable
     [InlineData(2, "Required command", "bench")]
     public void BadFlags_AreOneLineErrors(int exitCode, string expected, params string[] args)
     {
-        // A valid model, so that only the flag under test is wrong (bench gemm takes no model).
-        bool gemm = args is ["bench", "gemm", ..];
-        (int code, string stdout, string stderr) = Run(gemm ? args : [.. args, "-m", TestData.StoriesModel]);
+        // A valid model, so that only the flag under test is wrong (bench gemm and bench indexcache take no model).
+        bool noModel = args is ["bench", "gemm" or "indexcache", ..];
+        (int code, string stdout, string stderr) = Run(noModel ? args : [.. args, "-m", TestData.StoriesModel]);
 
         AssertError(code, stderr, exitCode, expected);
         Assert.Equal(string.Empty, stdout);

@@ -53,6 +53,8 @@ public sealed class GpuCheckTests : IDisposable
         {
             "Add", "Scale", "SiluMul", "RmsNorm", "Softmax", "Rope (adjacent)", "Rope (half-split)", "Embedding lookup float16",
             "ArgMax (device sampling)", "Softmax sampling T=0.8 (device)", "Attention prefill (GQA)", "Attention decode (GQA)",
+            "DSA indexer key append (LayerNorm + RoPE)", "DSA indexer scores", "DSA top-k (ties, NaN, ±0)",
+            "DSA sparse attention prefill", "DSA sparse attention decode",
         })
         {
             Assert.Contains(checks, c => c.GetProperty("check").GetString() == op);
@@ -71,6 +73,8 @@ public sealed class GpuCheckTests : IDisposable
         JsonElement[] model = rows.Where(static r => r.GetProperty("section").GetString() == "model").ToArray();
         Assert.Contains(model, static r => r.GetProperty("metric").GetString() == "decode" && r.GetProperty("value").GetDouble() > 0);
         Assert.Contains(model, static r => r.GetProperty("metric").GetString() == "prefill" && r.GetProperty("value").GetDouble() > 0);
+        Assert.Contains(model, static r => r.GetProperty("metric").GetString() == "DSA decode" && r.GetProperty("value").GetDouble() > 0);
+        Assert.Contains(model, static r => r.GetProperty("metric").GetString() == "dense decode (same model)" && r.GetProperty("value").GetDouble() > 0);
     }
 
     [Fact]

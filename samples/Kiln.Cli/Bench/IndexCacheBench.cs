@@ -4,10 +4,13 @@
 // all on the same weights and the same random tokens. Prefill: the whole context in one Forward (the session chunks
 // it); decode: `decode` one-token steps right after it. The four sessions of a context take turns, one measured run
 // each per round, so that a burst of load from elsewhere on a shared machine hits them alike; each figure is the best
-// of `runs` rounds. Speed-ups are against all-Full DSA at the same context; "vs_dense" against the dense session.
+// of `runs` rounds. Speed-ups are against all-Full DSA at the same context; "vs_dense" against the dense session. The
+// weights are made on the cpu and copied to the device under test (--device: cpu, cuda, ilgpu-cpu); each step's
+// logits come back to the host, as Forward returns them.
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
+using Kiln.Devices;
 using Kiln.Kernels;
 using Kiln.Models;
 using Kiln.Models.Dsa;
@@ -38,10 +41,11 @@ public static class IndexCacheBench
     };
 
     /// <summary>Runs the benchmark for each context and writes one line per configuration to <paramref name="stdout"/>.</summary>
-    public static void Run(IReadOnlyList<int> contexts, int decode, int runs, bool json, TextWriter stdout, TextWriter stderr)
+    public static void Run(Device device, IReadOnlyList<int> contexts, int decode, int runs, bool json, TextWriter stdout, TextWriter stderr)
     {
         int longest = contexts.Max();
-        using DsaWeights weights = DsaWeights.CreateRandom(Config(longest + decode), seed: 42);
+        using DsaWeights host = DsaWeights.CreateRandom(Config(longest + decode), seed: 42);
+        using DsaWeights weights = host.To(device);
         XorShiftRandom random = new(7);
         int[] tokens = new int[longest + decode];
         for (int i = 0; i < tokens.Length; i++)

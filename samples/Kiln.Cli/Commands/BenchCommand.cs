@@ -93,9 +93,11 @@ internal static class BenchCommand
         Option<int> decode = new("--decode") { Description = "Decode steps measured after the prefill.", DefaultValueFactory = static _ => 64 };
         Option<int> runs = new("--runs") { Description = "Measured rounds (each session once per round, best reported).", DefaultValueFactory = static _ => 3 };
         Option<bool> json = new("--json") { Description = "Print one JSON object per line." };
+        Option<string> device = CommonOptions.Device();
+        Option<int?> threads = CommonOptions.Threads();
         Command command = new("indexcache", "IndexCache speed on random B' weights: DSA with keep 1, 1/2, 1/4 against all-Full DSA and dense attention.")
         {
-            contexts, decode, runs, json,
+            contexts, decode, runs, json, device, threads,
         };
         command.SetAction(parse => KilnCli.Guard(context, parse, () =>
         {
@@ -112,7 +114,10 @@ internal static class BenchCommand
                 throw new CliException($"--decode {steps} --runs {runCount}: both must be at least 1.");
             }
 
-            IndexCacheBench.Run(lengths, steps, runCount, parse.GetValue(json), context.Stdout, context.Stderr);
+            int? threadFlag = parse.GetValue(threads);
+            CommonOptions.CheckThreads(threadFlag);
+            using Device target = CommonOptions.CreateDevice(parse.GetValue(device) ?? "cpu", threadFlag, context.Stderr);
+            IndexCacheBench.Run(target, lengths, steps, runCount, parse.GetValue(json), context.Stdout, context.Stderr);
             return 0;
         }));
         return command;

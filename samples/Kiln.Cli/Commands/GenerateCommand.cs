@@ -2,9 +2,9 @@
 // note and the prefill/decode speeds go to stderr. Flags follow llama.cpp (-m, -p, -n, --temp, --top-k, --top-p,
 // -s/--seed, -t). Defaults are llama.cpp's: temperature 0.8, top-k 40, top-p 0.95, a random seed (printed, so a
 // run can be repeated), and -n 256; --temp 0 is greedy, -n -1 runs to the stop token or a full context.
-// Models: llama2.c checkpoints and GGUF llama files (any device) and Kiln DSA safetensors checkpoints (DsaSession, cpu
-// only). The tokenizer is --tokenizer when given, else a GGUF file's own vocabulary, else tok<vocab>.bin or
-// tokenizer.bin next to the model.
+// Models: llama2.c checkpoints, GGUF llama files and Kiln DSA safetensors checkpoints (DsaSession; read on the cpu,
+// then copied to the device), on any device. The tokenizer is --tokenizer when given, else a GGUF file's own
+// vocabulary, else tok<vocab>.bin or tokenizer.bin next to the model.
 
 using System.CommandLine;
 using System.Globalization;
@@ -150,11 +150,7 @@ internal static class GenerateCommand
 
         // Load the weights on the device and set up the session, sampler and generator.
         using Device device = CommonOptions.CreateDevice(request.Device, request.Threads, context.Stderr);
-        if (dsa && device is not CpuDevice)
-        {
-            throw new CliException($"--device {request.Device}: DSA checkpoints run on the cpu device only (the indexer, top-k and sparse attention are CPU kernels); pass --device cpu.");
-        }
-
+        using DsaWeights? dsaOnDevice = dsaWeights is not null && device is not CpuDevice ? dsaWeights.To(device) : null;
         using LlamaWeights? weights = modelFile?.Load(device);
         // The session holds only the positions this run can use: the prompt and -n new tokens (all of seq_len for
         // -1), and no more than the fast session runs.
@@ -164,7 +160,7 @@ internal static class GenerateCommand
         contextLength = Math.Min(contextLength, usableContext);
         SessionOptions sessionOptions = new() { ContextLength = contextLength };
         using IInferenceSession session = dsaWeights is not null
-            ? new DsaSession(dsaWeights, sessionOptions)
+            ? new DsaSession(dsaOnDevice ?? dsaWeights, sessionOptions)
             : InferenceSessions.Default(weights!, sessionOptions);
         ulong seed = request.Seed ?? RandomSeed();
         SamplerOptions sampling = new()

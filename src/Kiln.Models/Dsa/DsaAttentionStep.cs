@@ -12,8 +12,12 @@
 //     rotated queries over that cache with the shared selection.
 // The step keeps the KV caches itself, position-major [S, Hkv, Dh], so that a selected key is Dh contiguous floats
 // (the session's dense caches are transposed for streaming every position). Indexer key caches exist for Full
-// layers only. Buffers are allocated once for the largest chunk; views per chunk length are
-// made once, so a decode step allocates nothing. CPU only: the indexer, top-k and sparse kernels are CPU kernels.
+// layers only. Every device (cpu, cuda, ilgpu-cpu) runs the same calls: caches, RoPE tables, projections, scores and
+// the int32 selection [chunk, K] are tensors on the weights' device, allocated once for the largest chunk, with views
+// per chunk length made once; so a decode step allocates nothing, and on an ILGPU device it queues kernels only: the
+// selection goes from TopK.Select to SparseAttention.Compute without leaving the device. The head-weight scale is the
+// generated Ops.Scale, the query rotation LightningIndexer.RotateQueries, the KV append SparseAttention.Append.
+// Recording selections (tests) copies each layer's rows back to the host.
 using Kiln.Devices;
 using Kiln.Kernels;
 using Kiln.Models.Llama;
@@ -21,11 +25,10 @@ using Kiln.Models.Llama;
 namespace Kiln.Models.Dsa;
 
 /// <summary>DeepSeek sparse attention with an IndexCache pattern, as a <see cref="LlamaSession"/> attention step.</summary>
-internal sealed unsafe class DsaAttentionStep : IAttentionStep
+internal sealed class DsaAttentionStep : IAttentionStep
 {
     private readonly DsaWeights _weights;
     private readonly DsaConfig _config;
-    private readonly int _contextLength;
     private readonly Tensor? _cos;            // [S, RopeDims/2]
     private readonly Tensor? _sin;            // [S, RopeDims/2]
     private readonly Tensor?[] _keyCaches;    // per Full layer [Di, S]; null for Shared layers
@@ -35,22 +38,29 @@ internal sealed unsafe class DsaAttentionStep : IAttentionStep
     private readonly Tensor _headWeights;     // [chunk, Hi]
     private readonly Tensor _indexerKeys;     // [chunk, Di]
     private readonly Tensor _scores;          // [chunk, S]
-    private readonly int[] _selection;        // [chunk, K] the shared selection of the current chunk
+    private readonly Tensor _selection;       // [chunk, K] int32: the shared selection of the current chunk
     private readonly int[][]? _recorded;      // per layer [S, K]: the selection each layer used, by absolute position
-    private readonly Dictionary<int, (Tensor Q, Tensor W, Tensor K, Tensor Scores)> _views = new();
+    private readonly Dictionary<int, Views> _views = new();
     private readonly float _headScale;
 
-    public DsaAttentionStep(DsaWeights weights, AttentionStepSetup setup, bool record)
+    // deviceMemoryBytes, when set, replaces the accelerator's memory size in the fit check (tests of the refusal).
+    public DsaAttentionStep(DsaWeights weights, AttentionStepSetup setup, bool record, long? deviceMemoryBytes = null)
     {
         DsaConfig c = weights.Config;
+        Device device = setup.Device;
         _weights = weights;
         _config = c;
-        _contextLength = setup.ContextLength;
+        int context = setup.ContextLength;
         int chunk = setup.Chunk;
+        if (device is IlgpuDevice ilgpu)
+        {
+            EnsureDeviceFits(weights, ilgpu, deviceMemoryBytes ?? ilgpu.Accelerator.MemorySize, context, chunk);
+        }
+
         _headScale = LightningIndexer.HeadWeightScale(c.IndexerHeads, c.IndexerHeadDim);
         if (c.IndexerRopeDims > 0)
         {
-            (_cos, _sin) = Ops.RopeTables(_contextLength, c.IndexerRopeDims, c.Llama.RopeTheta);
+            (_cos, _sin) = Ops.RopeTables(context, c.IndexerRopeDims, c.Llama.RopeTheta, device);
         }
 
         // Indexer key caches for Full layers only: a Shared layer never reads or writes one.
@@ -59,24 +69,39 @@ internal sealed unsafe class DsaAttentionStep : IAttentionStep
         _values = new Tensor[c.Llama.Layers];
         for (int l = 0; l < _keyCaches.Length; l++)
         {
-            _keyCaches[l] = c.Pattern.IsFull(l) ? Tensor.Empty([c.IndexerHeadDim, _contextLength]) : null;
-            _keys[l] = Tensor.Empty([_contextLength, c.Llama.KvHeads, c.Llama.HeadDim]);
-            _values[l] = Tensor.Empty([_contextLength, c.Llama.KvHeads, c.Llama.HeadDim]);
+            _keyCaches[l] = c.Pattern.IsFull(l) ? Tensor.Empty([c.IndexerHeadDim, context], device: device) : null;
+            _keys[l] = Tensor.Empty([context, c.Llama.KvHeads, c.Llama.HeadDim], device: device);
+            _values[l] = Tensor.Empty([context, c.Llama.KvHeads, c.Llama.HeadDim], device: device);
         }
 
-        _queries = Tensor.Empty([chunk, c.IndexerQueryDim]);
-        _headWeights = Tensor.Empty([chunk, c.IndexerHeads]);
-        _indexerKeys = Tensor.Empty([chunk, c.IndexerHeadDim]);
-        _scores = Tensor.Empty([chunk, _contextLength]);
-        _selection = new int[chunk * c.TopK];
+        _queries = Tensor.Empty([chunk, c.IndexerQueryDim], device: device);
+        _headWeights = Tensor.Empty([chunk, c.IndexerHeads], device: device);
+        _indexerKeys = Tensor.Empty([chunk, c.IndexerHeadDim], device: device);
+        _scores = Tensor.Empty([chunk, context], device: device);
+        _selection = Tensor.Empty([chunk, c.TopK], DType.Int32, device);
         if (record)
         {
             _recorded = new int[c.Llama.Layers][];
             for (int l = 0; l < _recorded.Length; l++)
             {
-                _recorded[l] = new int[(long)_contextLength * c.TopK];
+                _recorded[l] = new int[(long)context * c.TopK];
             }
         }
+    }
+
+    // Refuses a context whose caches and buffers do not fit in what all the weights leave of the device's memory:
+    // the position-major KV caches (the session counted them too, but does not allocate its own), the Full layers'
+    // indexer key caches, the scores [chunk, S] and the chunk's indexer buffers and selection, the RoPE tables.
+    private static void EnsureDeviceFits(DsaWeights weights, IlgpuDevice device, long memory, int context, int chunk)
+    {
+        DsaConfig c = weights.Config;
+        long weightBytes = weights.Dense.Tensors.Concat(weights.Indexers.SelectMany(static i => i?.Tensors ?? []))
+            .Sum(static t => t.Length * t.DType.SizeOf());
+        int full = Enumerable.Range(0, c.Llama.Layers).Count(c.Pattern.IsFull);
+        long cacheBytes = ((2L * c.Llama.Layers * c.Llama.KvDim) + ((long)full * c.IndexerHeadDim)) * context * sizeof(float);
+        long otherBytes = (((long)chunk * (context + c.IndexerQueryDim + c.IndexerHeads + c.IndexerHeadDim + c.TopK))
+            + ((long)context * c.IndexerRopeDims)) * sizeof(float);
+        SessionMemory.EnsureDeviceFits(device.Name, memory - weightBytes, cacheBytes, otherBytes, context, c.Llama.SeqLen);
     }
 
     /// <summary>The selection layer <paramref name="layer"/> used for positions [0, count), [count, K] (recording only).</summary>
@@ -95,90 +120,60 @@ internal sealed unsafe class DsaAttentionStep : IAttentionStep
     public void Attend(in AttentionStepInput input)
     {
         int t = input.Queries.Size(0), layer = input.Layer, start = input.Start, k = _config.TopK;
-        int width = _config.Llama.KvDim;
-        input.Keys.AsSpan().CopyTo(_keys[layer].AsSpan().Slice(start * width, t * width));
-        input.Values.AsSpan().CopyTo(_values[layer].AsSpan().Slice(start * width, t * width));
-        Span<int> selection = _selection.AsSpan(0, t * k);
+        Views views = ViewsFor(t);
+        SparseAttention.Append(input.Keys, input.Values, _keys[layer], _values[layer], start);
         if (_config.Pattern.IsFull(layer))
         {
-            SelectFull(input.NormedInput, layer, start, t, selection);
+            SelectFull(input.NormedInput, layer, start, views);
         }
 
         // Sparse attention over this layer's own cache with the (own or shared) selection.
-        SparseAttention.Compute(input.Queries, _keys[layer], _values[layer], selection, k, start, input.Output);
+        SparseAttention.Compute(input.Queries, _keys[layer], _values[layer], views.Selection, k, start, input.Output);
         if (_recorded is not null)
         {
-            selection.CopyTo(_recorded[layer].AsSpan(start * k, t * k));
+            views.Selection.CopyTo(_recorded[layer].AsSpan(start * k, t * k));
         }
     }
 
     // The indexer of a Full layer: projections, RoPE, key append, scores, top-k into the shared selection.
-    private void SelectFull(Tensor x, int layer, int start, int t, Span<int> selection)
+    private void SelectFull(Tensor x, int layer, int start, Views views)
     {
         DsaConfig c = _config;
         DsaIndexerWeights w = _weights.Indexers[layer]!;
-        (Tensor q, Tensor headWeights, Tensor keys, Tensor scores) = ViewsFor(t);
 
         // Project the queries, the head weights and the keys from the attention-normed input.
-        MatMul.Compute(x, w.Wq, q);
-        MatMul.Compute(x, w.WProj, headWeights);
-        MatMul.Compute(x, w.Wk, keys);
+        MatMul.Compute(x, w.Wq, views.Queries);
+        MatMul.Compute(x, w.WProj, views.HeadWeights);
+        MatMul.Compute(x, w.Wk, views.Keys);
 
         // Fold Hi^-1/2 · Di^-1/2 into the head weights, and rotate the queries' leading dims.
-        Span<float> weightSpan = headWeights.AsSpan();
-        for (int i = 0; i < weightSpan.Length; i++)
+        Ops.Scale(views.HeadWeights, _headScale, views.HeadWeights);
+        if (_cos is not null)
         {
-            weightSpan[i] *= _headScale;
+            LightningIndexer.RotateQueries(views.QueryHeads, _cos, _sin!, c.IndexerRopeDims, c.IndexerRopeLayout, start);
         }
-
-        RotateQueries(q, start, t);
 
         // Normalise, rotate and store the keys, then score the chunk against every cached key and select.
         LightningIndexer.AppendKeys(
-            keys, w.KNormWeight, w.KNormBias, c.IndexerNormEps, _cos ?? keys, _sin ?? keys, c.IndexerRopeDims,
+            views.Keys, w.KNormWeight, w.KNormBias, c.IndexerNormEps, _cos ?? views.Keys, _sin ?? views.Keys, c.IndexerRopeDims,
             c.IndexerRopeLayout, _keyCaches[layer]!, start);
-        LightningIndexer.Scores(q, headWeights, _keyCaches[layer]!, start, scores);
-        TopK.Select(scores, start, c.TopK, selection);
-    }
-
-    // RoPE on dims [0, RopeDims) of every indexer query head, token t at position start + t.
-    private void RotateQueries(Tensor q, int start, int t)
-    {
-        int half = _config.IndexerRopeDims / 2;
-        if (half == 0)
-        {
-            return;
-        }
-
-        int hi = _config.IndexerHeads, di = _config.IndexerHeadDim;
-        bool adjacent = _config.IndexerRopeLayout == RopeLayout.Adjacent;
-        float* data = q.FloatPointer;
-        for (int token = 0; token < t; token++)
-        {
-            float* cos = _cos!.FloatPointer + ((long)(start + token) * half);
-            float* sin = _sin!.FloatPointer + ((long)(start + token) * half);
-            for (int head = 0; head < hi; head++)
-            {
-                float* row = data + ((long)((token * hi) + head) * di);
-                for (int i = 0; i < half; i++)
-                {
-                    // The pair by layout, turned by the angle of pair index i.
-                    int first = adjacent ? 2 * i : i;
-                    int second = adjacent ? first + 1 : first + half;
-                    float x0 = row[first], x1 = row[second];
-                    row[first] = (x0 * cos[i]) - (x1 * sin[i]);
-                    row[second] = (x0 * sin[i]) + (x1 * cos[i]);
-                }
-            }
-        }
+        LightningIndexer.Scores(views.Queries, views.HeadWeights, _keyCaches[layer]!, start, views.Scores);
+        TopK.Select(views.Scores, start, c.TopK, views.Selection);
     }
 
     // Row views of the buffers for a chunk of `count` tokens, made once per distinct count.
-    private (Tensor Q, Tensor W, Tensor K, Tensor Scores) ViewsFor(int count)
+    private Views ViewsFor(int count)
     {
-        if (!_views.TryGetValue(count, out (Tensor Q, Tensor W, Tensor K, Tensor Scores) views))
+        if (!_views.TryGetValue(count, out Views? views))
         {
-            views = (_queries.Slice(0, count), _headWeights.Slice(0, count), _indexerKeys.Slice(0, count), _scores.Slice(0, count));
+            Tensor queries = _queries.Slice(0, count);
+            views = new Views(
+                queries,
+                queries.Reshape(count, _config.IndexerHeads, _config.IndexerHeadDim),
+                _headWeights.Slice(0, count),
+                _indexerKeys.Slice(0, count),
+                _scores.Slice(0, count),
+                _selection.Slice(0, count));
             _views[count] = views;
         }
 
@@ -203,5 +198,9 @@ internal sealed unsafe class DsaAttentionStep : IAttentionStep
         _headWeights.Dispose();
         _indexerKeys.Dispose();
         _scores.Dispose();
+        _selection.Dispose();
     }
+
+    // The buffers' first rows for one chunk length.
+    private sealed record Views(Tensor Queries, Tensor QueryHeads, Tensor HeadWeights, Tensor Keys, Tensor Scores, Tensor Selection);
 }

@@ -15,20 +15,31 @@ using Kiln.Models.Sampling;
 
 namespace Kiln.Models.Dsa;
 
-/// <summary>The lightning indexer weights of one layer (float32, on the CPU). Dispose frees them.</summary>
+/// <summary>The lightning indexer weights of one layer (float32; on the CPU unless copied with <see cref="To"/>). Dispose frees them.</summary>
 public sealed class DsaIndexerWeights : IDisposable
 {
-    /// <summary>Allocates zero-filled indexer weights shaped by <paramref name="config"/>.</summary>
+    /// <summary>Allocates zero-filled indexer weights shaped by <paramref name="config"/> on the cpu device.</summary>
     public DsaIndexerWeights(DsaConfig config)
+        : this(config, CpuDevice.Default)
+    {
+    }
+
+    /// <summary>Allocates zero-filled indexer weights shaped by <paramref name="config"/> on <paramref name="device"/>.</summary>
+    public DsaIndexerWeights(DsaConfig config, Device device)
     {
         ArgumentNullException.ThrowIfNull(config);
+        ArgumentNullException.ThrowIfNull(device);
         int d = config.Llama.Dim;
-        Wq = Tensor.Empty([config.IndexerQueryDim, d]);
-        WProj = Tensor.Empty([config.IndexerHeads, d]);
-        Wk = Tensor.Empty([config.IndexerHeadDim, d]);
-        KNormWeight = Tensor.Empty([config.IndexerHeadDim]);
-        KNormBias = Tensor.Empty([config.IndexerHeadDim]);
+        Wq = Tensor.Empty([config.IndexerQueryDim, d], device: device);
+        WProj = Tensor.Empty([config.IndexerHeads, d], device: device);
+        Wk = Tensor.Empty([config.IndexerHeadDim, d], device: device);
+        KNormWeight = Tensor.Empty([config.IndexerHeadDim], device: device);
+        KNormBias = Tensor.Empty([config.IndexerHeadDim], device: device);
+        Device = device;
     }
+
+    /// <summary>The device that holds the tensors.</summary>
+    public Device Device { get; }
 
     /// <summary>The indexer query projection. [Hi × Di, D]</summary>
     public Tensor Wq { get; }
@@ -101,6 +112,35 @@ public sealed class DsaIndexerWeights : IDisposable
         foreach (Tensor tensor in Tensors)
         {
             tensor.AsSpan().CopyTo(values.AsSpan(offset));
+            offset += (int)tensor.Length;
+        }
+
+        return values;
+    }
+
+    /// <summary>Copies the weights to <paramref name="device"/> (new weights the caller disposes).</summary>
+    public DsaIndexerWeights To(DsaConfig config, Device device)
+    {
+        DsaIndexerWeights copy = new(config, device);
+        float[] values = ToHost();
+        int offset = 0;
+        foreach (Tensor tensor in copy.Tensors)
+        {
+            tensor.CopyFrom(values.AsSpan(offset, (int)tensor.Length));
+            offset += (int)tensor.Length;
+        }
+
+        return copy;
+    }
+
+    // Every value, flat in the order of Tensors, read from any device.
+    private float[] ToHost()
+    {
+        float[] values = new float[Tensors.Sum(tensor => tensor.Length)];
+        int offset = 0;
+        foreach (Tensor tensor in Tensors)
+        {
+            tensor.ToArray().CopyTo(values.AsSpan(offset));
             offset += (int)tensor.Length;
         }
 
@@ -211,6 +251,13 @@ public sealed class DsaWeights : IDisposable
                 nameof(indexer));
         }
 
+        if (indexer is not null && indexer.Device != Device && !(indexer.Device is CpuDevice && Device is CpuDevice))
+        {
+            throw new ArgumentException(
+                $"DsaWeights.SetIndexer: the indexer is on {indexer.Device.Name} but the model is on {Device.Name}; copy it with To(config, device).",
+                nameof(indexer));
+        }
+
         if (!ReferenceEquals(_indexers[layer], indexer))
         {
             _indexers[layer]?.Dispose();
@@ -229,8 +276,15 @@ public sealed class DsaWeights : IDisposable
             XorShiftRandom layerRandom = new(random.NextUInt64());
             if (_indexers[l] is null)
             {
+                // Filled on the cpu, then copied where the model lives.
                 DsaIndexerWeights indexer = new(Config);
                 indexer.Randomize(ref layerRandom);
+                if (Device is not CpuDevice)
+                {
+                    using DsaIndexerWeights host = indexer;
+                    indexer = host.To(Config, Device);
+                }
+
                 _indexers[l] = indexer;
             }
         }
@@ -306,6 +360,31 @@ public sealed class DsaWeights : IDisposable
         }
 
         return FromDense(dense, config, random.NextUInt64());
+    }
+
+    /// <summary>
+    /// Copies the model (dense weights and every indexer, with the pattern) to <paramref name="device"/>: new weights the
+    /// caller disposes, for a <see cref="DsaSession"/> on that device. Training and calibration read the CPU copy.
+    /// </summary>
+    public DsaWeights To(Device device)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        ArgumentNullException.ThrowIfNull(device);
+        DsaWeights copy = new(Config, Dense.To(device));
+        try
+        {
+            for (int l = 0; l < _indexers.Length; l++)
+            {
+                copy._indexers[l] = _indexers[l]?.To(Config, device);
+            }
+        }
+        catch
+        {
+            copy.Dispose();
+            throw;
+        }
+
+        return copy;
     }
 
     /// <summary>Frees the dense weights and every indexer. Safe to call twice.</summary>

@@ -177,6 +177,26 @@ public sealed class DsaSessionTests
     }
 
     [Fact]
+    public void Decode_OnTheCpu_AllocatesNothing()
+    {
+        // Greedy steps through ForwardAndSample (the selection is an int32 tensor, the views are made once).
+        DsaConfig config = SmallConfig("FSFS", topK: 3) with { Llama = SmallConfig("FSFS", 3).Llama with { SeqLen = 512 } };
+        using DsaWeights weights = DsaWeights.CreateRandom(config, seed: 3);
+        using DsaSession session = new(weights, new SessionOptions());
+        int next = session.ForwardAndSample([1, 5, 9, 2], 0f, 0);
+        next = session.ForwardAndSample([next], 0f, 0);
+        long allocated = Allocations.Measure(() =>
+        {
+            for (int i = 0; i < 10; i++)
+            {
+                next = session.ForwardAndSample([next], 0f, 0);
+            }
+        });
+
+        Assert.Equal(0, allocated);
+    }
+
+    [Fact]
     public void BadInput_GivesSpecificErrors()
     {
         LlamaConfig llama = SmallConfig("FFFF", 2).Llama;

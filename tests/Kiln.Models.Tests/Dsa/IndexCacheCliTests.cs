@@ -1,4 +1,5 @@
-// `kiln indexcache fit` → `kiln generate` / `kiln info` on stories260K (a few steps), `kiln indexcache calibrate`
+// `kiln indexcache fit` → `kiln generate` (cpu, and ilgpu-cpu:4x4 giving the cpu's text) / `kiln info` on stories260K
+// (a few steps), `kiln indexcache calibrate`
 // on a random-weight tiny DSA model (--random), the calibration search's structure and determinism, and the error
 // cases (keep outside (0, 1], text shorter than a window, a non-DSA model, K < 1). In-process through KilnCli.Run.
 using Kiln.Cli;
@@ -43,6 +44,12 @@ public sealed class IndexCacheCliTests(ITestOutputHelper output) : IDisposable
         Assert.StartsWith("Once upon", out1, StringComparison.Ordinal);
         Assert.True(out1.Length > "Once upon".Length + 1, out1);
         Assert.Equal(out1, out2);
+
+        // The same checkpoint on the GPU code path (ILGPU's CPU accelerator): the cpu's greedy text.
+        (int gd, string outDevice, string errDevice) = Run([.. generate, "--device", "ilgpu-cpu:4x4"]);
+        Assert.True(gd == 0, errDevice);
+        Assert.Contains("dsa session", errDevice, StringComparison.Ordinal);
+        Assert.Equal(out1, outDevice);
 
         // --pattern runs another pattern (as a string or from calibrate's file); a Full layer without an indexer
         // (layer 2 was Shared when fitted) is refused.

@@ -19,6 +19,9 @@
 // zig-zag order (0, T-1, 1, T-2, ...) so that the worker pool's contiguous ranges get equal shares of the causal
 // triangle. Every lane computes exactly what the scalar loop computes (same FMA order), so the Vector512, Vector256
 // and scalar paths agree bit for bit, and no result depends on the thread count.
+//
+// Devices. AppendKeys, RotateQueries and Scores dispatch by the key cache's device: the loops here on cpu, the kernels
+// of GpuIndexer.cs on ILGPU devices (cuda, ilgpu-cpu), queued on the device's stream, with the same checks.
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using Kiln.Devices;
@@ -91,7 +94,7 @@ public static unsafe class LightningIndexer
         // Check the cache, the keys, the norm parameters and the tables.
         RequireKeyCache(keyCache);
         int di = keyCache.Size(0), capacity = keyCache.Size(1);
-        RequireCpuFloat(keys, nameof(keys));
+        RequireFloat(keys, nameof(keys), keyCache.Device);
         if (keys.Rank != 2 || keys.Size(1) != di)
         {
             throw new ArgumentException(
@@ -99,8 +102,8 @@ public static unsafe class LightningIndexer
                 nameof(keys));
         }
 
-        RequireVector(normWeight, di, nameof(normWeight));
-        RequireVector(normBias, di, nameof(normBias));
+        RequireVector(normWeight, di, nameof(normWeight), keyCache.Device);
+        RequireVector(normBias, di, nameof(normBias), keyCache.Device);
         int t = keys.Size(0);
         if (start < 0 || start > capacity - t)
         {
@@ -119,8 +122,8 @@ public static unsafe class LightningIndexer
         int half = ropeDims / 2;
         if (ropeDims > 0)
         {
-            RequireCpuFloat(cos, nameof(cos));
-            RequireCpuFloat(sin, nameof(sin));
+            RequireFloat(cos, nameof(cos), keyCache.Device);
+            RequireFloat(sin, nameof(sin), keyCache.Device);
             if (cos.Rank != 2 || cos.Size(1) != half || cos.Size(0) < start + t || !cos.Shape.SequenceEqual(sin.Shape))
             {
                 throw new ArgumentException(
@@ -128,6 +131,13 @@ public static unsafe class LightningIndexer
                     + $"build them with Ops.RopeTables(P, {ropeDims}, theta).",
                     nameof(cos));
             }
+        }
+
+        // ILGPU devices queue the kernel (one group per token).
+        if (keyCache.Device is IlgpuDevice ilgpu)
+        {
+            GpuIndexer.AppendKeys(ilgpu, keys, normWeight, normBias, eps, cos, sin, ropeDims, layout, keyCache, start);
+            return;
         }
 
         // Normalise each row on the stack, rotate its leading dimensions, and scatter it into the cache's column.
@@ -162,6 +172,86 @@ public static unsafe class LightningIndexer
     }
 
     /// <summary>
+    /// Rotates the indexer queries in place: RoPE on dimensions [0, ropeDims) of every head of token t at position
+    /// start + t, with the pair layout of the keys (<see cref="AppendKeys"/>), so that q · k sees the relative angle.
+    /// On an ILGPU device the kernel is queued, not waited for.
+    /// </summary>
+    /// <param name="q">The indexer queries, [T, Hi, Di], rotated in place.</param>
+    /// <param name="cos">The RoPE cosine table [P, ropeDims / 2], P ≥ start + T, on the device of q.</param>
+    /// <param name="sin">The RoPE sine table, the shape of <paramref name="cos"/>.</param>
+    /// <param name="ropeDims">How many leading dimensions of each head are rotated: even, 0..Di (0 does nothing).</param>
+    /// <param name="layout">How the rotated dimensions pair: (2i, 2i+1) or (i, i + ropeDims/2).</param>
+    /// <param name="start">The position of the first token.</param>
+    /// <exception cref="ArgumentException">Shapes, dtypes or devices do not fit together.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">ropeDims or the positions are out of range.</exception>
+    public static void RotateQueries(Tensor q, Tensor cos, Tensor sin, int ropeDims, RopeLayout layout, int start)
+    {
+        // Check the queries, the width and the tables.
+        ArgumentNullException.ThrowIfNull(q);
+        if (q.Device is not CpuDevice and not IlgpuDevice)
+        {
+            throw new NotSupportedException($"LightningIndexer.RotateQueries: q {q} is on {q.Device.Name}; use cpu, cuda or ilgpu-cpu.");
+        }
+
+        RequireFloat(q, nameof(q), q.Device);
+        if (q.Rank != 3 || q.Size(2) == 0)
+        {
+            throw new ArgumentException($"LightningIndexer.RotateQueries: q {q} must be [T, Hi, Di] with Di at least 1.", nameof(q));
+        }
+
+        int t = q.Size(0), hi = q.Size(1), di = q.Size(2);
+        if (ropeDims < 0 || ropeDims > di || ropeDims % 2 != 0)
+        {
+            throw new ArgumentOutOfRangeException(
+                nameof(ropeDims),
+                $"LightningIndexer.RotateQueries: ropeDims {ropeDims} must be even and within [0, {di}]; pass the rotated width.");
+        }
+
+        int half = ropeDims / 2;
+        if (half == 0 || t == 0 || hi == 0)
+        {
+            return;
+        }
+
+        RequireFloat(cos, nameof(cos), q.Device);
+        RequireFloat(sin, nameof(sin), q.Device);
+        if (start < 0 || cos.Rank != 2 || cos.Size(1) != half || cos.Size(0) < start + t || !cos.Shape.SequenceEqual(sin.Shape))
+        {
+            throw new ArgumentException(
+                $"LightningIndexer.RotateQueries: tables cos {cos} and sin {sin} must both be [P >= {start + t}, {half}] and start "
+                + $"{start} not negative; build them with Ops.RopeTables(P, {ropeDims}, theta).",
+                nameof(cos));
+        }
+
+        if (q.Device is IlgpuDevice ilgpu)
+        {
+            GpuIndexer.RotateQueries(ilgpu, q, hi, di, cos, sin, ropeDims, layout, start);
+            return;
+        }
+
+        // Every head of every token: the pair by layout, turned by the angle of pair index i.
+        bool adjacent = layout == RopeLayout.Adjacent;
+        float* data = q.FloatPointer;
+        for (int token = 0; token < t; token++)
+        {
+            float* c = cos.FloatPointer + ((long)(start + token) * half);
+            float* s = sin.FloatPointer + ((long)(start + token) * half);
+            for (int head = 0; head < hi; head++)
+            {
+                float* row = data + ((long)((token * hi) + head) * di);
+                for (int i = 0; i < half; i++)
+                {
+                    int first = adjacent ? 2 * i : i;
+                    int second = adjacent ? first + 1 : first + half;
+                    float x0 = row[first], x1 = row[second];
+                    row[first] = (x0 * c[i]) - (x1 * s[i]);
+                    row[second] = (x0 * s[i]) + (x1 * c[i]);
+                }
+            }
+        }
+    }
+
+    /// <summary>
     /// Computes the index scores of the query tokens at positions [start, start + T) against the cached keys:
     /// <c>scores[t, s] = Σ_j w[t, j] · ReLU(q[t, j, :] · keyCache[:, s])</c> for s ≤ start + t, and -∞ for
     /// start + t &lt; s &lt; L.
@@ -183,9 +273,9 @@ public static unsafe class LightningIndexer
     {
         // Check the shapes: Hi from the weights, Di from the cache, T from both.
         RequireKeyCache(keyCache);
-        RequireCpuFloat(q, nameof(q));
-        RequireCpuFloat(weights, nameof(weights));
-        RequireCpuFloat(scores, nameof(scores));
+        RequireFloat(q, nameof(q), keyCache.Device);
+        RequireFloat(weights, nameof(weights), keyCache.Device);
+        RequireFloat(scores, nameof(scores), keyCache.Device);
         int di = keyCache.Size(0), capacity = keyCache.Size(1);
         if (weights.Rank != 2 || weights.Size(1) < 1)
         {
@@ -216,6 +306,13 @@ public static unsafe class LightningIndexer
                 nameof(start),
                 $"LightningIndexer.Scores: positions [{start}, {start + t}) do not fit in scores of {length} columns; "
                 + "make L at least start + T.");
+        }
+
+        // ILGPU devices queue the kernel (a group per token and tile of positions).
+        if (keyCache.Device is IlgpuDevice ilgpu)
+        {
+            GpuIndexer.Scores(ilgpu, q, weights, keyCache, start, scores);
+            return;
         }
 
         // Split (token, chunk) items across the pool; a chunk is about Hi·Di·512 multiply-adds.
@@ -542,7 +639,14 @@ public static unsafe class LightningIndexer
 
     private static void RequireKeyCache(Tensor cache)
     {
-        RequireCpuFloat(cache, "keyCache");
+        ArgumentNullException.ThrowIfNull(cache, "keyCache");
+        if (cache.Device is not CpuDevice and not IlgpuDevice)
+        {
+            throw new NotSupportedException(
+                $"LightningIndexer: keyCache {cache} is on {cache.Device.Name}, which the indexer does not support; use cpu, cuda or ilgpu-cpu.");
+        }
+
+        RequireFloat(cache, "keyCache", cache.Device);
         if (cache.Rank != 2 || cache.Size(0) == 0)
         {
             throw new ArgumentException(
@@ -551,22 +655,24 @@ public static unsafe class LightningIndexer
         }
     }
 
-    private static void RequireVector(Tensor tensor, int length, string name)
+    private static void RequireVector(Tensor tensor, int length, string name, Device device)
     {
-        RequireCpuFloat(tensor, name);
+        RequireFloat(tensor, name, device);
         if (tensor.Rank != 1 || tensor.Size(0) != length)
         {
             throw new ArgumentException($"LightningIndexer: {name} {tensor} must be [{length}] (Di of the key cache).", name);
         }
     }
 
-    private static void RequireCpuFloat(Tensor tensor, string name)
+    private static void RequireFloat(Tensor tensor, string name, Device device)
     {
         ArgumentNullException.ThrowIfNull(tensor, name);
-        if (tensor.Device is not CpuDevice || tensor.DType != DType.Float32 || !tensor.IsContiguous)
+        if (!(tensor.Device == device || (tensor.Device is CpuDevice && device is CpuDevice)) || tensor.DType != DType.Float32 || !tensor.IsContiguous)
         {
             throw new ArgumentException(
-                $"LightningIndexer: {name} {tensor} must be a contiguous float32 tensor on the cpu device.", name);
+                $"LightningIndexer: {name} {tensor} must be a contiguous float32 tensor on {device.Name}, the device of the "
+                + "key cache; convert it or move it with To(device).",
+                name);
         }
     }
 }

@@ -18,6 +18,10 @@
 // Vector512 accumulators), so a value row is read once per head. Every selected position is checked against [0, p]
 // before the kernel runs, so no load can read outside the written prefix of the cache. The result of a token does
 // not depend on the chunk it came in or on the thread count: prefill in pieces is bitwise prefill in one piece.
+//
+// Devices. Compute with the selection as an int32 tensor, and Append (the chunk's rows into the position-major
+// caches), dispatch by the cache's device: the code here on cpu, GpuSparseAttention.cs on ILGPU devices, where the
+// selection stays on the device and the kernel skips entries outside [0, p] instead of the host checking them.
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
@@ -55,49 +59,17 @@ public static unsafe class SparseAttention
         int start,
         Tensor output)
     {
-        // Check the cache, the queries and the output, as dense attention does.
-        RequireCache(keyCache, nameof(keyCache));
-        RequireCache(valueCache, nameof(valueCache));
-        if (!keyCache.Shape.SequenceEqual(valueCache.Shape))
+        // Check the tensors (on the cpu), then the selection: causal, -1 padding only at the end.
+        (int t, int hkv, int dh) = CheckShapes(q, keyCache, valueCache, k, start, output);
+        if (keyCache.Device is not CpuDevice)
         {
             throw new ArgumentException(
-                $"SparseAttention: valueCache {valueCache} must have the shape of keyCache {Tensor.FormatShape(keyCache.Shape)}.",
-                nameof(valueCache));
+                $"SparseAttention: the span overload runs on the cpu device; keyCache is on {keyCache.Device.Name}: pass the "
+                + "selection as an int32 tensor on that device.",
+                nameof(indices));
         }
 
-        RequireCpuFloat(q, nameof(q));
-        RequireCpuFloat(output, nameof(output));
-        int capacity = keyCache.Size(0), hkv = keyCache.Size(1), dh = keyCache.Size(2);
-        int t = q.Rank >= 2 ? q.Size(0) : -1;
-        long width = t > 0 ? q.Length / t : 0;
-        if (t < 1 || width % dh != 0 || width == 0 || (width / dh) % hkv != 0)
-        {
-            throw new ArgumentException(
-                $"SparseAttention: queries {q} are not [T, H, {dh}] with T ≥ 1 and H a multiple of {hkv} "
-                + $"(cache {Tensor.FormatShape(keyCache.Shape)}).",
-                nameof(q));
-        }
-
-        if (output.Length != q.Length || output.Size(0) != t)
-        {
-            throw new ArgumentException(
-                $"SparseAttention: output {output} must have the shape of the queries {q}.", nameof(output));
-        }
-
-        if (k < 1)
-        {
-            throw new ArgumentOutOfRangeException(
-                nameof(k), k, "SparseAttention: k must be at least 1; pass the row length of the selection.");
-        }
-
-        if (start < 0 || start > capacity - t || start + t > Attention.MaxContext)
-        {
-            throw new ArgumentOutOfRangeException(
-                nameof(start),
-                $"SparseAttention: positions [{start}, {start + t}) do not fit in a cache of {capacity} positions "
-                + $"(at most {Attention.MaxContext}).");
-        }
-
+        long width = q.Length / t;
         RequireCausalSelection(indices, t, k, start);
 
         // Split the (token, key/value head) pairs across threads.
@@ -123,6 +95,101 @@ public static unsafe class SparseAttention
             int grain = (int)Math.Clamp(32_768 / Math.Max(workPerItem, 1), 1, int.MaxValue);
             ((CpuDevice)q.Device).Pool.For(t * hkv, grain, &Run, &state);
         }
+    }
+
+    /// <summary>
+    /// <see cref="Compute(Tensor, Tensor, Tensor, ReadOnlySpan{int}, int, int, Tensor)"/> with the selection as an int32
+    /// tensor [T, K] on the cache's device. On the cpu the rows are checked and attended as by the span overload. On
+    /// an ILGPU device (cuda, ilgpu-cpu) the selection may have been written by a kernel (TopK.Select), so the host
+    /// does not read it: the kernels (GpuSparseAttention.cs) read only the first min(K, start + t + 1) entries of row t
+    /// and skip every entry outside [0, start + t]; for every selection the cpu accepts both attend the same rows.
+    /// The launches are queued, not waited for, and a call allocates no device memory once the device's split-K
+    /// scratch exists.
+    /// </summary>
+    /// <param name="q">Queries, [T, H, Dh] (or [T, H * Dh]) with H a multiple of Hkv.</param>
+    /// <param name="keyCache">The layer's keys, [S, Hkv, Dh] (position-major), holding positions up to start + T.</param>
+    /// <param name="valueCache">The layer's values, [S, Hkv, Dh].</param>
+    /// <param name="indices">The selection, a contiguous int32 tensor [T, K] on the cache's device.</param>
+    /// <param name="k">K, the row length of <paramref name="indices"/>; at least 1.</param>
+    /// <param name="start">The position of the first query token.</param>
+    /// <param name="output">The result, the shape of <paramref name="q"/>.</param>
+    /// <exception cref="ArgumentException">Shapes, dtypes or devices do not fit; on the cpu also a row that selects a
+    /// future or negative position.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="k"/> is below 1, or the positions do not fit.</exception>
+    public static void Compute(Tensor q, Tensor keyCache, Tensor valueCache, Tensor indices, int k, int start, Tensor output)
+    {
+        (int t, int _, int dh) = CheckShapes(q, keyCache, valueCache, k, start, output);
+        ArgumentNullException.ThrowIfNull(indices);
+        if (!(indices.Device == keyCache.Device || (indices.Device is CpuDevice && keyCache.Device is CpuDevice)) || indices.DType != DType.Int32 || !indices.IsContiguous || indices.Length != (long)t * k)
+        {
+            throw new ArgumentException(
+                $"SparseAttention: indices {indices} must be a contiguous int32 [{t}, {k}] tensor on {keyCache.Device.Name}, "
+                + "the device of the key cache.",
+                nameof(indices));
+        }
+
+        if (keyCache.Device is not IlgpuDevice ilgpu)
+        {
+            Compute(q, keyCache, valueCache, indices.AsSpan<int>(), k, start, output);
+            return;
+        }
+
+        if (dh > GpuSparseAttention.MaxHeadDim)
+        {
+            throw new ArgumentException(
+                $"SparseAttention: the cache {Tensor.FormatShape(keyCache.Shape)} has heads of Dh = {dh}; the {ilgpu.Name} kernel "
+                + $"holds at most {GpuSparseAttention.MaxHeadDim} in shared memory.",
+                nameof(keyCache));
+        }
+
+        GpuSparseAttention.Compute(ilgpu, q, keyCache, valueCache, indices, k, start, output);
+    }
+
+    /// <summary>
+    /// Writes the keys and values of tokens [start, start + T) into a layer's position-major caches: rows
+    /// [start, start + T) of [S, Hkv, Dh] become the rows of <paramref name="k"/> and <paramref name="v"/>. All
+    /// tensors are contiguous float32 on the caches' device; on an ILGPU device the copy is queued, not waited for.
+    /// </summary>
+    /// <param name="k">New keys, [T, Hkv * Dh].</param>
+    /// <param name="v">New values, [T, Hkv * Dh].</param>
+    /// <param name="keyCache">The layer's keys, [S, Hkv, Dh].</param>
+    /// <param name="valueCache">The layer's values, [S, Hkv, Dh].</param>
+    /// <param name="start">The position of the first new token.</param>
+    /// <exception cref="ArgumentException">Shapes, dtypes or devices do not fit.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">The rows do not fit behind <paramref name="start"/>.</exception>
+    public static void Append(Tensor k, Tensor v, Tensor keyCache, Tensor valueCache, int start)
+    {
+        // Check the caches, then the rows.
+        RequireCache(keyCache, nameof(keyCache));
+        RequireCache(valueCache, nameof(valueCache));
+        RequireFloat(valueCache, nameof(valueCache), keyCache.Device);
+        RequireFloat(k, nameof(k), keyCache.Device);
+        RequireFloat(v, nameof(v), keyCache.Device);
+        int capacity = keyCache.Size(0), width = keyCache.Size(1) * keyCache.Size(2);
+        int t = k.Rank == 2 ? k.Size(0) : -1;
+        if (!keyCache.Shape.SequenceEqual(valueCache.Shape) || k.Rank != 2 || k.Size(1) != width
+            || !k.Shape.SequenceEqual(v.Shape))
+        {
+            throw new ArgumentException(
+                $"SparseAttention.Append: k {k} and v {v} must both be [T, {width}] for caches {Tensor.FormatShape(keyCache.Shape)} "
+                + $"and {Tensor.FormatShape(valueCache.Shape)} of one shape.",
+                nameof(k));
+        }
+
+        if (start < 0 || start > capacity - t)
+        {
+            throw new ArgumentOutOfRangeException(
+                nameof(start), $"SparseAttention.Append: positions [{start}, {start + t}) do not fit in a cache of {capacity} positions.");
+        }
+
+        if (keyCache.Device is IlgpuDevice ilgpu)
+        {
+            GpuSparseAttention.Append(ilgpu, k, v, keyCache, valueCache, start);
+            return;
+        }
+
+        k.AsSpan().CopyTo(keyCache.AsSpan().Slice(start * width, t * width));
+        v.AsSpan().CopyTo(valueCache.AsSpan().Slice(start * width, t * width));
     }
 
     /// <summary>
@@ -424,9 +491,65 @@ public static unsafe class SparseAttention
         }
     }
 
+    // Checks the cache, the queries, the output, K and the positions (as dense attention does); returns T, Hkv, Dh.
+    private static (int T, int Hkv, int Dh) CheckShapes(Tensor q, Tensor keyCache, Tensor valueCache, int k, int start, Tensor output)
+    {
+        RequireCache(keyCache, nameof(keyCache));
+        RequireCache(valueCache, nameof(valueCache));
+        RequireFloat(valueCache, nameof(valueCache), keyCache.Device);
+        if (!keyCache.Shape.SequenceEqual(valueCache.Shape))
+        {
+            throw new ArgumentException(
+                $"SparseAttention: valueCache {valueCache} must have the shape of keyCache {Tensor.FormatShape(keyCache.Shape)}.",
+                nameof(valueCache));
+        }
+
+        RequireFloat(q, nameof(q), keyCache.Device);
+        RequireFloat(output, nameof(output), keyCache.Device);
+        int capacity = keyCache.Size(0), hkv = keyCache.Size(1), dh = keyCache.Size(2);
+        int t = q.Rank >= 2 ? q.Size(0) : -1;
+        long width = t > 0 ? q.Length / t : 0;
+        if (t < 1 || width % dh != 0 || width == 0 || (width / dh) % hkv != 0)
+        {
+            throw new ArgumentException(
+                $"SparseAttention: queries {q} are not [T, H, {dh}] with T ≥ 1 and H a multiple of {hkv} "
+                + $"(cache {Tensor.FormatShape(keyCache.Shape)}).",
+                nameof(q));
+        }
+
+        if (output.Length != q.Length || output.Size(0) != t)
+        {
+            throw new ArgumentException(
+                $"SparseAttention: output {output} must have the shape of the queries {q}.", nameof(output));
+        }
+
+        if (k < 1)
+        {
+            throw new ArgumentOutOfRangeException(
+                nameof(k), k, "SparseAttention: k must be at least 1; pass the row length of the selection.");
+        }
+
+        if (start < 0 || start > capacity - t || start + t > Attention.MaxContext)
+        {
+            throw new ArgumentOutOfRangeException(
+                nameof(start),
+                $"SparseAttention: positions [{start}, {start + t}) do not fit in a cache of {capacity} positions "
+                + $"(at most {Attention.MaxContext}).");
+        }
+
+        return (t, hkv, dh);
+    }
+
     private static void RequireCache(Tensor cache, string name)
     {
-        RequireCpuFloat(cache, name);
+        ArgumentNullException.ThrowIfNull(cache, name);
+        if (cache.Device is not CpuDevice and not IlgpuDevice)
+        {
+            throw new NotSupportedException(
+                $"SparseAttention: {name} {cache} is on {cache.Device.Name}, which sparse attention does not support; use cpu, cuda or ilgpu-cpu.");
+        }
+
+        RequireFloat(cache, name, cache.Device);
         if (cache.Rank != 3 || cache.Size(1) == 0 || cache.Size(2) == 0)
         {
             throw new ArgumentException(
@@ -434,13 +557,15 @@ public static unsafe class SparseAttention
         }
     }
 
-    private static void RequireCpuFloat(Tensor tensor, string name)
+    private static void RequireFloat(Tensor tensor, string name, Device device)
     {
         ArgumentNullException.ThrowIfNull(tensor, name);
-        if (tensor.Device is not CpuDevice || tensor.DType != DType.Float32 || !tensor.IsContiguous)
+        if (!(tensor.Device == device || (tensor.Device is CpuDevice && device is CpuDevice)) || tensor.DType != DType.Float32 || !tensor.IsContiguous)
         {
             throw new ArgumentException(
-                $"SparseAttention: {name} {tensor} must be a contiguous float32 tensor on the cpu device.", name);
+                $"SparseAttention: {name} {tensor} must be a contiguous float32 tensor on {device.Name}, the device of the "
+                + "key cache; convert it or move it with To(device).",
+                name);
         }
     }
 }

@@ -15,6 +15,9 @@
 //
 // Output. indices [T, K] int32, row t holding its min(K, p + 1) positions ascending, then -1 padding. When p + 1 ≤ K
 // the row is exactly 0..p (dense causal attention).
+//
+// Devices. Select(scores, start, k, Tensor indices) writes an int32 tensor on the scores' device: this kernel on cpu,
+// the radix select of GpuTopK.cs on ILGPU devices, which gives exactly the same rows (ties and NaN included).
 using System.Buffers;
 using System.Runtime.CompilerServices;
 using Kiln.Devices;
@@ -94,6 +97,61 @@ public static unsafe class TopK
             int grain = (int)Math.Clamp(32_768L / Math.Max(start + ((t + 1) / 2), 1), 1, int.MaxValue);
             cpu.Pool.For(t, grain, &Run, &state);
         }
+    }
+
+    /// <summary>
+    /// <see cref="Select(Tensor, int, int, Span{int})"/> into an int32 tensor [T, K] on the scores' device: on the cpu
+    /// the same kernel, on an ILGPU device (cuda, ilgpu-cpu) one group per row (GpuTopK.cs) queued on its stream, so
+    /// the selection stays on the device. Both give exactly the same rows for the same scores.
+    /// </summary>
+    /// <param name="scores">Index scores, [T, L] float32 with L ≥ start + T.</param>
+    /// <param name="start">The absolute position of the first query token.</param>
+    /// <param name="k">K, the number of positions to keep per row; at least 1.</param>
+    /// <param name="indices">The selection, a contiguous int32 tensor [T, K] on the device of the scores.</param>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="k"/> is below 1, or the positions do not fit.</exception>
+    /// <exception cref="ArgumentException">A dtype, shape or device does not fit.</exception>
+    public static void Select(Tensor scores, int start, int k, Tensor indices)
+    {
+        // Check the destination, then the scores as the span overload does.
+        ArgumentNullException.ThrowIfNull(scores);
+        ArgumentNullException.ThrowIfNull(indices);
+        if (k < 1)
+        {
+            throw new ArgumentOutOfRangeException(
+                nameof(k), k, "TopK.Select: k must be at least 1; pass the number of positions each query attends to.");
+        }
+
+        if (scores.Device is IlgpuDevice && (scores.DType != DType.Float32 || !scores.IsContiguous || scores.Rank != 2))
+        {
+            throw new ArgumentException(
+                $"TopK.Select: scores {scores} must be a contiguous float32 [T, L] tensor.", nameof(scores));
+        }
+
+        int t = scores.Rank == 2 ? scores.Size(0) : 0;
+        if (!(indices.Device == scores.Device || (indices.Device is CpuDevice && scores.Device is CpuDevice)) || indices.DType != DType.Int32 || !indices.IsContiguous || indices.Rank != 2
+            || indices.Size(0) != t || indices.Size(1) != k)
+        {
+            throw new ArgumentException(
+                $"TopK.Select: indices {indices} must be a contiguous int32 [{t}, {k}] tensor on {scores.Device.Name}, the "
+                + "device of the scores.",
+                nameof(indices));
+        }
+
+        if (scores.Device is not IlgpuDevice ilgpu)
+        {
+            Select(scores, start, k, indices.AsSpan<int>());
+            return;
+        }
+
+        int length = scores.Size(1);
+        if (start < 0 || start + t > length)
+        {
+            throw new ArgumentOutOfRangeException(
+                nameof(start),
+                $"TopK.Select: positions [{start}, {start + t}) do not fit in scores of {length} columns; make L at least start + T.");
+        }
+
+        GpuTopK.Select(ilgpu, scores, start, k, indices);
     }
 
     /// <summary>
