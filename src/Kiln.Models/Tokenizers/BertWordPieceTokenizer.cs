@@ -9,7 +9,8 @@
 //   1. User-defined tokens (and control tokens when parseSpecial is set) are cut out verbatim (GgufVocabulary.Partition).
 //   2. Normalization: characters U+0000, U+FFFD and other controls are dropped; an uncased vocabulary (no normal token
 //      has an upper-case letter, as in bert-base-uncased) also lower-cases the text and strips accents (NFD, then the
-//      non-spacing marks are dropped), which is what the uncased model was trained with; a cased vocabulary keeps both.
+//      non-spacing marks are dropped: AccentStripping), which is what the uncased model was trained with; a cased
+//      vocabulary keeps both.
 //   3. Basic split: whitespace separates words; every punctuation character (Unicode P*, and the ASCII symbols
 //      $ + < = > ^ ` | ~) and every CJK ideograph is a word of its own.
 //   4. WordPiece per word: from the word start, the longest prefix that is a token ("▁" + prefix at the start of the
@@ -190,7 +191,7 @@ public sealed class BertWordPieceTokenizer : ITokenizer
     public List<string> Words(string text)
     {
         ArgumentNullException.ThrowIfNull(text);
-        string normalized = Uncased ? StripAccents(text.ToLowerInvariant()) : text;
+        string normalized = Uncased ? AccentStripping.Strip(text.ToLowerInvariant()) : text;
         List<string> words = [];
         StringBuilder word = new();
         void EndWord()
@@ -302,21 +303,6 @@ public sealed class BertWordPieceTokenizer : ITokenizer
 
     private static int CodePointAt(string text, int i) =>
         char.IsSurrogatePair(text, i) ? char.ConvertToUtf32(text[i], text[i + 1]) : char.IsSurrogate(text[i]) ? 0xFFFD : text[i];
-
-    private static string StripAccents(string text)
-    {
-        string decomposed = text.Normalize(NormalizationForm.FormD);
-        StringBuilder kept = new(decomposed.Length);
-        foreach (char c in decomposed)
-        {
-            if (CharUnicodeInfo.GetUnicodeCategory(c) != UnicodeCategory.NonSpacingMark)
-            {
-                kept.Append(c);
-            }
-        }
-
-        return kept.ToString();
-    }
 
     private static bool IsWhitespace(int cp) => cp is ' ' or '\t' or '\n' or '\r' || (cp <= 0xFFFF && char.GetUnicodeCategory((char)cp) == UnicodeCategory.SpaceSeparator);
 
