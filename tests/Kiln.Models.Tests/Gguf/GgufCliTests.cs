@@ -78,6 +78,19 @@ public sealed class GgufCliTests : IDisposable
     }
 
     [Fact]
+    public void BenchTokenize_ReportsSpeedAndAnExactRoundTrip()
+    {
+        (int code, string stdout, string stderr) = Run("bench", "tokenize", "-m", ByteLevelBpeTokenizerTests.VocabPath("ggml-vocab-deepseek-llm.gguf"), "--repeat", "2", "--runs", "1", "--json");
+        (int bad, _, string badErr) = Run("bench", "tokenize", "-m", ByteLevelBpeTokenizerTests.VocabPath("ggml-vocab-gpt-2.gguf"), "--repeat", "0");
+
+        Assert.Equal(0, code);
+        Assert.Equal(string.Empty, stderr);
+        Assert.Contains("\"bench\":\"tokenize\",\"model\":\"ggml-vocab-deepseek-llm.gguf\"", stdout);
+        Assert.Contains("\"round_trip\":true", stdout);
+        CliTests.AssertError(bad, badErr, 2, "--repeat 0 --runs 3: repeat must be 1..1000000 and runs at least 1");
+    }
+
+    [Fact]
     public void Tokenize_GgufModelWithALlama2cTokenizerFlag_UsesTheFlag()
     {
         string gguf = _temp.File("stories.gguf");
