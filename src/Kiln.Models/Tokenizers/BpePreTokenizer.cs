@@ -90,9 +90,17 @@ public sealed class BpePreTokenizer
         ["olmo"] = s_gpt2,
         ["jais"] = s_gpt2,
         ["phi-2"] = s_gpt2,
+        ["jina-es"] = s_gpt2,
+        ["jina-de"] = s_gpt2,
+        ["jina-v2-es"] = s_gpt2,
+        ["jina-v2-de"] = s_gpt2,
+        ["gigachat"] = s_gpt2,
         ["llama3"] = s_llama3,
         ["llama-v3"] = s_llama3,
         ["llama-bpe"] = s_llama3,
+        ["falcon3"] = s_llama3,
+        ["falcon-h1"] = s_llama3,
+        ["pixtral"] = s_llama3,
         ["dbrx"] = s_llama3,
         ["smaug-bpe"] = s_llama3,
         ["deepseek-llm"] = s_deepSeekLlm,
@@ -103,6 +111,8 @@ public sealed class BpePreTokenizer
         ["command-r"] = s_starCoder,
         ["smollm"] = s_starCoder,
         ["codeshell"] = s_starCoder,
+        ["exaone"] = s_starCoder,
+        ["minerva-7b"] = s_starCoder,
         ["qwen2"] = s_qwen2,
         ["stablelm2"] = s_qwen2,
         ["deepseek-r1-qwen"] = s_qwen2,
@@ -126,6 +136,12 @@ public sealed class BpePreTokenizer
 
     /// <summary>The regular expressions, in the order they are applied.</summary>
     public IReadOnlyList<string> Patterns => [.. _steps.Select(static r => r.ToString())];
+
+    /// <summary>
+    /// Whether <paramref name="name"/> belongs to the llama3 family, whose vocabularies take a fragment that is itself a
+    /// token whole (ignore_merges) and start sequences with BOS unless the file says otherwise, as in llama.cpp.
+    /// </summary>
+    public static bool IsLlama3Family(string name) => name is "llama3" or "llama-v3" or "llama-bpe" or "falcon3" or "falcon-h1" or "pixtral";
 
     /// <summary>Whether <paramref name="name"/> is a supported tokenizer.ggml.pre value.</summary>
     public static bool IsSupported(string name) => s_byName.ContainsKey(name);

@@ -199,7 +199,7 @@ public sealed class ByteLevelBpeTokenizer : ITokenizer
         eos = eos < 0 ? bos : eos;
 
         // The llama3 family starts sequences with BOS and takes whole-token fragments unmerged, as llama.cpp does.
-        bool llama3 = pre is "llama3" or "llama-v3" or "llama-bpe";
+        bool llama3 = BpePreTokenizer.IsLlama3Family(pre);
         bool addBos = GgufVocabulary.ReadFlag(file, "tokenizer.ggml.add_bos_token", llama3);
         bool addEos = GgufVocabulary.ReadFlag(file, "tokenizer.ggml.add_eos_token", false);
         try

@@ -1,6 +1,8 @@
 // The byte-level BPE (`gpt2`) tokenizer of GGUF files: all 46 reference encodings of llama.cpp's test vectors for the
-// GPT-2 and DeepSeek LLM vocabularies, their metadata and special tokens, encode → decode round trips on ASCII and
-// non-ASCII text (FsCheck), control-token parsing, the pre-tokenizers on strings that tell them apart (directly and
+// GPT-2 and DeepSeek LLM vocabularies, their metadata and special tokens, the merge loop against a plain reference
+// (lowest rank first, leftmost on ties, rescanning the whole fragment after every merge) on random text (FsCheck),
+// encode → decode round trips on ASCII and non-ASCII text (FsCheck), control-token parsing, fragments that cover the
+// text for every pre-tokenizer (FsCheck), the pre-tokenizers on strings that tell them apart (directly and
 // through a tiny vocabulary written with GgufWriter), and one-line errors for damaged vocabularies.
 
 using FsCheck;
@@ -16,6 +18,17 @@ public sealed class ByteLevelBpeTokenizerTests
 {
     private static readonly Lazy<ByteLevelBpeTokenizer> s_gpt2 = new(() => Load("ggml-vocab-gpt-2.gguf"));
     private static readonly Lazy<ByteLevelBpeTokenizer> s_deepSeek = new(() => Load("ggml-vocab-deepseek-llm.gguf"));
+
+    private static readonly System.Runtime.CompilerServices.ConditionalWeakTable<ByteLevelBpeTokenizer, Dictionary<string, int>> s_ids = [];
+    private static readonly Lazy<Dictionary<(string, string), int>> s_gpt2Ranks = new(() => Ranks("ggml-vocab-gpt-2.gguf"));
+    private static readonly Lazy<Dictionary<(string, string), int>> s_deepSeekRanks = new(() => Ranks("ggml-vocab-deepseek-llm.gguf"));
+
+    // Random text: mostly ASCII letters, digits, spaces and punctuation, with newlines, tabs, accented Latin, Cyrillic,
+    // CJK, Hangul, emoji and a zero-width joiner.
+    private static readonly Arbitrary<string> s_texts = Gen.OneOf(
+            Gen.Choose(32, 126), Gen.Choose(32, 126), Gen.Choose(97, 122), Gen.Elements(32, 32, 48, 49, 55),
+            Gen.Elements(9, 10, 13, 0xE9, 0xFC, 0x439, 0x416, 0x20AC, 0x4E2D, 0x6587, 0xAC00, 0x1F999, 0x1F600, 0x200D, 0x3000, 0xFF01))
+        .ArrayOf().Select(static cs => string.Concat(cs.Select(char.ConvertFromUtf32))).ToArbitrary();
 
     internal static string VocabPath(string file) => Path.Combine(TestData.Shared, "tokenizers", "llamacpp-vocab", file);
 
@@ -99,6 +112,39 @@ public sealed class ByteLevelBpeTokenizerTests
                 .And((s_deepSeek.Value.Decode(deepSeek) == text).Label($"deepseek-llm [{string.Join(' ', deepSeek)}]"));
         });
 
+    [Property(MaxTest = 100)]
+    public Property Merges_MatchAPlainReference() => Prop.ForAll(
+        s_texts,
+        text =>
+        {
+            foreach ((ByteLevelBpeTokenizer tok, Dictionary<(string, string), int> ranks) in new[] { (s_gpt2.Value, s_gpt2Ranks.Value), (s_deepSeek.Value, s_deepSeekRanks.Value) })
+            {
+                // User-defined tokens are left out of the text so that only the merge loop decides the ids.
+                if (tok.TokenTypes.Select((type, id) => (type, id)).Any(t => t.type == GgufTokenType.UserDefined && text.Contains(tok.Tokens[t.id], StringComparison.Ordinal)))
+                {
+                    continue;
+                }
+
+                int[] expected = [.. tok.PreTokenizer.SplitToStrings(text).SelectMany(fragment => ReferenceMerge(tok, ranks, fragment))];
+                int[] actual = tok.Encode(text, bos: false);
+                if (!actual.SequenceEqual(expected))
+                {
+                    return false.Label($"{tok.PreTokenizer.Name}: expected [{string.Join(' ', expected)}], got [{string.Join(' ', actual)}]");
+                }
+            }
+
+            return true.ToProperty();
+        });
+
+    [Property(MaxTest = 100)]
+    public Property PreTokenizers_CoverTheTextWithNonEmptyFragments() => Prop.ForAll(
+        s_texts,
+        text => BpePreTokenizer.SupportedNames.All(name =>
+        {
+            string[] fragments = BpePreTokenizer.ForName(name).SplitToStrings(text);
+            return string.Concat(fragments) == text && fragments.All(static f => f.Length > 0);
+        }));
+
     [Fact]
     public void Decode_NonAsciiText()
     {
@@ -171,6 +217,24 @@ public sealed class ByteLevelBpeTokenizerTests
     }
 
     [Theory]
+    [InlineData("llama3", true, "99")]
+    [InlineData("llama-bpe", true, "99")]
+    [InlineData("falcon3", true, "99")]
+    [InlineData("gpt-2", false, "9 9")]
+    [InlineData("qwen2", false, "9|9")]
+    public void Llama3Family_TakesWholeTokensAndAddsBos(string pre, bool llama3, string expectedPieces)
+    {
+        ByteLevelBpeTokenizer tok = Assert.IsType<ByteLevelBpeTokenizer>(GgufTokenizers.Load(TinyVocabulary(pre)));
+
+        int[] ids = tok.Encode("99", bos: false);
+
+        Assert.Equal(llama3, tok.IgnoreMerges);
+        Assert.Equal(llama3, tok.AddBos);
+        Assert.Equal(expectedPieces.Replace('|', ' '), string.Join(' ', ids.Select(id => tok.Tokens[id])));
+        Assert.Equal(llama3 ? [tok.BosId, .. ids] : ids, tok.Encode("99"));
+    }
+
+    [Theory]
     [InlineData("no-merges", "has no tokenizer.ggml.merges")]
     [InlineData("unknown-merge", "Merge 1 '1 xyz' in tokenizer.ggml.merges needs token 'xyz', which is not in tokenizer.ggml.tokens")]
     [InlineData("merge-result", "Merge 1 '2 5' in tokenizer.ggml.merges needs token '25', which is not in tokenizer.ggml.tokens")]
@@ -198,7 +262,7 @@ public sealed class ByteLevelBpeTokenizerTests
         Assert.Contains("deepseek-llm", e.Message);
     }
 
-    // 256 byte tokens, the merged digit pieces, and a control token, with the merges "3 4", "1 2", "12 3", "4 5"
+    // 256 byte tokens, the merged digit pieces, "99" (no merge makes it), and a control token, with the merges "3 4", "1 2", "12 3", "4 5"
     // (most important first); damage breaks one part.
     private static GgufFile TinyVocabulary(string pre, string damage = "")
     {
@@ -208,7 +272,7 @@ public sealed class ByteLevelBpeTokenizerTests
             tokens[(byte)'A'] = "AA";
         }
 
-        tokens.AddRange(["34", "12", "123", "45", "<|end|>"]);
+        tokens.AddRange(["34", "12", "123", "45", "99", "<|end|>"]);
         string[] merges = damage switch
         {
             "unknown-merge" => ["3 4", "1 xyz"],
@@ -234,6 +298,58 @@ public sealed class ByteLevelBpeTokenizerTests
 
         writer.Add("tokenizer.ggml.bos_token_id", GgufValue.UInt32(damage == "bos" ? 300u : (uint)(tokens.Count - 1)));
         return GgufFile.Parse("tiny.gguf", GgufRoundTripTests.Write(writer));
+    }
+
+    // The merge loop written plainly: spell the fragment's bytes in the byte alphabet, then as long as some adjacent pair
+    // has a merge rule, merge the pair with the lowest rank (the leftmost of equal pairs), scanning the whole fragment
+    // again after each merge.
+    private static IEnumerable<int> ReferenceMerge(ByteLevelBpeTokenizer tok, Dictionary<(string, string), int> ranks, string fragment)
+    {
+        List<string> symbols = [.. System.Text.Encoding.UTF8.GetBytes(fragment).Select(b => ByteLevelBpeTokenizer.ByteToChar(b).ToString())];
+        while (true)
+        {
+            int best = -1, bestRank = int.MaxValue;
+            for (int i = 0; i + 1 < symbols.Count; i++)
+            {
+                if (ranks.TryGetValue((symbols[i], symbols[i + 1]), out int rank) && rank < bestRank)
+                {
+                    (best, bestRank) = (i, rank);
+                }
+            }
+
+            if (best < 0)
+            {
+                break;
+            }
+
+            symbols[best] += symbols[best + 1];
+            symbols.RemoveAt(best + 1);
+        }
+
+        Dictionary<string, int> ids = s_ids.GetValue(tok, static t =>
+        {
+            Dictionary<string, int> byText = new(StringComparer.Ordinal);
+            for (int id = 0; id < t.VocabSize; id++)
+            {
+                byText.TryAdd(t.Tokens[id], id);
+            }
+
+            return byText;
+        });
+        return symbols.Select(symbol => ids[symbol]);
+    }
+
+    private static Dictionary<(string, string), int> Ranks(string file)
+    {
+        string[] merges = GgufFile.Open(VocabPath(file)).GetArray<string>("tokenizer.ggml.merges");
+        Dictionary<(string, string), int> ranks = [];
+        for (int rank = 0; rank < merges.Length; rank++)
+        {
+            int space = merges[rank].IndexOf(' ', 1);
+            ranks.TryAdd((merges[rank][..space], merges[rank][(space + 1)..]), rank);
+        }
+
+        return ranks;
     }
 
     private static ByteLevelBpeTokenizer Load(string file) =>
