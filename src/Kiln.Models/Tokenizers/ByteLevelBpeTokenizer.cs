@@ -107,11 +107,15 @@ public sealed class ByteLevelBpeTokenizer : ITokenizer
         }
 
         CheckMerges(merges);
+
+        // A repeated merge rule keeps its first (most important) rank, as in llama.cpp; later copies change nothing.
+        HashSet<string> seen = new(merges.Length, StringComparer.Ordinal);
+        string[] distinct = [.. merges.Where(seen.Add)];
         _userDefined = GgufVocabulary.SpecialOrder(tokens, types, control: false);
         _userDefinedAndControl = GgufVocabulary.SpecialOrder(tokens, types, control: true);
 
         // The merge loop: byte-level input, no pre-tokenizer or normalizer of its own (fragments arrive already cut).
-        _bpe = BpeTokenizer.Create(new BpeOptions(_ids) { Merges = merges, ByteLevel = true });
+        _bpe = BpeTokenizer.Create(new BpeOptions(_ids) { Merges = distinct, ByteLevel = true });
 
         _decoded = new byte[tokens.Length][];
         for (int id = 0; id < tokens.Length; id++)

@@ -196,6 +196,7 @@ public sealed class ByteLevelBpeTokenizerTests
     // pre-tokenizer, so only the file's tokenizer.ggml.pre changes the ids.
     [Theory]
     [InlineData("gpt-2", "12 34 5")]
+    [InlineData("gpt-2", "123 45", "repeated-merge")]
     [InlineData("mpt", "12 34 5")]
     [InlineData("deepseek-llm", "12 34 5")]
     [InlineData("llama3", "123 45")]
@@ -205,9 +206,9 @@ public sealed class ByteLevelBpeTokenizerTests
     [InlineData("starcoder", "1 2 3 4 5")]
     [InlineData("refact", "1 2 3 4 5")]
     [InlineData("deepseek-coder", "1 2 3 4 5")]
-    public void TinyVocabulary_DigitsFollowThePreTokenizer(string pre, string expectedPieces)
+    public void TinyVocabulary_DigitsFollowThePreTokenizer(string pre, string expectedPieces, string damage = "")
     {
-        GgufFile file = TinyVocabulary(pre);
+        GgufFile file = TinyVocabulary(pre, damage);
         ByteLevelBpeTokenizer tok = Assert.IsType<ByteLevelBpeTokenizer>(GgufTokenizers.Load(file));
 
         int[] ids = tok.Encode("12345", bos: false);
@@ -262,8 +263,9 @@ public sealed class ByteLevelBpeTokenizerTests
         Assert.Contains("deepseek-llm", e.Message);
     }
 
-    // 256 byte tokens, the merged digit pieces, "99" (no merge makes it), and a control token, with the merges "3 4", "1 2", "12 3", "4 5"
-    // (most important first); damage breaks one part.
+    // 256 byte tokens, the merged digit pieces, "99" (no merge makes it), and a control token, with the merges "3 4",
+    // "1 2", "12 3", "4 5" (most important first); damage breaks one part ("repeated-merge": "4 5" first and again last,
+    // where only the first copy may count).
     private static GgufFile TinyVocabulary(string pre, string damage = "")
     {
         List<string> tokens = [.. Enumerable.Range(0, 256).Select(b => ByteLevelBpeTokenizer.ByteToChar((byte)b).ToString())];
@@ -278,6 +280,7 @@ public sealed class ByteLevelBpeTokenizerTests
             "unknown-merge" => ["3 4", "1 xyz"],
             "merge-result" => ["3 4", "2 5"],
             "bad-merge" => ["3 4", "12"],
+            "repeated-merge" => ["4 5", "3 4", "1 2", "12 3", "4 5"],
             _ => ["3 4", "1 2", "12 3", "4 5"],
         };
         int[] types = [.. tokens.Select((_, id) => id == tokens.Count - 1 ? 3 : 1)];
