@@ -79,10 +79,20 @@ internal static class GgufVocabulary
     {
         List<(int Id, int Start, int Length)> parts = text.Length == 0 ? [] : [(-1, 0, text.Length)];
         List<(int Id, int Start, int Length)> next = [];
+
+        // The UTF-16 units present in the text, one bit each: a special whose first unit is absent is skipped without a
+        // search (vocabularies such as deepseek-llm have thousands of "[PAD...]" tokens).
+        Span<ulong> present = stackalloc ulong[1024];
+        present.Clear();
+        foreach (char c in text)
+        {
+            present[c >> 6] |= 1UL << (c & 63);
+        }
+
         foreach (int special in specials)
         {
             string needle = tokens[special];
-            if (needle.Length > text.Length)
+            if (needle.Length > text.Length || (present[needle[0] >> 6] & (1UL << (needle[0] & 63))) == 0)
             {
                 continue;
             }
