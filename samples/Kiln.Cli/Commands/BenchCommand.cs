@@ -26,12 +26,56 @@ internal static class BenchCommand
     /// <summary>Builds the command.</summary>
     public static Command Create(CliContext context)
     {
-        Command bench = new("bench", "Measure speed: decode (a whole model), gemm (matrix products), indexcache, mamba3 (one mixer).");
+        Command bench = new("bench", "Measure speed: decode (a whole model), gemm (matrix products), indexcache, mamba3 (one mixer), tokenize (a GGUF tokenizer).");
         bench.Subcommands.Add(CreateDecode(context));
         bench.Subcommands.Add(CreateGemm(context));
         bench.Subcommands.Add(CreateIndexCache(context));
         bench.Subcommands.Add(CreateMamba3(context));
+        bench.Subcommands.Add(CreateTokenize(context));
         return bench;
+    }
+
+    private static Command CreateTokenize(CliContext context)
+    {
+        Option<string?> model = CommonOptions.Model();
+        Option<string?> textFile = new("--text-file") { Description = "UTF-8 text to encode (default: a built-in mixed paragraph)." };
+        Option<int> repeat = new("--repeat") { Description = "Times the text is repeated into one input.", DefaultValueFactory = static _ => 2000 };
+        Option<int> runs = new("--runs") { Description = "Measured runs (best reported).", DefaultValueFactory = static _ => 3 };
+        Option<bool> json = new("--json") { Description = "Print one JSON object on one line." };
+        Command command = new("tokenize", "A GGUF file's tokenizer: load time, encode MB/s and tokens/s, decode tokens/s.")
+        {
+            model, textFile, repeat, runs, json,
+        };
+        command.SetAction(parse => KilnCli.Guard(context, parse, () =>
+        {
+            string path = ModelFiles.ResolveModel(parse.GetValue(model), context.Environment);
+            int times = parse.GetValue(repeat), runCount = parse.GetValue(runs);
+            if (times is < 1 or > 1_000_000 || runCount < 1)
+            {
+                throw new CliException($"--repeat {times} --runs {runCount}: repeat must be 1..1000000 and runs at least 1.");
+            }
+
+            if (!GgufFile.IsGguf(path))
+            {
+                throw new CliException($"{path}: is not a GGUF file; bench tokenize reads the tokenizer stored in a GGUF file.");
+            }
+
+            string? file = parse.GetValue(textFile);
+            if (file is not null && !File.Exists(file))
+            {
+                throw new CliException($"--text-file {file}: the file does not exist; give a UTF-8 text file.");
+            }
+
+            string text = file is null ? TokenizeBench.DefaultText : File.ReadAllText(file);
+            if (text.Length == 0 || (long)text.Length * times > 256L << 20)
+            {
+                throw new CliException($"--text-file {file} --repeat {times}: the input must be 1 to {256 << 20} characters; use a shorter text or fewer repeats.");
+            }
+
+            TokenizeBench.Run(path, text, times, runCount, parse.GetValue(json), context.Stdout);
+            return 0;
+        }));
+        return command;
     }
 
     private static Command CreateMamba3(CliContext context)

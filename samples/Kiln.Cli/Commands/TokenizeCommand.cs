@@ -1,5 +1,5 @@
-// kiln tokenize: prints the token ids of a text (BOS included when the vocabulary adds it) on one line, separated by
-// spaces. Reads only the model's header (for the vocabulary size) and the tokenizer, not the weights; a GGUF file's
+// kiln tokenize: prints the token ids of a text (BOS included when the vocabulary adds it, unless --no-bos) on one line,
+// separated by spaces. Reads only the model's header (for the vocabulary size) and the tokenizer, not the weights; a GGUF file's
 // own vocabulary is used unless --tokenizer is given, so vocabulary-only GGUF files (no tensors) work too.
 
 using System.CommandLine;
@@ -16,10 +16,11 @@ internal static class TokenizeCommand
     {
         Option<string?> model = CommonOptions.Model();
         Option<string?> tokenizer = CommonOptions.Tokenizer();
+        Option<bool> noBos = new("--no-bos") { Description = "Leave out the special tokens the vocabulary adds at the start and end (BOS, or [CLS]/[SEP])." };
         Argument<string> text = new("TEXT") { Description = "The text to encode." };
-        Command command = new("tokenize", "Print the token ids of TEXT (BOS included) on one line.")
+        Command command = new("tokenize", "Print the token ids of TEXT (BOS included unless --no-bos) on one line.")
         {
-            model, tokenizer, text,
+            model, tokenizer, noBos, text,
         };
         command.SetAction(parse => KilnCli.Guard(context, parse, () =>
         {
@@ -42,7 +43,7 @@ internal static class TokenizeCommand
                 vocabulary = LlamaModelFile.LoadTokenizerFile(ModelFiles.ResolveTokenizer(flag, modelPath, vocab), vocab);
             }
 
-            int[] ids = vocabulary.Encode(parse.GetValue(text) ?? string.Empty, bos: true);
+            int[] ids = vocabulary.Encode(parse.GetValue(text) ?? string.Empty, bos: !parse.GetValue(noBos));
             context.Stdout.WriteLine(string.Join(' ', ids));
             return 0;
         }));

@@ -1,6 +1,7 @@
-// Picks the tokenizer of a GGUF file from tokenizer.ggml.model. `llama` (SentencePiece-style, LlamaSpmTokenizer) is
-// read; the byte-level BPE (`gpt2`) and WordPiece (`bert`) models and the others llama.cpp knows (`rwkv`, `t5`,
-// `plamo2`) are named in a "not supported yet" error, and a file without tokenizer metadata is told to pass one.
+// Picks the tokenizer of a GGUF file from tokenizer.ggml.model: `llama` (SentencePiece-style, LlamaSpmTokenizer),
+// `gpt2` (byte-level BPE, ByteLevelBpeTokenizer) and `bert` (WordPiece, BertWordPieceTokenizer). The other models llama.cpp
+// knows (`rwkv`, `t5`, `plamo2`) are named in a "not supported yet" error, and a file without tokenizer metadata is told
+// to pass one.
 
 using Kiln.Models.Formats;
 
@@ -29,8 +30,10 @@ public static class GgufTokenizers
         return model switch
         {
             LlamaSpmTokenizer.ModelName => LlamaSpmTokenizer.FromGguf(file),
-            "gpt2" or "bert" or "rwkv" or "t5" or "plamo2" or "ugm" or "wpm" => throw new ModelFormatException(file.Path, $"{file.Path}: has tokenizer model '{model}', which Kiln does not support yet (only 'llama', SentencePiece-style); pass a llama2.c tokenizer with --tokenizer if the model has one."),
-            _ => throw new ModelFormatException(file.Path, $"{file.Path}: has unknown tokenizer model '{model}'; Kiln reads 'llama' (SentencePiece-style) vocabularies, pass a llama2.c tokenizer with --tokenizer."),
+            ByteLevelBpeTokenizer.ModelName => ByteLevelBpeTokenizer.FromGguf(file),
+            BertWordPieceTokenizer.ModelName => BertWordPieceTokenizer.FromGguf(file),
+            "rwkv" or "t5" or "plamo2" or "ugm" => throw new ModelFormatException(file.Path, $"{file.Path}: has tokenizer model '{model}', which Kiln does not support yet (it reads 'llama', 'gpt2' and 'bert'); pass a llama2.c tokenizer with --tokenizer if the model has one."),
+            _ => throw new ModelFormatException(file.Path, $"{file.Path}: has unknown tokenizer model '{model}'; Kiln reads 'llama' (SentencePiece-style), 'gpt2' (byte-level BPE) and 'bert' (WordPiece) vocabularies, pass a llama2.c tokenizer with --tokenizer."),
         };
     }
 }

@@ -62,6 +62,34 @@ public sealed class GgufCliTests : IDisposable
         Assert.Equal(string.Empty, stderr);
     }
 
+    [Theory]
+    [InlineData("ggml-vocab-gpt-2.gguf", new string[0], "Hello world", "15496 995")]
+    [InlineData("ggml-vocab-gpt-2.gguf", new[] { "--no-bos" }, " Hello World!", "18435 2159 0")]
+    [InlineData("ggml-vocab-deepseek-llm.gguf", new string[0], "Führer", "100000 37 100014 71 6245")]
+    [InlineData("ggml-vocab-deepseek-llm.gguf", new[] { "--no-bos" }, "Führer", "37 100014 71 6245")]
+    [InlineData("ggml-vocab-llama-spm.gguf", new[] { "--no-bos" }, "Hello world", "15043 3186")]
+    public void Tokenize_OnTheVocabularyOnlyBpeFiles(string file, string[] flags, string text, string expected)
+    {
+        (int code, string stdout, string stderr) = Run(["tokenize", "-m", ByteLevelBpeTokenizerTests.VocabPath(file), .. flags, text]);
+
+        Assert.Equal(0, code);
+        Assert.Equal(expected + "\n", stdout);
+        Assert.Equal(string.Empty, stderr);
+    }
+
+    [Fact]
+    public void BenchTokenize_ReportsSpeedAndAnExactRoundTrip()
+    {
+        (int code, string stdout, string stderr) = Run("bench", "tokenize", "-m", ByteLevelBpeTokenizerTests.VocabPath("ggml-vocab-deepseek-llm.gguf"), "--repeat", "2", "--runs", "1", "--json");
+        (int bad, _, string badErr) = Run("bench", "tokenize", "-m", ByteLevelBpeTokenizerTests.VocabPath("ggml-vocab-gpt-2.gguf"), "--repeat", "0");
+
+        Assert.Equal(0, code);
+        Assert.Equal(string.Empty, stderr);
+        Assert.Contains("\"bench\":\"tokenize\",\"model\":\"ggml-vocab-deepseek-llm.gguf\"", stdout);
+        Assert.Contains("\"round_trip\":true", stdout);
+        CliTests.AssertError(bad, badErr, 2, "--repeat 0 --runs 3: repeat must be 1..1000000 and runs at least 1");
+    }
+
     [Fact]
     public void Tokenize_GgufModelWithALlama2cTokenizerFlag_UsesTheFlag()
     {
@@ -135,16 +163,6 @@ public sealed class GgufCliTests : IDisposable
 
         CliTests.AssertError(code, stderr, 1, "has no tensor 'token_embd.weight'");
         Assert.Equal(string.Empty, stdout);
-    }
-
-    [Fact]
-    public void Tokenize_OnAGpt2Vocabulary_IsNotSupportedYet()
-    {
-        string path = Path.Combine(TestData.Shared, "tokenizers", "llamacpp-vocab", "ggml-vocab-gpt-2.gguf");
-
-        (int code, _, string stderr) = Run("tokenize", "-m", path, "Hello");
-
-        CliTests.AssertError(code, stderr, 1, "tokenizer model 'gpt2', which Kiln does not support yet");
     }
 
     [Fact]

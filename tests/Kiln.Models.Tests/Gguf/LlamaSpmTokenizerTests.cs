@@ -94,15 +94,18 @@ public sealed class LlamaSpmTokenizerTests
     }
 
     [Theory]
-    [InlineData("ggml-vocab-gpt-2.gguf", "tokenizer model 'gpt2', which Kiln does not support yet")]
-    [InlineData("ggml-vocab-deepseek-llm.gguf", "tokenizer model 'gpt2', which Kiln does not support yet")]
-    public void OtherTokenizerModels_AreNotSupportedYet(string file, string expected)
+    [InlineData("rwkv", "has tokenizer model 'rwkv', which Kiln does not support yet (it reads 'llama', 'gpt2' and 'bert')")]
+    [InlineData("sentencepiece", "has unknown tokenizer model 'sentencepiece'")]
+    public void OtherTokenizerModels_AreNamed(string model, string expected)
     {
-        string path = Path.Combine(TestData.Shared, "tokenizers", "llamacpp-vocab", file);
+        GgufWriter writer = new();
+        writer.Add("tokenizer.ggml.model", GgufValue.String(model));
+        writer.Add("tokenizer.ggml.tokens", GgufValue.Array(new[] { "a" }));
+        GgufFile file = GgufFile.Parse("other.gguf", GgufRoundTripTests.Write(writer));
 
-        ModelFormatException e = Assert.Throws<ModelFormatException>(() => GgufTokenizers.Load(GgufFile.Open(path)));
+        ModelFormatException e = Assert.Throws<ModelFormatException>(() => GgufTokenizers.Load(file));
 
-        CheckpointValidationTests.AssertOneLine(e.Message, path, expected);
+        CheckpointValidationTests.AssertOneLine(e.Message, "other.gguf", expected);
     }
 
     [Theory]
