@@ -84,17 +84,21 @@ public sealed record GemmCase(int M, int N, int K, DType WType, bool UseEpilogue
     public override string ToString() =>
         $"M={M} N={N} K={K} w={WType.Name()} epilogue={(UseEpilogue ? "2acc+residual" : "identity")} seed={Seed}";
 
-    /// <summary>Random Q8_0 blocks: one scale in eight is zero, the others ±2^e·(1 + f) for e in [-12, 0]; every int8
-    /// value is possible, -128 included (ggml's quantizer never writes it, but a file may hold it).</summary>
+    /// <summary>Random Q8_0 blocks: one scale in eight is zero, one in eight a float16 subnormal, the others
+    /// ±2^e·(1 + f) for e in [-12, 0]; every int8 value is possible, -128 included (ggml's quantizer never writes it,
+    /// but a file may hold it).</summary>
     internal static byte[] RandomBlocks(int count, int seed)
     {
         Random random = new(seed);
         byte[] blocks = new byte[count / Q8_0Blocks.BlockElements * Q8_0Blocks.BlockBytes];
         for (int b = 0; b < blocks.Length; b += Q8_0Blocks.BlockBytes)
         {
-            float scale = random.Next(8) == 0 ? 0f
-                : (random.Next(2) == 0 ? 1 : -1) * MathF.ScaleB(1f + random.NextSingle(), random.Next(-12, 1));
-            BitConverter.TryWriteBytes(blocks.AsSpan(b), (Half)scale);
+            int kind = random.Next(8);
+            float sign = random.Next(2) == 0 ? 1 : -1;
+            Half scale = kind == 0 ? (Half)0f
+                : kind == 1 ? BitConverter.UInt16BitsToHalf((ushort)(random.Next(1, 0x400) | (sign < 0 ? 0x8000 : 0)))
+                : (Half)(sign * MathF.ScaleB(1f + random.NextSingle(), random.Next(-12, 1)));
+            BitConverter.TryWriteBytes(blocks.AsSpan(b), scale);
             random.NextBytes(blocks.AsSpan(b + 2, Q8_0Blocks.BlockElements));
         }
 

@@ -121,9 +121,23 @@ internal readonly unsafe struct Q8_0Weights : IWeightFormat
         return Scale(block) * ((sbyte*)(block + 2))[i & 31];
     }
 
-    /// <summary>The block's float16 scale as float32.</summary>
+    /// <summary>
+    /// The block's float16 scale as float32, exactly: the rebias of <see cref="Widen"/> on one value (subnormal scales
+    /// become float normals through the multiply); Inf and NaN scales, which no quantizer writes, take the library
+    /// conversion.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static float Scale(byte* block) => (float)BitConverter.UInt16BitsToHalf(*(ushort*)block);
+    public static float Scale(byte* block)
+    {
+        uint bits = *(ushort*)block;
+        if ((bits & 0x7C00u) == 0x7C00u)
+        {
+            return (float)BitConverter.UInt16BitsToHalf((ushort)bits);
+        }
+
+        float magnitude = BitConverter.UInt32BitsToSingle((bits & 0x7FFFu) << 13) * 5.192296858534828e33f;
+        return BitConverter.UInt32BitsToSingle(BitConverter.SingleToUInt32Bits(magnitude) | ((bits & 0x8000u) << 16));
+    }
 }
 
 /// <summary>The float16 widening arithmetic shared by the vector loads.</summary>
