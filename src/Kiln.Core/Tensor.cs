@@ -83,7 +83,14 @@ public sealed unsafe class Tensor : IDisposable
     {
         int[] dims = shape.ToArray();
         long count = ElementCount(dims);
-        TensorStorage storage = TensorStorage.Allocate(device ?? CpuDevice.Default, count * dtype.SizeOf());
+        if (dtype == DType.Q8_0 && (dims.Length == 0 || dims[^1] % Q8_0Blocks.BlockElements != 0))
+        {
+            throw new ArgumentException(
+                $"A q8_0 tensor of shape {FormatShape(dims)} needs an innermost dimension that is a multiple of "
+                + $"{Q8_0Blocks.BlockElements} (whole blocks per row); store this tensor as float32 or float16.", nameof(shape));
+        }
+
+        TensorStorage storage = TensorStorage.Allocate(device ?? CpuDevice.Default, dtype.ByteCount(count));
         return new Tensor(storage, dims, ContiguousStrides(dims), 0, dtype, ownsStorage: true);
     }
 
@@ -116,10 +123,47 @@ public sealed unsafe class Tensor : IDisposable
         return tensor;
     }
 
+    /// <summary>
+    /// Copies ggml Q8_0 blocks (34 bytes per 32 elements, see <see cref="Q8_0Blocks"/>) into a new q8_0 tensor whose
+    /// innermost dimension is a multiple of 32.
+    /// </summary>
+    /// <exception cref="ArgumentException">The shape's innermost dimension is not a multiple of 32, or the byte count
+    /// does not match the shape.</exception>
+    public static Tensor FromQ8_0(ReadOnlySpan<byte> blocks, ReadOnlySpan<int> shape, Device? device = null)
+    {
+        Tensor tensor = Empty(shape, DType.Q8_0, device);
+        long bytes = DType.Q8_0.ByteCount(tensor.Length);
+        if (blocks.Length != bytes)
+        {
+            tensor.Dispose();
+            throw new ArgumentException($"The data holds {blocks.Length} bytes but a q8_0 tensor of shape {FormatShape(shape)} takes {bytes}.", nameof(blocks));
+        }
+
+        tensor.CopyFromBytes(blocks);
+        return tensor;
+    }
+
+    /// <summary>Quantizes float32 values to a new q8_0 tensor (ggml's reference quantizer, <see cref="Q8_0Blocks.Quantize"/>).</summary>
+    /// <exception cref="ArgumentException">The innermost dimension is not a multiple of 32, or the count does not match the shape.</exception>
+    public static Tensor QuantizeQ8_0(ReadOnlySpan<float> values, ReadOnlySpan<int> shape, Device? device = null)
+    {
+        Tensor tensor = Empty(shape, DType.Q8_0, device);
+        if (values.Length != tensor.Length)
+        {
+            tensor.Dispose();
+            throw new ArgumentException($"The data holds {values.Length} values but shape {FormatShape(shape)} needs {tensor.Length}.", nameof(values));
+        }
+
+        byte[] blocks = new byte[DType.Q8_0.ByteCount(tensor.Length)];
+        Q8_0Blocks.Quantize(values, blocks);
+        tensor.CopyFromBytes(blocks);
+        return tensor;
+    }
+
     /// <summary>Copies raw 16-bit values (float16 or bfloat16 bit patterns) into a new tensor.</summary>
     public static Tensor FromBits(ReadOnlySpan<ushort> bits, ReadOnlySpan<int> shape, DType dtype, Device? device = null)
     {
-        if (dtype.SizeOf() != 2)
+        if (dtype is not (DType.Float16 or DType.BFloat16))
         {
             throw new ArgumentException($"FromBits takes a 16-bit dtype, not {dtype.Name()}.", nameof(dtype));
         }
@@ -146,7 +190,7 @@ public sealed unsafe class Tensor : IDisposable
         where T : unmanaged
     {
         RequireContiguous(nameof(AsSpan));
-        if (sizeof(T) != DType.SizeOf())
+        if (DType == DType.Q8_0 || sizeof(T) != DType.SizeOf())
         {
             throw new InvalidOperationException($"A {DType.Name()} tensor cannot be viewed as {typeof(T).Name}.");
         }
@@ -164,7 +208,7 @@ public sealed unsafe class Tensor : IDisposable
                 throw new InvalidOperationException($"The tensor is on {Device.Name}; only CPU tensors have a host pointer. Copy it with To(cpu) first.");
             }
 
-            return cpu.Pointer + (_offset * DType.SizeOf());
+            return cpu.Pointer + DType.ByteCount(_offset);
         }
     }
 
@@ -179,7 +223,10 @@ public sealed unsafe class Tensor : IDisposable
     }
 
     /// <summary>Bytes from the start of the storage to element 0 (kernels check load alignment with it).</summary>
-    internal long ByteOffset => _offset * DType.SizeOf();
+    internal long ByteOffset => DType.ByteCount(_offset);
+
+    /// <summary>The bytes the elements take (for q8_0 the whole blocks).</summary>
+    public long ByteLength => DType.ByteCount(Length);
 
     /// <summary>The elements of a contiguous tensor on an ILGPU device, viewed as <typeparamref name="T"/>.</summary>
     public ArrayView<T> View<T>()
@@ -191,7 +238,7 @@ public sealed unsafe class Tensor : IDisposable
             throw new InvalidOperationException($"The tensor is on {Device.Name}; only ILGPU device tensors have a view.");
         }
 
-        if (sizeof(T) != DType.SizeOf())
+        if (DType == DType.Q8_0 || sizeof(T) != DType.SizeOf())
         {
             throw new InvalidOperationException($"A {DType.Name()} tensor cannot be viewed as {typeof(T).Name}.");
         }
@@ -272,7 +319,7 @@ public sealed unsafe class Tensor : IDisposable
         return result;
     }
 
-    /// <summary>Copies the elements to a new float32 array, widening 16-bit dtypes (any device).</summary>
+    /// <summary>Copies the elements to a new float32 array, widening 16-bit dtypes and dequantizing q8_0 (any device).</summary>
     /// <exception cref="InvalidOperationException">The tensor is int32 (use <see cref="ToInt32Array"/>).</exception>
     public float[] ToArray()
     {
@@ -282,7 +329,7 @@ public sealed unsafe class Tensor : IDisposable
             throw new InvalidOperationException($"ToArray returns float32 values but {this} holds int32 token ids; use ToInt32Array.");
         }
 
-        byte[] bytes = new byte[Length * DType.SizeOf()];
+        byte[] bytes = new byte[ByteLength];
         CopyToBytes(bytes);
         float[] result = new float[Length];
         switch (DType)
@@ -306,6 +353,9 @@ public sealed unsafe class Tensor : IDisposable
                 }
 
                 break;
+            case DType.Q8_0:
+                Q8_0Blocks.Dequantize(bytes, result);
+                break;
         }
 
         return result;
@@ -316,7 +366,7 @@ public sealed unsafe class Tensor : IDisposable
     {
         RequireContiguous(nameof(To));
         Tensor copy = Empty(_shape, DType, device);
-        byte[] bytes = new byte[Length * DType.SizeOf()];
+        byte[] bytes = new byte[ByteLength];
         CopyToBytes(bytes);
         copy.CopyFromBytes(bytes);
         return copy;
@@ -332,7 +382,13 @@ public sealed unsafe class Tensor : IDisposable
 
         int[] shape = (int[])_shape.Clone();
         shape[0] = length;
-        return new Tensor(_storage, shape, (long[])_strides.Clone(), _offset + (start * _strides[0]), DType, ownsStorage: false);
+        long offset = _offset + (start * _strides[0]);
+        if (DType == DType.Q8_0 && offset % Q8_0Blocks.BlockElements != 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(start), $"Row {start} of a q8_0 tensor of shape {FormatShape(_shape)} does not start a 32-element block; slice whole blocks.");
+        }
+
+        return new Tensor(_storage, shape, (long[])_strides.Clone(), offset, DType, ownsStorage: false);
     }
 
     /// <summary>A view of this contiguous tensor with another shape of the same element count; one dimension may be -1.</summary>
@@ -357,6 +413,11 @@ public sealed unsafe class Tensor : IDisposable
             throw new ArgumentException($"Cannot reshape {FormatShape(_shape)} ({Length} elements) to {FormatShape(shape)}.", nameof(shape));
         }
 
+        if (DType == DType.Q8_0 && (dims.Length == 0 || dims[^1] % Q8_0Blocks.BlockElements != 0))
+        {
+            throw new ArgumentException($"Cannot reshape a q8_0 tensor to {FormatShape(dims)}: the innermost dimension must stay a multiple of {Q8_0Blocks.BlockElements} (whole blocks per row).", nameof(shape));
+        }
+
         return new Tensor(_storage, dims, ContiguousStrides(dims), _offset, DType, ownsStorage: false);
     }
 
@@ -364,7 +425,7 @@ public sealed unsafe class Tensor : IDisposable
     public void Clear()
     {
         RequireContiguous(nameof(Clear));
-        CopyFromBytes(new byte[Length * DType.SizeOf()]);
+        CopyFromBytes(new byte[ByteLength]);
     }
 
     /// <summary>Releases the memory if this tensor owns it; views release nothing.</summary>
@@ -400,7 +461,7 @@ public sealed unsafe class Tensor : IDisposable
                 source.CopyTo(new Span<byte>(DataPointer, source.Length));
                 break;
             case IlgpuStorage ilgpu:
-                ArrayView<byte> view = ilgpu.Buffer.View.SubView(_offset * DType.SizeOf(), source.Length);
+                ArrayView<byte> view = ilgpu.Buffer.View.SubView(DType.ByteCount(_offset), source.Length);
                 view.CopyFromCPU(source);
                 break;
         }
@@ -414,7 +475,7 @@ public sealed unsafe class Tensor : IDisposable
                 new ReadOnlySpan<byte>(DataPointer, destination.Length).CopyTo(destination);
                 break;
             case IlgpuStorage ilgpu:
-                ArrayView<byte> view = ilgpu.Buffer.View.SubView(_offset * DType.SizeOf(), destination.Length);
+                ArrayView<byte> view = ilgpu.Buffer.View.SubView(DType.ByteCount(_offset), destination.Length);
                 view.CopyToCPU(destination);
                 break;
         }

@@ -26,10 +26,11 @@ internal static class BenchCommand
     /// <summary>Builds the command.</summary>
     public static Command Create(CliContext context)
     {
-        Command bench = new("bench", "Measure speed: decode (a whole model), gemm (matrix products), indexcache, mamba3 (one mixer), tokenize (a GGUF tokenizer).");
+        Command bench = new("bench", "Measure speed: decode (a whole model), gemm (matrix products), indexcache, peer (Kiln against llama.cpp), mamba3 (one mixer), tokenize (a GGUF tokenizer).");
         bench.Subcommands.Add(CreateDecode(context));
         bench.Subcommands.Add(CreateGemm(context));
         bench.Subcommands.Add(CreateIndexCache(context));
+        bench.Subcommands.Add(CreatePeer(context));
         bench.Subcommands.Add(CreateMamba3(context));
         bench.Subcommands.Add(CreateTokenize(context));
         return bench;
@@ -120,6 +121,51 @@ internal static class BenchCommand
             }
 
             Mamba3Bench.Run(config, t, steps, runCount, threadCount ?? Environment.ProcessorCount, parse.GetValue(json), context.Stdout, context.Stderr);
+            return 0;
+        }));
+        return command;
+    }
+
+    private static Command CreatePeer(CliContext context)
+    {
+        Option<string?> model = CommonOptions.Model();
+        model.Description = "A llama2.c model whose tok512.bin (next to it) is the vocabulary of the random models; default as for generate.";
+        Option<string?> tokenizer = CommonOptions.Tokenizer();
+        tokenizer.Description = "The 512-token vocabulary (tok512.bin) written into the random models; overrides -m.";
+        Option<string?> directory = new("--dir") { Description = "Where the random GGUF models are written (kept and reused); default ~/.cache/kiln/peer.", HelpName = "DIR" };
+        Option<int?> threads = CommonOptions.Threads();
+        Option<int> runs = new("--runs") { Description = "Measured rounds per engine after a warm-up; the best is reported.", DefaultValueFactory = static _ => 2, HelpName = "R" };
+        Option<bool> json = new("--json") { Description = "Print one JSON object per model and dtype." };
+        Command command = new("peer", "Kiln against llama.cpp (LLamaSharp 0.30.0) on random 15M and 110M Llama GGUF files, F32 and Q8_0: prefill 256 tokens, decode 128.")
+        {
+            model, tokenizer, directory, threads, runs, json,
+        };
+        command.SetAction(parse => KilnCli.Guard(context, parse, () =>
+        {
+            int? threadFlag = parse.GetValue(threads);
+            CommonOptions.CheckThreads(threadFlag);
+            int runCount = parse.GetValue(runs);
+            if (runCount < 1)
+            {
+                throw new CliException($"--runs {runCount}: must be at least 1.");
+            }
+
+            string? tokenizerFlag = parse.GetValue(tokenizer);
+            string tokenizerPath = !string.IsNullOrEmpty(tokenizerFlag) ? tokenizerFlag
+                : ModelFiles.ResolveTokenizer(null, ModelFiles.ResolveModel(parse.GetValue(model), context.Environment), 512);
+            string folder = parse.GetValue(directory)
+                ?? Path.Combine(context.Environment.HomeDirectory ?? Path.GetTempPath(), ".cache", "kiln", "peer");
+            Directory.CreateDirectory(folder);
+            int threadCount = threadFlag ?? Environment.ProcessorCount;
+            try
+            {
+                PeerBench.Run(tokenizerPath, folder, threadCount, runCount, parse.GetValue(json), context.Stdout, context.Stderr);
+            }
+            catch (InvalidOperationException e) when (e.Message.StartsWith("llama.cpp", StringComparison.Ordinal))
+            {
+                throw new CliException(e.Message, CliException.FailureExitCode);
+            }
+
             return 0;
         }));
         return command;

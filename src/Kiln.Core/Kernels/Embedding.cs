@@ -1,6 +1,7 @@
 // The token-embedding lookup: output[t, :] = table[ids[t], :], widened to float32.
 //
-// table [V, D] is float32, float16 or bfloat16 (llama2.c's token_embedding_table, Hugging Face's embed_tokens);
+// table [V, D] is float32, float16, bfloat16 or, on the CPU, Q8_0 (llama2.c's token_embedding_table, Hugging Face's
+// embed_tokens, a GGUF token_embd);
 // ids is an int32 tensor of T token ids (any shape, read flat); output is float32 [T, D] (any shape holding T rows
 // of D). On the CPU, every id is checked first and an id outside [0, V) throws before anything is written; rows
 // are copied with Vector512/Vector256 widening loads and split across the worker pool for long prompts. On an
@@ -101,12 +102,19 @@ public static unsafe class Embedding
     private static (int Vocab, int Dim, int Tokens) Validate(Tensor table, Tensor ids, Tensor output)
     {
         // Dtypes and layout.
-        if (table is null || table.Rank != 2 || !table.DType.IsFloatingPoint() || !table.IsContiguous)
+        if (table is null || table.Rank != 2 || !(table.DType.IsFloatingPoint() || table.DType == DType.Q8_0) || !table.IsContiguous)
         {
             string what = table is null ? "null" : $"{table.DType.Name()} {Tensor.FormatShape(table.Shape)}";
             throw new ArgumentException(
-                $"Embedding.Lookup: table is {what}; pass a contiguous [V, D] table of float32, float16 or bfloat16.",
+                $"Embedding.Lookup: table is {what}; pass a contiguous [V, D] table of float32, float16, bfloat16 or (cpu) q8_0.",
                 nameof(table));
+        }
+
+        if (table.DType == DType.Q8_0 && table.Device is not CpuDevice)
+        {
+            throw new ArgumentException(
+                $"Embedding.Lookup: table is q8_0 on {table.Device.Name}; the ILGPU lookup reads float32, float16 and "
+                + "bfloat16 tables only, run q8_0 models on the cpu device.", nameof(table));
         }
 
         if (ids is null || ids.DType != DType.Int32 || !ids.IsContiguous)
@@ -153,6 +161,7 @@ public static unsafe class Embedding
         {
             DType.Float32 => &CpuRows<Float32Weights>,
             DType.Float16 => &CpuRows<Float16Weights>,
+            DType.Q8_0 => &CpuRows<Q8_0Weights>,
             _ => &CpuRows<BFloat16Weights>,
         };
         cpu.Pool.For(tokens, grain, body, &state);
@@ -174,22 +183,22 @@ public static unsafe class Embedding
         int dim = state->Dim;
         for (int t = start; t < end; t++)
         {
-            byte* source = state->Table + ((long)state->Ids[t] * dim * TFormat.Size);
+            byte* source = state->Table + ((long)state->Ids[t] * TFormat.RowBytes(dim));
             float* destination = state->Output + ((long)t * dim);
             int i = 0;
             for (; i <= dim - 16; i += 16)
             {
-                TFormat.Load16(source + ((long)i * TFormat.Size)).Store(destination + i);
+                TFormat.Load16(source, i).Store(destination + i);
             }
 
             for (; i <= dim - 8; i += 8)
             {
-                TFormat.Load8(source + ((long)i * TFormat.Size)).Store(destination + i);
+                TFormat.Load8(source, i).Store(destination + i);
             }
 
             for (; i < dim; i++)
             {
-                destination[i] = TFormat.Load1(source + ((long)i * TFormat.Size));
+                destination[i] = TFormat.Load1(source, i);
             }
         }
     }

@@ -1,6 +1,8 @@
 // The matrix product of a linear layer: C[M, N] = epilogue(A[M, K] · W[N, K]ᵀ), as torch.nn.functional.linear
-// without bias (y = x Wᵀ). Weights are stored [out, in] = [N, K]; A and C are float32, W is float32, float16 or
-// bfloat16 and is widened to float32 inside the kernels. A may have any rank: its leading dimensions are
+// without bias (y = x Wᵀ). Weights are stored [out, in] = [N, K]; A and C are float32, W is float32, float16,
+// bfloat16 or (on the CPU) Q8_0 and is widened to float32 in registers inside the kernels: Q8_0 weights are never
+// expanded in memory, each 16-element load becomes scale · int8 in a float32 vector (Gemm/Widen.cs).
+// Q8_0 needs K to be a multiple of 32 (whole blocks per row); the ILGPU kernels refuse Q8_0. A may have any rank: its leading dimensions are
 // flattened into M. This file holds the public entry points, the argument checks and the float64 reference;
 // the CPU kernels live in Gemm/CpuGemm.cs (packed panels) and Gemm/CpuGemv.cs (M <= 32, streaming), the ILGPU
 // kernels in Gemm/GpuGemm.cs.
@@ -28,7 +30,8 @@ public static unsafe partial class MatMul
 {
     /// <summary>Computes <c>output[M, N] = a[M, K] · w[N, K]ᵀ</c>.</summary>
     /// <param name="a">The activations, float32, shape [..., K] (leading dimensions are flattened into M).</param>
-    /// <param name="w">The weights, float32, float16 or bfloat16, shape [N, K] (PyTorch's [out, in]).</param>
+    /// <param name="w">The weights, float32, float16, bfloat16 or (CPU only, K a multiple of 32) q8_0, shape [N, K]
+    /// (PyTorch's [out, in]).</param>
     /// <param name="output">The result, float32, shape [..., N] holding M rows; must not overlap a or w.</param>
     /// <exception cref="ArgumentException">Shapes, dtypes, devices or layouts do not fit together.</exception>
     public static void Compute(Tensor a, Tensor w, Tensor output)
@@ -181,10 +184,17 @@ public static unsafe partial class MatMul
             throw new ArgumentException($"MatMul: a is {a.DType.Name()}; the activations must be float32.", nameof(a));
         }
 
-        if (!w.DType.IsFloatingPoint())
+        if (!w.DType.IsFloatingPoint() && w.DType != DType.Q8_0)
         {
             throw new ArgumentException(
-                $"MatMul: w is {w.DType.Name()}; the weights must be float32, float16 or bfloat16.", nameof(w));
+                $"MatMul: w is {w.DType.Name()}; the weights must be float32, float16, bfloat16 or q8_0.", nameof(w));
+        }
+
+        if (w.DType == DType.Q8_0 && w.Device is not CpuDevice)
+        {
+            throw new ArgumentException(
+                $"MatMul: w is q8_0 on {w.Device.Name}; the ILGPU kernels read float32, float16 and bfloat16 weights "
+                + "only, run q8_0 models on the cpu device or store the weights as float16.", nameof(w));
         }
 
         if (output.DType != DType.Float32)
@@ -207,6 +217,13 @@ public static unsafe partial class MatMul
             throw new ArgumentException(
                 $"MatMul: a has shape {Tensor.FormatShape(a.Shape)} but w {Tensor.FormatShape(w.Shape)} needs a last "
                 + $"dimension of K = {k}; pass a as [..., {k}].", nameof(a));
+        }
+
+        if (w.DType == DType.Q8_0 && k % Q8_0Blocks.BlockElements != 0)
+        {
+            throw new ArgumentException(
+                $"MatMul: w is q8_0 with shape {Tensor.FormatShape(w.Shape)}; K = {k} is not a multiple of 32, store "
+                + "this matrix as float32 or float16.", nameof(w));
         }
 
         if (k == 0)
@@ -263,8 +280,8 @@ public static unsafe partial class MatMul
 
         byte* xStart = (byte*)x.DataPointer;
         byte* yStart = (byte*)y.DataPointer;
-        byte* xEnd = xStart + (x.Length * x.DType.SizeOf());
-        byte* yEnd = yStart + (y.Length * y.DType.SizeOf());
+        byte* xEnd = xStart + x.ByteLength;
+        byte* yEnd = yStart + y.ByteLength;
         return xStart < yEnd && yStart < xEnd;
     }
 }

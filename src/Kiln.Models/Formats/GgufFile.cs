@@ -306,10 +306,11 @@ public sealed class GgufFile
     public Tensor LoadTensor(string name, DType? dtype = null, Device? device = null)
     {
         GgufTensorInfo info = GetTensor(name);
-        DType target = dtype ?? StoredDType(info);
-        if (!target.IsFloatingPoint())
+        DType stored = StoredDType(info);
+        DType target = dtype ?? stored;
+        if (!target.IsFloatingPoint() && !(target == DType.Q8_0 && stored == DType.Q8_0))
         {
-            throw new ArgumentException($"LoadTensor converts to float32, float16 or bfloat16, not {target.Name()}.", nameof(dtype));
+            throw new ArgumentException($"LoadTensor converts to float32, float16 or bfloat16 (q8_0 only from Q8_0), not {target.Name()}.", nameof(dtype));
         }
 
         if (info.ElementCount > Tensor.MaxElements || info.Dims.Any(static d => d > int.MaxValue))
@@ -340,13 +341,15 @@ public sealed class GgufFile
     }
 
     /// <summary>
-    /// Reads <paramref name="info"/> (F32, F16 or BF16) into <paramref name="host"/>, a contiguous CPU tensor of the same
-    /// shape in any floating-point dtype (converted piece by piece when it differs from the stored one).
+    /// Reads <paramref name="info"/> (F32, F16, BF16 or Q8_0) into <paramref name="host"/>, a contiguous CPU tensor of the
+    /// same shape in any floating-point dtype (converted piece by piece when it differs from the stored one), or q8_0
+    /// for Q8_0 data (copied as it is).
     /// </summary>
     internal void ReadInto(GgufTensorInfo info, Tensor host)
     {
         DType stored = StoredDType(info);
-        if (host.Device is not CpuDevice || !host.IsContiguous || !host.DType.IsFloatingPoint() || !host.Shape.SequenceEqual(info.Shape))
+        bool fits = host.DType.IsFloatingPoint() || (host.DType == DType.Q8_0 && stored == DType.Q8_0);
+        if (host.Device is not CpuDevice || !host.IsContiguous || !fits || !host.Shape.SequenceEqual(info.Shape))
         {
             throw new ArgumentException($"Tensor '{info.Name}' {info.ShapeText} is read into a contiguous floating-point CPU tensor of its shape, not {host}.", nameof(host));
         }
@@ -360,7 +363,8 @@ public sealed class GgufFile
         GgufTensorType.F32 => DType.Float32,
         GgufTensorType.F16 => DType.Float16,
         GgufTensorType.BF16 => DType.BFloat16,
-        _ => throw new ModelFormatException(Path, $"{Path}: tensor '{info.Name}' is {info.Type.Name()}, which Kiln does not load as a tensor yet (F32, F16 and BF16 only); convert the model with --dtype f32 or f16."),
+        GgufTensorType.Q8_0 => DType.Q8_0,
+        _ => throw new ModelFormatException(Path, $"{Path}: tensor '{info.Name}' is {info.Type.Name()}, which Kiln does not load as a tensor yet (F32, F16, BF16 and Q8_0 only); convert the model with --dtype f32, f16 or q8_0."),
     };
 
     // ---------------------------------------------------------------------------------------------------------------
@@ -696,16 +700,16 @@ public sealed class GgufFile
             return;
         }
 
-        // Convert piece by piece through a float32 staging buffer.
-        int storedSize = stored.SizeOf();
+        // Convert piece by piece through a float32 staging buffer (whole Q8_0 blocks per piece).
         int targetSize = host.DType.SizeOf();
-        byte[] chunk = new byte[ChunkBytes];
-        float[] values = new float[ChunkBytes / storedSize];
+        int pieceBytes = stored == DType.Q8_0 ? ChunkBytes / Q8_0Blocks.BlockBytes * Q8_0Blocks.BlockBytes : ChunkBytes;
+        byte[] chunk = new byte[pieceBytes];
+        float[] values = new float[stored == DType.Q8_0 ? pieceBytes / Q8_0Blocks.BlockBytes * Q8_0Blocks.BlockElements : ChunkBytes / stored.SizeOf()];
         long written = 0;
-        for (long done = 0; done < total; done += ChunkBytes)
+        for (long done = 0; done < total; done += pieceBytes)
         {
-            int bytes = (int)Math.Min(ChunkBytes, total - done);
-            int count = bytes / storedSize;
+            int bytes = (int)Math.Min(pieceBytes, total - done);
+            int count = stored == DType.Q8_0 ? bytes / Q8_0Blocks.BlockBytes * Q8_0Blocks.BlockElements : bytes / stored.SizeOf();
             ReadData(stream, info, chunk.AsSpan(0, bytes));
             Widen(chunk.AsSpan(0, bytes), stored, values.AsSpan(0, count));
             Narrow(values.AsSpan(0, count), host.DType, new Span<byte>(destination + written, count * targetSize));
@@ -713,11 +717,14 @@ public sealed class GgufFile
         }
     }
 
-    /// <summary>Widens stored F32/F16/BF16 values to float32.</summary>
+    /// <summary>Widens stored F32/F16/BF16 values to float32 and dequantizes Q8_0 blocks.</summary>
     internal static void Widen(ReadOnlySpan<byte> source, DType stored, Span<float> destination)
     {
         switch (stored)
         {
+            case DType.Q8_0:
+                Q8_0Blocks.Dequantize(source, destination);
+                break;
             case DType.Float32:
                 MemoryMarshal.Cast<byte, float>(source).CopyTo(destination);
                 break;

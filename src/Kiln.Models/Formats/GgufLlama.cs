@@ -18,9 +18,10 @@
 // llama.cpp's converter permutes their attn_q/attn_k rows into the adjacent order, so every `llama` GGUF file is
 // adjacent. The stories260K conversion test checks it end to end (its greedy text equals llama2.c's).
 //
-// Dtypes: matrices in F32, F16 or BF16 are kept in their dtype when they all share it (LlamaWeights holds one matrix
-// dtype); a file mixing them is widened to float32 (exact). Norms are always float32. Q8_0 and the other quantized
-// types are refused with a hint to convert to f32/f16 (Kiln's matrix product does not read them yet).
+// Dtypes: matrices in F32, F16, BF16 or Q8_0 are kept in their dtype when they all share it (LlamaWeights holds one
+// matrix dtype; Q8_0 stays in its blocks, which the CPU matrix product and embedding lookup read directly, and runs on
+// the cpu device only); a file mixing them is widened to float32 (exact: Q8_0 dequantizes to scale · int8). Norms are
+// always float32. The other quantized types are refused with a hint to convert.
 
 using Kiln.Devices;
 using Kiln.Kernels;
@@ -157,7 +158,8 @@ public static class GgufLlama
     /// Loads the llama model in the GGUF file at <paramref name="path"/> onto <paramref name="device"/> (cpu when null).
     /// The config is <c>weights.Config</c>.
     /// </summary>
-    /// <exception cref="ModelFormatException">The file is unreadable, malformed, not llama, or holds quantized matrices.</exception>
+    /// <exception cref="ModelFormatException">The file is unreadable, malformed, not llama, holds quantized matrices other
+    /// than Q8_0, or holds Q8_0 matrices and <paramref name="device"/> is not the CPU.</exception>
     public static LlamaWeights Load(string path, Device? device = null) => Load(GgufFile.Open(path), device);
 
     /// <summary>Loads the llama model of an opened GGUF file; see <see cref="Load(string, Device?)"/>.</summary>
@@ -166,6 +168,10 @@ public static class GgufLlama
         ArgumentNullException.ThrowIfNull(file);
         LlamaConfig config = ReadConfig(file);
         DType dtype = MatrixDType(file, config);
+        if (dtype == DType.Q8_0 && device is not null && device is not CpuDevice)
+        {
+            throw Fail(file.Path, $"holds Q8_0 matrices, which Kiln computes on the cpu device only (not {device.Name})", "run it with --device cpu, or convert it with --dtype f16 for a GPU");
+        }
 
         // Fill CPU weights tensor by tensor, then move them when another device was asked for.
         LlamaWeights weights = LlamaWeights.Allocate(config, CpuDevice.Default, dtype);
@@ -416,12 +422,10 @@ public static class GgufLlama
         foreach ((string name, int[] shape) in ExpectedShapes(config))
         {
             GgufTensorInfo tensor = file.GetTensor(name);
-            if (tensor.Type is not (GgufTensorType.F32 or GgufTensorType.F16 or GgufTensorType.BF16))
+            if (tensor.Type is not (GgufTensorType.F32 or GgufTensorType.F16 or GgufTensorType.BF16 or GgufTensorType.Q8_0)
+                || (shape.Length == 1 && tensor.Type == GgufTensorType.Q8_0))
             {
-                string fix = tensor.Type == GgufTensorType.Q8_0
-                    ? "Q8_0 matrices are not supported yet: convert the model with --dtype f32 or f16 (llama.cpp's llama-quantize or convert script can write F16)"
-                    : "Kiln reads F32, F16 and BF16 tensors (Q8_0 is planned): convert the model with --dtype f32 or f16";
-                throw Fail(file.Path, $"has tensor '{name}' in {tensor.Type.Name()}", fix);
+                throw Fail(file.Path, $"has tensor '{name}' in {tensor.Type.Name()}", "Kiln reads F32, F16 and BF16 tensors and Q8_0 matrices: convert the model with --dtype f32, f16 or q8_0 (llama.cpp's llama-quantize can write Q8_0)");
             }
 
             if (shape.Length == 2)
@@ -434,6 +438,7 @@ public static class GgufLlama
         {
             GgufTensorType.F16 => DType.Float16,
             GgufTensorType.BF16 => DType.BFloat16,
+            GgufTensorType.Q8_0 => DType.Q8_0,
             _ => DType.Float32,
         };
     }

@@ -105,9 +105,9 @@ public sealed class GgufWriter
     public void AddTensor(string name, Tensor tensor, GgufTensorType storeAs)
     {
         ArgumentNullException.ThrowIfNull(tensor);
-        if (!tensor.DType.IsFloatingPoint())
+        if (!tensor.DType.IsFloatingPoint() && tensor.DType != DType.Q8_0)
         {
-            throw new ArgumentException($"Tensor '{name}' is {tensor.DType.Name()}; GGUF tensors are written from float32, float16 or bfloat16.", nameof(tensor));
+            throw new ArgumentException($"Tensor '{name}' is {tensor.DType.Name()}; GGUF tensors are written from float32, float16, bfloat16 or q8_0.", nameof(tensor));
         }
 
         if (storeAs is not (GgufTensorType.F32 or GgufTensorType.F16 or GgufTensorType.BF16 or GgufTensorType.Q8_0))
@@ -253,13 +253,13 @@ public sealed class GgufWriter
         Tensor host = copy ?? tensor;
         byte* data = (byte*)host.DataPointer;
         long count = host.Length;
-        int size = host.DType.SizeOf();
-        bool same = (storeAs, host.DType) is (GgufTensorType.F32, DType.Float32) or (GgufTensorType.F16, DType.Float16) or (GgufTensorType.BF16, DType.BFloat16);
+        DType type = host.DType;
+        bool same = (storeAs, type) is (GgufTensorType.F32, DType.Float32) or (GgufTensorType.F16, DType.Float16) or (GgufTensorType.BF16, DType.BFloat16) or (GgufTensorType.Q8_0, DType.Q8_0);
         if (same)
         {
             for (long done = 0; done < count; done += ChunkValues)
             {
-                stream.Write(new ReadOnlySpan<byte>(data + (done * size), (int)(Math.Min(ChunkValues, count - done) * size)));
+                stream.Write(new ReadOnlySpan<byte>(data + type.ByteCount(done), (int)type.ByteCount(Math.Min(ChunkValues, count - done))));
             }
 
             return;
@@ -270,7 +270,7 @@ public sealed class GgufWriter
         for (long done = 0; done < count; done += ChunkValues)
         {
             int n = (int)Math.Min(ChunkValues, count - done);
-            GgufFile.Widen(new ReadOnlySpan<byte>(data + (done * size), n * size), host.DType, values.AsSpan(0, n));
+            GgufFile.Widen(new ReadOnlySpan<byte>(data + type.ByteCount(done), (int)type.ByteCount(n)), type, values.AsSpan(0, n));
             int bytes;
             if (storeAs == GgufTensorType.Q8_0)
             {

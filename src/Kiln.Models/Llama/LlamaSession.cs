@@ -115,7 +115,7 @@ public sealed unsafe class LlamaSession : IInferenceSession, IDeviceSampling
         if (device is IlgpuDevice ilgpu)
         {
             long memory = deviceMemoryBytes ?? ilgpu.Accelerator.MemorySize;
-            long weightBytes = weights.Tensors.Sum(static t => t.Length * t.DType.SizeOf());
+            long weightBytes = weights.Tensors.Sum(static t => t.ByteLength);
             SessionMemory.EnsureDeviceFits(device.Name, memory - weightBytes, cacheBytes, BufferBytes(c, ContextLength, _chunk), ContextLength, c.SeqLen);
         }
         else

@@ -1,6 +1,7 @@
 // FsCheck properties of the CPU matrix product against the float64 reference (tolerances in
 // MatMulTestSupport.cs): the packed path (M > 32) and the streaming path (M <= 32), every kernel width
-// (Vector512, Vector256, scalar), 1 and 2 threads, float32/float16/bfloat16 weights, identity and test
+// (Vector512, Vector256, scalar), 1 and 2 threads, float32/float16/bfloat16/Q8_0 weights (Q8_0 cases round K up
+// to a multiple of 32), identity and test
 // epilogues, over sizes of 1, odd sizes, sizes next to the tile sizes (14, 32, 6, 16) and sizes that cross the
 // K block (256) and the column block (512). A failing case prints FsCheck's replay seed and the case.
 using FsCheck;
@@ -206,15 +207,22 @@ public sealed unsafe class MatMulCpuProperties
         return output.ToArray();
     }
 
-    /// <summary>Random cases over the given size generators, all weight dtypes, with and without epilogue.</summary>
-    internal static Gen<GemmCase> Cases(Gen<int> m, Gen<int> n, Gen<int> k) =>
+    /// <summary>Random cases over the given size generators, all weight dtypes (Q8_0 with K rounded up to a multiple
+    /// of 32), with and without epilogue.</summary>
+    internal static Gen<GemmCase> Cases(Gen<int> m, Gen<int> n, Gen<int> k) => Cases(m, n, k, DType.Float32, DType.Float16, DType.BFloat16, DType.Q8_0);
+
+    /// <summary>Random cases with float32, float16 and bfloat16 weights (the dtypes the ILGPU kernels read).</summary>
+    internal static Gen<GemmCase> FloatCases(Gen<int> m, Gen<int> n, Gen<int> k) => Cases(m, n, k, DType.Float32, DType.Float16, DType.BFloat16);
+
+    /// <summary>Random cases over the given size generators and weight dtypes.</summary>
+    internal static Gen<GemmCase> Cases(Gen<int> m, Gen<int> n, Gen<int> k, params DType[] types) =>
         from mm in m
         from nn in n
         from kk in k
-        from type in Gen.Elements(DType.Float32, DType.Float16, DType.BFloat16)
+        from type in Gen.Elements(types)
         from epilogue in Gen.Elements(true, false)
         from seed in Gen.Choose(0, 1_000_000)
-        select new GemmCase(mm, nn, kk, type, epilogue, seed);
+        select new GemmCase(mm, nn, type == DType.Q8_0 ? (kk + 31) / 32 * 32 : kk, type, epilogue, seed);
 
     /// <summary>Uniform sizes in [min, max] half the time, listed edge sizes the other half.</summary>
     internal static Gen<int> Size(int min, int max, params int[] edges) =>

@@ -50,27 +50,27 @@ public abstract class MatMulGpuProperties
     /// <summary>M > 16: the shared-memory tiled kernel (64×64 tiles here), with the test epilogue or the identity.</summary>
     [Property(MaxTest = 12)]
     public Property TiledKernelMatchesReference() =>
-        Prop.ForAll(MatMulCpuProperties.Cases(MatMulCpuProperties.Size(17, 70, 17, 63, 64, 65),
+        Prop.ForAll(MatMulCpuProperties.FloatCases(MatMulCpuProperties.Size(17, 70, 17, 63, 64, 65),
             MatMulCpuProperties.Size(1, 70, 1, 7, 63, 64, 65),
             MatMulCpuProperties.Size(1, 40, 1, 7, 8, 9, 16, 17, 33)).ToArbitrary(), Check);
 
     /// <summary>M = 1: the matrix-vector kernel, wide (K % 8 = 0) and scalar loads, across the 256-wide warp step.</summary>
     [Property(MaxTest = 10)]
     public Property VectorKernelMatchesReference() =>
-        Prop.ForAll(MatMulCpuProperties.Cases(Gen.Constant(1), MatMulCpuProperties.Size(1, 40, 1, 2, 3, 31, 33),
+        Prop.ForAll(MatMulCpuProperties.FloatCases(Gen.Constant(1), MatMulCpuProperties.Size(1, 40, 1, 2, 3, 31, 33),
             MatMulCpuProperties.Size(1, 300, 1, 7, 8, 9, 248, 255, 256, 257, 264, 512)).ToArbitrary(), Check);
 
     /// <summary>2 &lt;= M &lt;= 16: the matrix-vector kernel over passes of 4 rows (partial last pass included).</summary>
     [Property(MaxTest = 10)]
     public Property SmallBatchMatchesReference() =>
-        Prop.ForAll(MatMulCpuProperties.Cases(MatMulCpuProperties.Size(2, 16, 2, 3, 4, 5, 8, 9, 16),
+        Prop.ForAll(MatMulCpuProperties.FloatCases(MatMulCpuProperties.Size(2, 16, 2, 3, 4, 5, 8, 9, 16),
             MatMulCpuProperties.Size(1, 20, 1, 3, 17),
             MatMulCpuProperties.Size(1, 300, 1, 8, 9, 256, 264)).ToArbitrary(), Check);
 
     /// <summary>A pass's rows over 32 KB are read from global memory instead of shared memory.</summary>
     [Property(MaxTest = 4)]
     public Property UncachedRowsMatchReference() =>
-        Prop.ForAll(MatMulCpuProperties.Cases(Gen.Elements(1, 3, 6), Gen.Choose(1, 3), Gen.Elements(8200, 8201)).ToArbitrary(), Check);
+        Prop.ForAll(MatMulCpuProperties.FloatCases(Gen.Elements(1, 3, 6), Gen.Choose(1, 3), Gen.Elements(8200, 8201)).ToArbitrary(), Check);
 
     /// <summary>
     /// Views that do not start 16-byte aligned (a tensor sliced at element 1) use scalar loads even when K is a
@@ -101,7 +101,7 @@ public abstract class MatMulGpuProperties
     /// </summary>
     [Property(MaxTest = 9)]
     public Property GeneratedEpilogueMatchesReference() =>
-        Prop.ForAll(MatMulCpuProperties.Cases(Gen.Elements(1, 6, 19), MatMulCpuProperties.Size(1, 20, 1, 17),
+        Prop.ForAll(MatMulCpuProperties.FloatCases(Gen.Elements(1, 6, 19), MatMulCpuProperties.Size(1, 20, 1, 17),
             MatMulCpuProperties.Size(1, 40, 1, 8, 9, 33)).ToArbitrary(), CheckSwiGlu);
 
     private void CheckSwiGlu(GemmCase c)

@@ -1,10 +1,13 @@
 // Shared pieces of the matrix-product tests: problem generation on integer grids (so every value is exact in
-// float32, float16 and bfloat16), the float64 reference with the test epilogue, the tolerance check, and the
+// float32, float16 and bfloat16) or, for Q8_0 weights, random raw blocks (any float16 scale of moderate size, zero
+// scales, every int8 from -128 to 127) whose dequantized values are the reference's W, the float64 reference with the test epilogue, the tolerance check, and the
 // test epilogues (C = 2·acc + residual[row, col]) for the CPU and ILGPU paths.
 //
 // Tolerance: float32 accumulation of K products differs from the float64 sum by at most about K·eps·Σ|a·w|
 // and typically sqrt(K)·eps·Σ|a·w|; the tests allow 1e-5·sqrt(K)·Σ_k |a[m,k]·w[n,k]| per element (eps = 6e-8,
 // so this is about 80 sqrt(K) ulps of the magnitude sum), times 2 for the epilogue's scale, plus 1e-6·|residual|.
+// The same bound holds for Q8_0: the kernels widen each weight to scale · int8 exactly in float32 (an 11-bit scale
+// mantissa times a 7-bit integer fits 24 bits), so the only error is the float32 accumulation of exact products.
 using System.Runtime.Intrinsics;
 using ILGPU;
 using Half = System.Half;
@@ -19,8 +22,12 @@ public sealed record GemmCase(int M, int N, int K, DType WType, bool UseEpilogue
     /// <summary>A [M, K], values i/64 for i in [-64, 64].</summary>
     public float[] A { get; } = Values(M * K, Seed, 64, 64f);
 
-    /// <summary>W [N, K], values i/16 for i in [-32, 32]: exact in bfloat16 (8 significant bits) and float16.</summary>
-    public float[] W { get; } = Values(N * K, Seed + 1, 32, 16f);
+    /// <summary>For Q8_0 weights, the raw blocks [N, K / 32] of 34 bytes; null for the other dtypes.</summary>
+    public byte[]? Blocks { get; } = WType == DType.Q8_0 ? RandomBlocks(N * K, Seed + 1) : null;
+
+    /// <summary>W [N, K], values i/16 for i in [-32, 32]: exact in bfloat16 (8 significant bits) and float16; for Q8_0
+    /// the dequantized <see cref="Blocks"/>.</summary>
+    public float[] W { get; } = WType == DType.Q8_0 ? Dequantized(N * K, Seed + 1) : Values(N * K, Seed + 1, 32, 16f);
 
     /// <summary>The residual [M, N] the test epilogue adds, values i/8 for i in [-16, 16].</summary>
     public float[] Residual { get; } = Values(M * N, Seed + 2, 16, 8f);
@@ -32,6 +39,7 @@ public sealed record GemmCase(int M, int N, int K, DType WType, bool UseEpilogue
         return WType switch
         {
             DType.Float32 => Tensor.FromArray(W, shape, device),
+            DType.Q8_0 => Tensor.FromQ8_0(Blocks, shape, device),
             DType.Float16 => Tensor.FromBits(W.Select(v => BitConverter.HalfToUInt16Bits((Half)v)).ToArray(), shape, DType.Float16, device),
             _ => Tensor.FromBits(W.Select(DTypes.SingleToBFloat16).ToArray(), shape, DType.BFloat16, device),
         };
@@ -75,6 +83,34 @@ public sealed record GemmCase(int M, int N, int K, DType WType, bool UseEpilogue
     /// <inheritdoc />
     public override string ToString() =>
         $"M={M} N={N} K={K} w={WType.Name()} epilogue={(UseEpilogue ? "2acc+residual" : "identity")} seed={Seed}";
+
+    /// <summary>Random Q8_0 blocks: one scale in eight is zero, one in eight a float16 subnormal, the others
+    /// ±2^e·(1 + f) for e in [-12, 0]; every int8 value is possible, -128 included (ggml's quantizer never writes it,
+    /// but a file may hold it).</summary>
+    internal static byte[] RandomBlocks(int count, int seed)
+    {
+        Random random = new(seed);
+        byte[] blocks = new byte[count / Q8_0Blocks.BlockElements * Q8_0Blocks.BlockBytes];
+        for (int b = 0; b < blocks.Length; b += Q8_0Blocks.BlockBytes)
+        {
+            int kind = random.Next(8);
+            float sign = random.Next(2) == 0 ? 1 : -1;
+            Half scale = kind == 0 ? (Half)0f
+                : kind == 1 ? BitConverter.UInt16BitsToHalf((ushort)(random.Next(1, 0x400) | (sign < 0 ? 0x8000 : 0)))
+                : (Half)(sign * MathF.ScaleB(1f + random.NextSingle(), random.Next(-12, 1)));
+            BitConverter.TryWriteBytes(blocks.AsSpan(b), scale);
+            random.NextBytes(blocks.AsSpan(b + 2, Q8_0Blocks.BlockElements));
+        }
+
+        return blocks;
+    }
+
+    private static float[] Dequantized(int count, int seed)
+    {
+        float[] values = new float[count];
+        Q8_0Blocks.Dequantize(RandomBlocks(count, seed), values);
+        return values;
+    }
 
     private static float[] Values(int count, int seed, int steps, float denominator)
     {

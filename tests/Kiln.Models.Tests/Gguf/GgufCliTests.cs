@@ -3,6 +3,10 @@
 // byte), tokenize on the vocabulary-only llama-spm file, info on GGUF files, and the conversion errors.
 
 using Kiln.Cli;
+using Kiln.Models.Formats;
+using Kiln.Models.Llama;
+using Kiln.Models.Sampling;
+using Kiln.Models.Tokenizers;
 using Xunit;
 
 namespace Kiln.Models.Tests.Gguf;
@@ -120,6 +124,33 @@ public sealed class GgufCliTests : IDisposable
         Assert.Contains("tokenizer: llama (32,000 tokens)", vocabOut);
         Assert.Contains("runnable: no (has no tensor 'token_embd.weight'", vocabOut);
         Assert.Contains("  tokenizer.ggml.tokens (array of string): [32000 × string]", vocabOut);
+    }
+
+    /// <summary>A Q8_0 GGUF model (dims multiples of 32, the stories vocabulary) runs in generate, info and bench decode;
+    /// generate prints the greedy text of the same weights run in process.</summary>
+    [Fact]
+    public void Q8_0Model_RunsInGenerateInfoAndBench()
+    {
+        string gguf = _temp.File("q8.gguf");
+        using (LlamaWeights original = CheckpointFiles.RandomWeights(GgufLlamaTests.Q8Config(), seed: 12))
+        {
+            GgufLlama.Write(gguf, original, TestData.StoriesTok, GgufTensorType.Q8_0);
+        }
+
+        (int code, string stdout, string stderr) = Run("generate", "-m", gguf, "-p", "Once upon a time", "-n", "12", "--temp", "0");
+        (int infoCode, string info, _) = Run("info", "-m", gguf);
+        (int benchCode, string bench, string benchErr) = Run("bench", "decode", "-m", gguf, "-c", "32", "--runs", "1", "--json");
+
+        GgufFile file = GgufFile.Open(gguf);
+        using LlamaWeights weights = GgufLlama.Load(file);
+        using IInferenceSession session = InferenceSessions.Default(weights, new SessionOptions { ContextLength = 64 });
+        GenerationResult expected = new TextGenerator(session, GgufTokenizers.Load(file), new Sampler(512, SamplerOptions.Greedy)).Generate("Once upon a time", maxNewTokens: 12);
+        Assert.True(code == 0, stderr);
+        Assert.Equal("Once upon a time" + expected.Text, stdout.TrimEnd('\n'));
+        Assert.Equal(0, infoCode);
+        Assert.Contains("Q8_0", info);
+        Assert.True(benchCode == 0, benchErr);
+        Assert.Contains("decode_tok_s", bench);
     }
 
     [Theory]

@@ -1,7 +1,8 @@
 // The llama architecture in GGUF: stories260K written as F32/F16/BF16 GGUF and loaded back gives the same config, the
 // same (or correctly rounded) tensors, the llama2.c logits and the reference greedy continuation (which also checks
 // that GGUF `llama` files use adjacent-pair RoPE); random configs with grouped-query attention and a separate
-// classifier round-trip; a Q8_0 file is refused with the conversion hint; missing, misshapen and extra tensors and other
+// classifier round-trip; a Q8_0 model keeps its blocks and matches its dequantized float32 twin, one Q8_0 matrix among
+// F32 ones is widened, Q8_0 on an ILGPU device is refused; missing, misshapen and extra tensors and other
 // architectures are named; GGUF → llama2.c version 1 reproduces the shipped version-1 file byte for byte.
 
 using Kiln.Models.Formats;
@@ -108,15 +109,91 @@ public sealed class GgufLlamaTests : IDisposable
     }
 
     [Fact]
-    public void Q8_0Matrices_AreRefusedWithTheConversionHint()
+    public void Q8_0MixedWithF32_IsWidenedToFloat32()
     {
         GgufWriter writer = StoriesWriter(GgufTensorType.F32, replace: ("blk.0.attn_q.weight", GgufTensorType.Q8_0));
-        string path = _temp.File("q8.gguf");
+        string path = _temp.File("q8mixed.gguf");
         writer.Write(path);
 
-        ModelFormatException e = Assert.Throws<ModelFormatException>(() => GgufLlama.Load(path));
+        using LlamaWeights weights = GgufLlama.Load(path);
 
-        CheckpointValidationTests.AssertOneLine(e.Message, path, "has tensor 'blk.0.attn_q.weight' in Q8_0; Q8_0 matrices are not supported yet: convert the model with --dtype f32 or f16");
+        // The one Q8_0 matrix comes back dequantized (scale · int8), the others as they were.
+        float[] original = TestData.Stories.Layers[0].Wq.ToArray();
+        byte[] blocks = new byte[Q8_0Blocks.ByteCount(original.Length)];
+        Q8_0Blocks.Quantize(original, blocks);
+        float[] expected = new float[original.Length];
+        Q8_0Blocks.Dequantize(blocks, expected);
+        Assert.Equal(DType.Float32, weights.DType);
+        Assert.Equal(expected, weights.Layers[0].Wq.ToArray());
+        Assert.Equal(TestData.Stories.Layers[1].Wq.ToArray(), weights.Layers[1].Wq.ToArray());
+    }
+
+    /// <summary>A Q8_0 model (dims multiples of 32) keeps its blocks and computes the logits of the same model with the
+    /// dequantized weights in float32, for a prefill of 40 tokens (the packed path) and decode steps (the streaming
+    /// path). Widening is exact, so the only differences are float32 summation order: 1e-4 relative to the largest
+    /// logit.</summary>
+    [Fact]
+    public void Q8_0Model_KeepsBlocksAndMatchesItsDequantizedWeights()
+    {
+        LlamaConfig config = Q8Config();
+        using LlamaWeights original = CheckpointFiles.RandomWeights(config, seed: 4);
+        string path = _temp.File("q8.gguf");
+        GgufLlama.Write(path, original, null, GgufTensorType.Q8_0);
+
+        using LlamaWeights q8 = GgufLlama.Load(path);
+        using LlamaWeights widened = LlamaWeights.Allocate(config);
+        foreach ((Tensor from, Tensor to) in q8.Tensors.Zip(widened.Tensors))
+        {
+            to.CopyFrom(from.ToArray());
+        }
+
+        Assert.Equal(DType.Q8_0, q8.DType);
+        Assert.Equal(DType.Q8_0, q8.Layers[1].W2.DType);
+        Assert.Equal(DType.Float32, q8.FinalNorm.DType);
+        using IInferenceSession quantized = InferenceSessions.Default(q8, new SessionOptions { ContextLength = 64 });
+        using IInferenceSession reference = InferenceSessions.Default(widened, new SessionOptions { ContextLength = 64 });
+        Random random = new(8);
+        int[] prompt = Enumerable.Range(0, 40).Select(_ => random.Next(config.VocabSize)).ToArray();
+        AssertClose(reference.Forward(prompt).ToArray(), quantized.Forward(prompt).ToArray(), "prefill");
+        for (int step = 0; step < 5; step++)
+        {
+            int token = random.Next(config.VocabSize);
+            AssertClose(reference.Forward([token]).ToArray(), quantized.Forward([token]).ToArray(), $"decode step {step}");
+        }
+    }
+
+    [Fact]
+    public void Q8_0Model_OnAnIlgpuDevice_IsRefused()
+    {
+        using LlamaWeights original = CheckpointFiles.RandomWeights(Q8Config(), seed: 5);
+        string path = _temp.File("q8gpu.gguf");
+        GgufLlama.Write(path, original, null, GgufTensorType.Q8_0);
+        using Kiln.Devices.IlgpuDevice device = Kiln.Devices.IlgpuDevice.CreateCpuAccelerator(ILGPU.OptimizationLevel.O1);
+
+        ModelFormatException e = Assert.Throws<ModelFormatException>(() => GgufLlama.Load(path, device));
+
+        CheckpointValidationTests.AssertOneLine(e.Message, path, "holds Q8_0 matrices, which Kiln computes on the cpu device only");
+    }
+
+    internal static LlamaConfig Q8Config() => new()
+    {
+        Dim = 64,
+        HiddenDim = 96,
+        Layers = 2,
+        Heads = 4,
+        KvHeads = 2,
+        VocabSize = 512,
+        SeqLen = 64,
+        HeadDim = 16,
+    };
+
+    private static void AssertClose(float[] expected, float[] actual, string what)
+    {
+        float scale = expected.Max(MathF.Abs);
+        for (int i = 0; i < expected.Length; i++)
+        {
+            Assert.True(Math.Abs(expected[i] - actual[i]) <= 1e-4f * scale, $"{what}: logit {i} is {actual[i]}, the dequantized float32 model gives {expected[i]} (max |logit| {scale}).");
+        }
     }
 
     [Theory]

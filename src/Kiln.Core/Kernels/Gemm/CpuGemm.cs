@@ -81,6 +81,9 @@ internal static unsafe class CpuGemm
             case DType.Float16:
                 Run<Float16Weights, TEpilogue>(pool, a, (byte*)w, c, m, n, k, ref epilogue, width, prepacked);
                 break;
+            case DType.Q8_0:
+                Run<Q8_0Weights, TEpilogue>(pool, a, (byte*)w, c, m, n, k, ref epilogue, width, prepacked);
+                break;
             default:
                 Run<BFloat16Weights, TEpilogue>(pool, a, (byte*)w, c, m, n, k, ref epilogue, width, prepacked);
                 break;
@@ -100,6 +103,9 @@ internal static unsafe class CpuGemm
                 break;
             case DType.Float16:
                 PackW<Float16Weights>((byte*)w, k, 0, n, 0, k, tileColumns, panels);
+                break;
+            case DType.Q8_0:
+                PackW<Q8_0Weights>((byte*)w, k, 0, n, 0, k, tileColumns, panels);
                 break;
             default:
                 PackW<BFloat16Weights>((byte*)w, k, 0, n, 0, k, tileColumns, panels);
@@ -294,7 +300,7 @@ internal static unsafe class CpuGemm
     private static void PackW<TWeights>(byte* w, int k, int n0, int nc, int k0, int kc, int tileColumns, float* packed)
         where TWeights : unmanaged, IWeightFormat
     {
-        long rowBytes = (long)k * TWeights.Size;
+        long rowBytes = TWeights.RowBytes(k);
         int panels = (nc + tileColumns - 1) / tileColumns;
         for (int p = 0; p < panels; p++)
         {
@@ -304,13 +310,13 @@ internal static unsafe class CpuGemm
                 // Sixteen W rows (fewer at the edge of N) fill columns [half, half + 16) of the panel.
                 int first = (p * tileColumns) + half;
                 int valid = Math.Clamp(nc - first, 0, 16);
-                byte* source = w + ((n0 + (long)first) * rowBytes) + ((long)k0 * TWeights.Size);
+                byte* source = w + ((n0 + (long)first) * rowBytes);
                 int i = 0;
                 if (Avx512F.IsSupported && valid == 16)
                 {
                     for (; i + 16 <= kc; i += 16)
                     {
-                        Transpose16<TWeights>(source + ((long)i * TWeights.Size), rowBytes, panel + ((long)i * tileColumns) + half, tileColumns);
+                        Transpose16<TWeights>(source, rowBytes, k0 + i, panel + ((long)i * tileColumns) + half, tileColumns);
                     }
                 }
 
@@ -321,7 +327,7 @@ internal static unsafe class CpuGemm
                     int j = 0;
                     for (; j < valid; j++)
                     {
-                        destination[j] = TWeights.Load1(source + (j * rowBytes) + ((long)i * TWeights.Size));
+                        destination[j] = TWeights.Load1(source + (j * rowBytes), k0 + i);
                     }
 
                     for (; j < 16; j++)
@@ -334,44 +340,44 @@ internal static unsafe class CpuGemm
     }
 
     /// <summary>
-    /// Loads 16 values along k from each of 16 W rows (<paramref name="rowBytes"/> apart) and stores them
+    /// Loads 16 values along k (from element <paramref name="index"/>) of each of 16 W rows (<paramref name="rowBytes"/> apart) and stores them
     /// transposed: destination row kk (<paramref name="stride"/> floats apart) gets the 16 rows' values at kk.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Transpose16<TWeights>(byte* source, long rowBytes, float* destination, int stride)
+    private static void Transpose16<TWeights>(byte* source, long rowBytes, int index, float* destination, int stride)
         where TWeights : unmanaged, IWeightFormat
     {
         // Stage 1: interleave pairs of rows; per 128-bit block L, t0 = [r0[4L], r1[4L], r0[4L+1], r1[4L+1]].
-        Vector512<float> r0 = TWeights.Load16(source + (0 * rowBytes));
-        Vector512<float> r1 = TWeights.Load16(source + (1 * rowBytes));
+        Vector512<float> r0 = TWeights.Load16(source + (0 * rowBytes), index);
+        Vector512<float> r1 = TWeights.Load16(source + (1 * rowBytes), index);
         Vector512<double> t0 = Avx512F.UnpackLow(r0, r1).AsDouble();
         Vector512<double> t1 = Avx512F.UnpackHigh(r0, r1).AsDouble();
-        Vector512<float> r2 = TWeights.Load16(source + (2 * rowBytes));
-        Vector512<float> r3 = TWeights.Load16(source + (3 * rowBytes));
+        Vector512<float> r2 = TWeights.Load16(source + (2 * rowBytes), index);
+        Vector512<float> r3 = TWeights.Load16(source + (3 * rowBytes), index);
         Vector512<double> t2 = Avx512F.UnpackLow(r2, r3).AsDouble();
         Vector512<double> t3 = Avx512F.UnpackHigh(r2, r3).AsDouble();
-        Vector512<float> r4 = TWeights.Load16(source + (4 * rowBytes));
-        Vector512<float> r5 = TWeights.Load16(source + (5 * rowBytes));
+        Vector512<float> r4 = TWeights.Load16(source + (4 * rowBytes), index);
+        Vector512<float> r5 = TWeights.Load16(source + (5 * rowBytes), index);
         Vector512<double> t4 = Avx512F.UnpackLow(r4, r5).AsDouble();
         Vector512<double> t5 = Avx512F.UnpackHigh(r4, r5).AsDouble();
-        Vector512<float> r6 = TWeights.Load16(source + (6 * rowBytes));
-        Vector512<float> r7 = TWeights.Load16(source + (7 * rowBytes));
+        Vector512<float> r6 = TWeights.Load16(source + (6 * rowBytes), index);
+        Vector512<float> r7 = TWeights.Load16(source + (7 * rowBytes), index);
         Vector512<double> t6 = Avx512F.UnpackLow(r6, r7).AsDouble();
         Vector512<double> t7 = Avx512F.UnpackHigh(r6, r7).AsDouble();
-        Vector512<float> r8 = TWeights.Load16(source + (8 * rowBytes));
-        Vector512<float> r9 = TWeights.Load16(source + (9 * rowBytes));
+        Vector512<float> r8 = TWeights.Load16(source + (8 * rowBytes), index);
+        Vector512<float> r9 = TWeights.Load16(source + (9 * rowBytes), index);
         Vector512<double> t8 = Avx512F.UnpackLow(r8, r9).AsDouble();
         Vector512<double> t9 = Avx512F.UnpackHigh(r8, r9).AsDouble();
-        Vector512<float> r10 = TWeights.Load16(source + (10 * rowBytes));
-        Vector512<float> r11 = TWeights.Load16(source + (11 * rowBytes));
+        Vector512<float> r10 = TWeights.Load16(source + (10 * rowBytes), index);
+        Vector512<float> r11 = TWeights.Load16(source + (11 * rowBytes), index);
         Vector512<double> t10 = Avx512F.UnpackLow(r10, r11).AsDouble();
         Vector512<double> t11 = Avx512F.UnpackHigh(r10, r11).AsDouble();
-        Vector512<float> r12 = TWeights.Load16(source + (12 * rowBytes));
-        Vector512<float> r13 = TWeights.Load16(source + (13 * rowBytes));
+        Vector512<float> r12 = TWeights.Load16(source + (12 * rowBytes), index);
+        Vector512<float> r13 = TWeights.Load16(source + (13 * rowBytes), index);
         Vector512<double> t12 = Avx512F.UnpackLow(r12, r13).AsDouble();
         Vector512<double> t13 = Avx512F.UnpackHigh(r12, r13).AsDouble();
-        Vector512<float> r14 = TWeights.Load16(source + (14 * rowBytes));
-        Vector512<float> r15 = TWeights.Load16(source + (15 * rowBytes));
+        Vector512<float> r14 = TWeights.Load16(source + (14 * rowBytes), index);
+        Vector512<float> r15 = TWeights.Load16(source + (15 * rowBytes), index);
         Vector512<double> t14 = Avx512F.UnpackLow(r14, r15).AsDouble();
         Vector512<double> t15 = Avx512F.UnpackHigh(r14, r15).AsDouble();
 
@@ -739,11 +745,11 @@ internal static unsafe class CpuGemm
             float* aRow = job->A + ((long)row * k);
             for (int col = colStart; col < colEnd; col++)
             {
-                byte* wRow = job->W + ((long)col * k * TWeights.Size);
+                byte* wRow = job->W + ((long)col * TWeights.RowBytes(k));
                 float sum = 0f;
                 for (int i = 0; i < k; i++)
                 {
-                    sum += aRow[i] * TWeights.Load1(wRow + (i * TWeights.Size));
+                    sum += aRow[i] * TWeights.Load1(wRow, i);
                 }
 
                 job->C[((long)row * job->N) + col] = epilogue.Apply(sum, row, col);

@@ -1,6 +1,6 @@
 // The CPU matrix product for M <= 32 (decode steps and small batches): C[M, N] = epilogue(A[M, K] · W[N, K]ᵀ)
 // without packing. Each W row is a dot product with each A row, so the kernel streams W once, row after row,
-// widening float16/bfloat16 on the fly; it is bound by memory bandwidth for large W.
+// widening float16/bfloat16/Q8_0 on the fly; it is bound by memory bandwidth for large W.
 //
 //   M = 1:     16 W rows at a time, one Vector512 running sum per row (16 independent chains). The 16 sums are
 //              reduced and transposed into one vector with a shuffle tree (16 -> 8 -> 4 -> 2 -> 1 vectors) and
@@ -53,6 +53,9 @@ internal static unsafe class CpuGemv
                 break;
             case DType.Float16:
                 Run<Float16Weights, TEpilogue>(pool, a, (byte*)w, c, m, n, k, ref epilogue, width);
+                break;
+            case DType.Q8_0:
+                Run<Q8_0Weights, TEpilogue>(pool, a, (byte*)w, c, m, n, k, ref epilogue, width);
                 break;
             default:
                 Run<BFloat16Weights, TEpilogue>(pool, a, (byte*)w, c, m, n, k, ref epilogue, width);
@@ -119,7 +122,7 @@ internal static unsafe class CpuGemv
         int groupRows = GroupRows(m);
         int rowStart = start * groupRows;
         int rowEnd = Math.Min(end * groupRows, n);
-        long rowBytes = (long)k * TWeights.Size;
+        long rowBytes = TWeights.RowBytes(k);
 
         // Whole groups go through the wide kernels, everything else through one-row dot products.
         int wRow = rowStart;
@@ -190,24 +193,23 @@ internal static unsafe class CpuGemv
         int i = 0;
         for (; i + 16 <= k; i += 16)
         {
-            nint o = (nint)i * TWeights.Size;
             Vector512<float> x = Vector512.Load(a + i);
-            s0 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p0 + o), x, s0);
-            s1 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p0 + r1 + o), x, s1);
-            s2 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p0 + r2 + o), x, s2);
-            s3 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p0 + r3 + o), x, s3);
-            s4 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p4 + o), x, s4);
-            s5 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p4 + r1 + o), x, s5);
-            s6 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p4 + r2 + o), x, s6);
-            s7 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p4 + r3 + o), x, s7);
-            s8 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p8 + o), x, s8);
-            s9 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p8 + r1 + o), x, s9);
-            s10 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p8 + r2 + o), x, s10);
-            s11 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p8 + r3 + o), x, s11);
-            s12 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p12 + o), x, s12);
-            s13 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p12 + r1 + o), x, s13);
-            s14 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p12 + r2 + o), x, s14);
-            s15 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p12 + r3 + o), x, s15);
+            s0 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p0, i), x, s0);
+            s1 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p0 + r1, i), x, s1);
+            s2 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p0 + r2, i), x, s2);
+            s3 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p0 + r3, i), x, s3);
+            s4 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p4, i), x, s4);
+            s5 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p4 + r1, i), x, s5);
+            s6 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p4 + r2, i), x, s6);
+            s7 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p4 + r3, i), x, s7);
+            s8 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p8, i), x, s8);
+            s9 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p8 + r1, i), x, s9);
+            s10 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p8 + r2, i), x, s10);
+            s11 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p8 + r3, i), x, s11);
+            s12 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p12, i), x, s12);
+            s13 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p12 + r1, i), x, s13);
+            s14 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p12 + r2, i), x, s14);
+            s15 = Avx512F.FusedMultiplyAdd(TWeights.Load16(p12 + r3, i), x, s15);
         }
 
         // Reduce the 16 running sums into one vector: lane j holds the dot product of row j.
@@ -260,11 +262,10 @@ internal static unsafe class CpuGemv
         int i = 0;
         for (; i + 16 <= k; i += 16)
         {
-            nint o = (nint)i * TWeights.Size;
-            Vector512<float> v0 = TWeights.Load16(w0 + o);
-            Vector512<float> v1 = TWeights.Load16(w1 + o);
-            Vector512<float> v2 = TWeights.Load16(w2 + o);
-            Vector512<float> v3 = TWeights.Load16(w3 + o);
+            Vector512<float> v0 = TWeights.Load16(w0, i);
+            Vector512<float> v1 = TWeights.Load16(w1, i);
+            Vector512<float> v2 = TWeights.Load16(w2, i);
+            Vector512<float> v3 = TWeights.Load16(w3, i);
             Vector512<float> x = Vector512.Load(a0 + i);
             s00 = Avx512F.FusedMultiplyAdd(v0, x, s00); s01 = Avx512F.FusedMultiplyAdd(v1, x, s01);
             s02 = Avx512F.FusedMultiplyAdd(v2, x, s02); s03 = Avx512F.FusedMultiplyAdd(v3, x, s03);
@@ -313,7 +314,7 @@ internal static unsafe class CpuGemv
             float sum = 0f;
             for (int i = from; i < k; i++)
             {
-                sum += aRow[i] * TWeights.Load1(wRow + ((long)i * TWeights.Size));
+                sum += aRow[i] * TWeights.Load1(wRow, i);
             }
 
             lanes[lane] = sum;
@@ -410,7 +411,7 @@ internal static unsafe class CpuGemv
             Vector512<float> s = default;
             for (; i + 16 <= k; i += 16)
             {
-                s = Avx512F.FusedMultiplyAdd(TWeights.Load16(w + ((nint)i * TWeights.Size)), Vector512.Load(a + i), s);
+                s = Avx512F.FusedMultiplyAdd(TWeights.Load16(w, i), Vector512.Load(a + i), s);
             }
 
             sum = Vector512.Sum(s);
@@ -421,8 +422,8 @@ internal static unsafe class CpuGemv
             Vector256<float> s1 = default;
             for (; i + 16 <= k; i += 16)
             {
-                s0 = Fma.MultiplyAdd(TWeights.Load8(w + ((nint)i * TWeights.Size)), Vector256.Load(a + i), s0);
-                s1 = Fma.MultiplyAdd(TWeights.Load8(w + ((nint)(i + 8) * TWeights.Size)), Vector256.Load(a + i + 8), s1);
+                s0 = Fma.MultiplyAdd(TWeights.Load8(w, i), Vector256.Load(a + i), s0);
+                s1 = Fma.MultiplyAdd(TWeights.Load8(w, i + 8), Vector256.Load(a + i + 8), s1);
             }
 
             sum = Vector256.Sum(s0 + s1);
@@ -430,7 +431,7 @@ internal static unsafe class CpuGemv
 
         for (; i < k; i++)
         {
-            sum += a[i] * TWeights.Load1(w + ((nint)i * TWeights.Size));
+            sum += a[i] * TWeights.Load1(w, i);
         }
 
         return sum;

@@ -3,18 +3,19 @@
 // (quantize_row_q8_0_ref): amax = max |x| over the block, d = amax / 127 in float32, q = round(x · (1 / d)) with ties
 // away from zero (C's roundf), and q = 0 for an all-zero block; the scale is stored rounded to float16. So
 // |x - d16·q| ≤ d/2 + |q|·|d - d16| ≤ d/2 + 127 · 2^-11 · d, a little over half a step, and Kiln's bytes equal ggml's.
-// A block is 34 bytes: the little-endian float16 scale, then q[0..31].
+// A block is 34 bytes: the little-endian float16 scale, then q[0..31]. DType.Q8_0 tensors hold rows of such blocks,
+// and the CPU matrix product reads them directly (Kernels/Gemm/Widen.cs).
 
-namespace Kiln.Models.Formats;
+namespace Kiln;
 
 /// <summary>Quantizes float32 values to ggml Q8_0 blocks and back.</summary>
 public static class Q8_0Blocks
 {
     /// <summary>Values per block.</summary>
-    public const int BlockElements = GgufTypes.Q8_0BlockElements;
+    public const int BlockElements = 32;
 
     /// <summary>Bytes per block: a float16 scale, then 32 int8.</summary>
-    public const int BlockBytes = GgufTypes.Q8_0BlockBytes;
+    public const int BlockBytes = 2 + BlockElements;
 
     /// <summary>The bytes that <paramref name="count"/> values take (count must be a multiple of 32).</summary>
     public static long ByteCount(long count)
