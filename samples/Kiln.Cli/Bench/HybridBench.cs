@@ -12,7 +12,8 @@
 // `decode` one-token steps right after it. The four sessions of a context take turns, one measured run each per
 // round, so that a burst of load from elsewhere on a shared machine hits them alike; each figure is the best of
 // `runs` rounds, after a short warm-up run of every model. One line per model and context, with the ratios to the
-// transformer at the same context; --plot draws tok/s against context (log-log) for every model.
+// transformer at the same context; --plot draws tok/s against context (log-log) for every model, redrawn after
+// every context.
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
@@ -117,6 +118,12 @@ public static class HybridBench
                 {
                     stdout.WriteLine(Line(json, row));
                 }
+
+                // The picture of what is measured so far (a long run cut short still leaves one).
+                if (plot is not null)
+                {
+                    HybridPlot.Write(plot, rows);
+                }
             }
         }
         finally
@@ -126,7 +133,6 @@ public static class HybridBench
 
         if (plot is not null)
         {
-            HybridPlot.Write(plot, rows);
             stderr.WriteLine($"hybrid bench: wrote {plot}");
         }
 
