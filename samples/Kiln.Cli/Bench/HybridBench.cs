@@ -17,6 +17,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
+using Kiln.Devices;
 using Kiln.Models;
 using Kiln.Models.Hybrid;
 using Kiln.Models.Mamba;
@@ -77,8 +78,9 @@ public static class HybridBench
 
     /// <summary>Measures every model at every context and writes one line per model and context.</summary>
     /// <returns>The measured rows, in output order.</returns>
-    public static IReadOnlyList<Row> Run(IReadOnlyList<int> contexts, int decode, int runs, bool json, string? plot, TextWriter stdout, TextWriter stderr)
+    public static IReadOnlyList<Row> Run(IReadOnlyList<int> contexts, int decode, int runs, int threads, bool json, string? plot, TextWriter stdout, TextWriter stderr)
     {
+        using CpuDevice device = new(threads);
         int longest = contexts.Max() + decode;
         XorShiftRandom random = new(7);
         int[] tokens = new int[longest];
@@ -94,14 +96,14 @@ public static class HybridBench
             // The models, with their parameter counts.
             foreach (string model in Models)
             {
-                weights.Add(HybridWeights.CreateRandom(Config(model, longest), seed: 42));
+                weights.Add(HybridWeights.CreateRandom(Config(model, longest), seed: 42, device));
             }
 
             long transformerParameters = weights[0].ParameterCount, mambaParameters = weights[1].ParameterCount;
             stderr.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"hybrid bench: parameters: transformer {transformerParameters:N0} (MLP {weights[0].Config.HiddenDim}), mamba3 {mambaParameters:N0} "
                 + $"({(transformerParameters - mambaParameters) * 100.0 / mambaParameters:+0.00;-0.00}%), mamba3-mimo {weights[2].ParameterCount:N0} "
-                + $"(MLP {weights[2].Config.HiddenDim}), hybrid {weights[3].ParameterCount:N0}; {Environment.ProcessorCount} cores"));
+                + $"(MLP {weights[2].Config.HiddenDim}), hybrid {weights[3].ParameterCount:N0}; {threads} threads on {Environment.ProcessorCount} cores"));
 
             // Warm the JIT on a short run of each model.
             int warmLength = Math.Min(200, longest), warmDecode = Math.Min(4, warmLength - 1);

@@ -47,10 +47,11 @@ internal static class BenchCommand
         Option<int> decode = new("--decode") { Description = "Decode steps measured after the prefill.", DefaultValueFactory = static _ => 32 };
         Option<int> runs = new("--runs") { Description = "Measured rounds (each model once per round, best reported).", DefaultValueFactory = static _ => 2 };
         Option<string?> plot = new("--plot") { Description = "Also draw tok/s against context for every model to this PNG file.", HelpName = "FILE.png" };
+        Option<int?> threads = CommonOptions.Threads();
         Option<bool> json = new("--json") { Description = "Print one JSON object per line." };
         Command command = new("hybrid", "Transformer, Mamba-3 (SISO, MIMO) and hybrid models of width 512 and 12 layers on random weights: prefill and decode tok/s per context.")
         {
-            contexts, decode, runs, plot, json,
+            contexts, decode, runs, plot, threads, json,
         };
         command.SetAction(parse => KilnCli.Guard(context, parse, () =>
         {
@@ -73,7 +74,9 @@ internal static class BenchCommand
                 throw new CliException($"--plot {plotPath}: give a .png file in an existing folder.");
             }
 
-            HybridBench.Run([.. lengths.Distinct().Order()], steps, runCount, parse.GetValue(json), plotPath, context.Stdout, context.Stderr);
+            int? threadCount = parse.GetValue(threads);
+            CommonOptions.CheckThreads(threadCount);
+            HybridBench.Run([.. lengths.Distinct().Order()], steps, runCount, threadCount ?? Environment.ProcessorCount, parse.GetValue(json), plotPath, context.Stdout, context.Stderr);
             return 0;
         }));
         return command;

@@ -29,28 +29,28 @@ namespace Kiln.Models.Hybrid;
 /// <summary>The weights of one hybrid layer: its mixer (attention or Mamba-3) with the mixer's norm, then the MLP.</summary>
 public sealed class HybridLayerWeights
 {
-    internal HybridLayerWeights(HybridConfig config, HybridLayerKind kind)
+    internal HybridLayerWeights(HybridConfig config, HybridLayerKind kind, CpuDevice device)
     {
         int d = config.DModel, f = config.HiddenDim;
         Kind = kind;
-        MixerNorm = Tensor.Empty([d]);
+        MixerNorm = Tensor.Empty([d], device: device);
         if (kind == HybridLayerKind.Attention)
         {
             HybridAttentionConfig a = config.Attention!;
-            Wq = Tensor.Empty([a.Heads * a.HeadDim, d]);
-            Wk = Tensor.Empty([a.KvHeads * a.HeadDim, d]);
-            Wv = Tensor.Empty([a.KvHeads * a.HeadDim, d]);
-            Wo = Tensor.Empty([d, a.Heads * a.HeadDim]);
+            Wq = Tensor.Empty([a.Heads * a.HeadDim, d], device: device);
+            Wk = Tensor.Empty([a.KvHeads * a.HeadDim, d], device: device);
+            Wv = Tensor.Empty([a.KvHeads * a.HeadDim, d], device: device);
+            Wo = Tensor.Empty([d, a.Heads * a.HeadDim], device: device);
         }
         else
         {
             Mamba = new Mamba3Weights(config.Mamba3!);
         }
 
-        FfnNorm = Tensor.Empty([d]);
-        W1 = Tensor.Empty([f, d]);
-        W2 = Tensor.Empty([d, f]);
-        W3 = Tensor.Empty([f, d]);
+        FfnNorm = Tensor.Empty([d], device: device);
+        W1 = Tensor.Empty([f, d], device: device);
+        W2 = Tensor.Empty([d, f], device: device);
+        W3 = Tensor.Empty([f, d], device: device);
     }
 
     /// <summary>Which mixer the layer has.</summary>
@@ -130,24 +130,29 @@ public sealed class HybridWeights : IDisposable
 
     private bool _disposed;
 
-    /// <summary>Allocates zero-filled weights shaped by <paramref name="config"/> (validated).</summary>
+    /// <summary>
+    /// Allocates zero-filled weights shaped by <paramref name="config"/> (validated) on <paramref name="device"/>
+    /// (<see cref="CpuDevice.Default"/> when null); sessions run on the worker pool of that device. The Mamba-3
+    /// mixers' tensors are read by the mixers directly and live on the default device.
+    /// </summary>
     /// <exception cref="ArgumentException">The config is invalid.</exception>
-    public HybridWeights(HybridConfig config)
+    public HybridWeights(HybridConfig config, CpuDevice? device = null)
     {
         ArgumentNullException.ThrowIfNull(config);
         config.Validate();
         Config = config;
+        device ??= CpuDevice.Default;
         List<HybridLayerWeights> layers = [];
         try
         {
-            TokenEmbedding = Tensor.Empty([config.VocabSize, config.DModel]);
+            TokenEmbedding = Tensor.Empty([config.VocabSize, config.DModel], device: device);
             foreach (HybridLayerKind kind in config.Kinds)
             {
-                layers.Add(new HybridLayerWeights(config, kind));
+                layers.Add(new HybridLayerWeights(config, kind, device));
             }
 
-            FinalNorm = Tensor.Empty([config.DModel]);
-            Classifier = config.SharedClassifier ? TokenEmbedding : Tensor.Empty([config.VocabSize, config.DModel]);
+            FinalNorm = Tensor.Empty([config.DModel], device: device);
+            Classifier = config.SharedClassifier ? TokenEmbedding : Tensor.Empty([config.VocabSize, config.DModel], device: device);
             Layers = layers;
         }
         catch
@@ -200,11 +205,14 @@ public sealed class HybridWeights : IDisposable
         }
     }
 
-    /// <summary>Random weights (seeded; the same seed gives the same weights), at the scales of the file header.</summary>
+    /// <summary>
+    /// Random weights (seeded; the same seed gives the same weights), at the scales of the file header, on
+    /// <paramref name="device"/> (the default cpu device when null).
+    /// </summary>
     /// <exception cref="ArgumentException">The config is invalid.</exception>
-    public static HybridWeights CreateRandom(HybridConfig config, ulong seed)
+    public static HybridWeights CreateRandom(HybridConfig config, ulong seed, CpuDevice? device = null)
     {
-        HybridWeights weights = new(config);
+        HybridWeights weights = new(config, device);
         XorShiftRandom random = new(seed);
         Mamba3Weights.Fill(weights.TokenEmbedding, 1f, ref random);
         for (int l = 0; l < weights.Layers.Count; l++)
