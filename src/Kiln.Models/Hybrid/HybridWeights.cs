@@ -13,7 +13,7 @@
 //   layers.{l}.w2                  [D, F]         down projection
 //   norm                           [D]            the final RMSNorm
 //   output                         [V, D]         the classifier, only when shared_classifier is false
-// Loading checks the metadata, then every tensor's presence, dtype (F32, F16, BF16 or F64, converted to float32) and
+// Loading checks the metadata, that the file can hold the config's parameters, then every tensor's presence, dtype (F32, F16, BF16 or F64, converted to float32) and
 // shape against the config before reading any data; other tensors in the file are ignored.
 //
 // CreateRandom (seeded, xorshift64*): embedding uniform ±1, attention and MLP projections ±1/√(in), norms 1, the
@@ -286,6 +286,14 @@ public sealed class HybridWeights : IDisposable
         catch (Exception e) when (e is ArgumentException or System.Text.Json.JsonException)
         {
             throw new ModelFormatException(path, $"{path}: the hybrid config in the metadata is invalid ({e.Message})", e);
+        }
+
+        // A config that asks for more parameters than the file can hold (2 bytes each at least) is refused before
+        // anything is allocated.
+        long fileBytes = file.Entries.Values.Sum(static e => e.Length);
+        if (config.ParameterCount > fileBytes / 2)
+        {
+            throw new ModelFormatException(path, $"{path}: the config in the metadata needs {config.ParameterCount} parameters but the file's tensors hold {fileBytes} bytes; the checkpoint does not match its config, re-save it.");
         }
 
         HybridWeights weights = new(config);

@@ -77,6 +77,21 @@ public sealed class HybridCheckpointTests : IDisposable
         Assert.Contains("'X' at position 2", e.Message);
     }
 
+    [Fact]
+    public void ConfigLargerThanTheFile_IsRefusedBeforeAllocating()
+    {
+        // The metadata claims 40,000 layers; the file holds five.
+        using HybridWeights weights = HybridWeights.CreateRandom(HybridCases.Small(1), 2);
+        string path = Path.Combine(_directory, "lying.safetensors");
+        string json = weights.Config.ToJson().Replace("\"n_layers\": 5", "\"n_layers\": 40000", StringComparison.Ordinal);
+        Assert.Contains("40000", json);
+        Safetensors.Write(path, weights.Named(), new Dictionary<string, string> { ["format"] = HybridWeights.Format, ["config"] = json });
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        ModelFormatException e = Assert.Throws<ModelFormatException>(() => HybridWeights.Load(path));
+        Assert.Contains("parameters but the file's tensors hold", e.Message);
+        Assert.InRange(GC.GetAllocatedBytesForCurrentThread() - before, 0, 4 << 20);
+    }
+
     [Theory]
     [InlineData("missing")]
     [InlineData("shape")]
