@@ -13,7 +13,8 @@
 // round, so that a burst of load from elsewhere on a shared machine hits them alike; each figure is the best of
 // `runs` rounds, after a short warm-up run of every model. One line per model and context, with the ratios to the
 // transformer at the same context; --plot draws tok/s against context (log-log) for every model, redrawn after
-// every context.
+// every context. -t sets the worker threads of the models' cpu device (all cores by default; 1 has no parallel loops,
+// so no barrier waits, which on a loaded machine otherwise dominate decode).
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
@@ -103,7 +104,7 @@ public static class HybridBench
             stderr.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"hybrid bench: parameters: transformer {transformerParameters:N0} (MLP {weights[0].Config.HiddenDim}), mamba3 {mambaParameters:N0} "
                 + $"({(transformerParameters - mambaParameters) * 100.0 / mambaParameters:+0.00;-0.00}%), mamba3-mimo {weights[2].ParameterCount:N0} "
-                + $"(MLP {weights[2].Config.HiddenDim}), hybrid {weights[3].ParameterCount:N0}; {threads} threads on {Environment.ProcessorCount} cores"));
+                + $"(MLP {weights[2].Config.HiddenDim}), hybrid {weights[3].ParameterCount:N0}; {threads} worker thread(s) on {Environment.ProcessorCount} cores"));
 
             // Warm the JIT on a short run of each model.
             int warmLength = Math.Min(200, longest), warmDecode = Math.Min(4, warmLength - 1);
