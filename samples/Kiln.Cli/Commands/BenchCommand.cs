@@ -26,13 +26,14 @@ internal static class BenchCommand
     /// <summary>Builds the command.</summary>
     public static Command Create(CliContext context)
     {
-        Command bench = new("bench", "Measure speed: decode (a whole model), gemm (matrix products), indexcache, peer (Kiln against llama.cpp), mamba3 (one mixer), tokenize (a GGUF tokenizer).");
+        Command bench = new("bench", "Measure speed: decode (a whole model), gemm (matrix products), indexcache, peer (Kiln against llama.cpp), mamba3 (one mixer), hybrid (transformer, Mamba-3 and hybrid models), tokenize (a GGUF tokenizer).");
         bench.Subcommands.Add(CreateDecode(context));
         bench.Subcommands.Add(CreateGemm(context));
         bench.Subcommands.Add(CreateIndexCache(context));
         bench.Subcommands.Add(CreatePeer(context));
         bench.Subcommands.Add(CreateMamba3(context));
         bench.Subcommands.Add(CreateTokenize(context));
+        bench.Subcommands.Add(CreateHybrid(context));
         return bench;
     }
 
@@ -74,6 +75,53 @@ internal static class BenchCommand
             }
 
             TokenizeBench.Run(path, text, times, runCount, parse.GetValue(json), context.Stdout);
+            return 0;
+        }));
+        return command;
+    }
+
+    private static Command CreateHybrid(CliContext context)
+    {
+        Option<int[]> contexts = new("--context", "-c")
+        {
+            Description = "Contexts to measure (repeat the flag or separate with spaces).",
+            DefaultValueFactory = static _ => [1024, 4096, 16384, 32768],
+            AllowMultipleArgumentsPerToken = true,
+            HelpName = "N",
+        };
+        Option<int> decode = new("--decode") { Description = "Decode steps measured after the prefill.", DefaultValueFactory = static _ => 32 };
+        Option<int> runs = new("--runs") { Description = "Measured rounds (each model once per round, best reported).", DefaultValueFactory = static _ => 2 };
+        Option<string?> plot = new("--plot") { Description = "Also draw tok/s against context for every model to this PNG file.", HelpName = "FILE.png" };
+        Option<int?> threads = CommonOptions.Threads();
+        Option<bool> json = new("--json") { Description = "Print one JSON object per line." };
+        Command command = new("hybrid", "Transformer, Mamba-3 (SISO, MIMO) and hybrid models of width 512 and 12 layers on random weights: prefill and decode tok/s per context.")
+        {
+            contexts, decode, runs, plot, threads, json,
+        };
+        command.SetAction(parse => KilnCli.Guard(context, parse, () =>
+        {
+            // Check the flags.
+            int[] lengths = parse.GetValue(contexts) ?? [];
+            int steps = parse.GetValue(decode), runCount = parse.GetValue(runs);
+            if (lengths.Length == 0 || lengths.Any(static n => n < 1 || n > 65536))
+            {
+                throw new CliException($"--context {string.Join(' ', lengths)}: give one or more contexts between 1 and 65536.");
+            }
+
+            if (steps < 1 || runCount < 1 || lengths.Max() + steps > Kiln.Kernels.Attention.MaxContext)
+            {
+                throw new CliException($"--decode {steps} --runs {runCount}: both must be at least 1, and the longest context plus the decode steps at most {Kiln.Kernels.Attention.MaxContext}.");
+            }
+
+            string? plotPath = parse.GetValue(plot);
+            if (plotPath is not null && (!plotPath.EndsWith(".png", StringComparison.OrdinalIgnoreCase) || !Directory.Exists(Path.GetDirectoryName(Path.GetFullPath(plotPath)))))
+            {
+                throw new CliException($"--plot {plotPath}: give a .png file in an existing folder.");
+            }
+
+            int? threadCount = parse.GetValue(threads);
+            CommonOptions.CheckThreads(threadCount);
+            HybridBench.Run([.. lengths.Distinct().Order()], steps, runCount, threadCount ?? Environment.ProcessorCount, parse.GetValue(json), plotPath, context.Stdout, context.Stderr);
             return 0;
         }));
         return command;

@@ -18,6 +18,7 @@
 //     gate = silu(xb W1ᵀ) ⊙ up                         (SwiGLU fused into the product's epilogue)
 //     x = x + gate W2ᵀ                                 (residual add fused)
 //   logits = RmsNorm(x[T - 1], final_norm) classifierᵀ   (only the last token's logits are computed)
+// The two halves of the block and the chunk's buffers live in LlamaBlock.cs (HybridSession runs them too).
 // Long prompts run in chunks of at most PrefillChunk tokens, which gives the same result as one piece because
 // every step is per token except attention, which reads the cache that earlier chunks filled.
 //
@@ -52,8 +53,8 @@ public sealed unsafe class LlamaSession : IInferenceSession, IDeviceSampling
     private readonly Tensor _sampled;        // [1] int32: the id the last ForwardAndSample drew
     private readonly float[]? _hostLogits;   // [V] the logits copied back, on ILGPU devices only
     private readonly int[] _readBack = new int[1];
-    private readonly Buffers _buffers;
-    private readonly Dictionary<int, Buffers> _views = new();
+    private readonly BlockBuffers _buffers;
+    private readonly Dictionary<int, BlockBuffers> _views = new();
     private readonly IAttentionStep _attention;
     private int _lastSampled = -1;           // the id held by _sampled; -1 before the first draw
     private bool _disposed;
@@ -127,7 +128,7 @@ public sealed unsafe class LlamaSession : IInferenceSession, IDeviceSampling
         (_cos, _sin) = Ops.RopeTables(ContextLength, c.HeadDim, c.RopeTheta, device);
 
         // Activations for the largest chunk; smaller chunks use views of them. Then logits and the sampled id.
-        _buffers = new Buffers(c, _chunk, device);
+        _buffers = new BlockBuffers(c, _chunk, device);
         _logits = Tensor.Empty([1, c.VocabSize], device: device);
         _sampled = Tensor.Empty([1], DType.Int32, device);
         _hostLogits = device is CpuDevice ? null : new float[c.VocabSize];
@@ -220,7 +221,7 @@ public sealed unsafe class LlamaSession : IInferenceSession, IDeviceSampling
         for (int done = 0; done < tokens.Length; done += _chunk)
         {
             int count = Math.Min(_chunk, tokens.Length - done);
-            Buffers b = ViewsFor(count);
+            BlockBuffers b = ViewsFor(count);
             b.Tokens.CopyFrom(tokens.Slice(done, count));
             Run(b.Tokens, count == tokens.Length - done);
         }
@@ -246,7 +247,7 @@ public sealed unsafe class LlamaSession : IInferenceSession, IDeviceSampling
         LlamaConfig c = Config;
         int start = Position;
         int count = (int)ids.Length;
-        Buffers b = ViewsFor(count);
+        BlockBuffers b = ViewsFor(count);
 
         // Embed the tokens.
         Embedding.Lookup(_weights.TokenEmbedding, ids, b.X);
@@ -255,29 +256,12 @@ public sealed unsafe class LlamaSession : IInferenceSession, IDeviceSampling
         {
             LlamaLayerWeights w = _weights.Layers[l];
 
-            // Attention: norm, projections, rotation, cache, attention, output projection with the residual add.
-            Ops.RmsNorm(b.X, w.AttentionNorm, c.NormEps, b.Xb);
-            MatMul.Compute(b.Xb, w.Wq, b.Q);
-            MatMul.Compute(b.Xb, w.Wk, b.K);
-            MatMul.Compute(b.Xb, w.Wv, b.V);
-            Ops.Rope(b.QHeads, _cos, _sin, start, c.RopeLayout, b.QHeads);
-            Ops.Rope(b.KHeads, _cos, _sin, start, c.RopeLayout, b.KHeads);
-            Tensor? keyCache = null, valueCache = null;
-            if (_keyCache.Length > 0)
-            {
-                keyCache = _keyCache[l];
-                valueCache = _valueCache[l];
-                Attention.Append(b.K, b.V, keyCache, valueCache, start);
-            }
-
-            _attention.Attend(new AttentionStepInput(l, start, b.Xb, b.QHeads, b.K, b.V, keyCache, valueCache, b.AttentionHeads));
-            Ops.ResidualAdd(b.Attention, w.Wo, b.X, b.X);
-
-            // Feed-forward: norm, up projection, gate projection with SwiGLU, down projection with the residual add.
-            Ops.RmsNorm(b.X, w.FfnNorm, c.NormEps, b.Xb);
-            MatMul.Compute(b.Xb, w.W3, b.Up);
-            LlamaOps.SwiGluGate(b.Xb, w.W1, b.Up, b.Gate);
-            Ops.ResidualAdd(b.Gate, w.W2, b.X, b.X);
+            // Attention (norm, projections, rotation, cache, attention, output projection with the residual add),
+            // then the feed-forward half.
+            Tensor? keyCache = _keyCache.Length > 0 ? _keyCache[l] : null;
+            Tensor? valueCache = _valueCache.Length > 0 ? _valueCache[l] : null;
+            LlamaBlock.Attention(b, l, start, w.AttentionNorm, w.Wq, w.Wk, w.Wv, w.Wo, c.NormEps, _cos, _sin, c.RopeLayout, keyCache, valueCache, _attention);
+            LlamaBlock.FeedForward(b, w.FfnNorm, w.W1, w.W2, w.W3, c.NormEps);
         }
 
         Position += count;
@@ -291,9 +275,9 @@ public sealed unsafe class LlamaSession : IInferenceSession, IDeviceSampling
     }
 
     // Views for a chunk of `count` tokens, made once per distinct count (decode always uses count 1).
-    private Buffers ViewsFor(int count)
+    private BlockBuffers ViewsFor(int count)
     {
-        if (!_views.TryGetValue(count, out Buffers? views))
+        if (!_views.TryGetValue(count, out BlockBuffers? views))
         {
             views = _buffers.Rows(count);
             _views[count] = views;
@@ -328,92 +312,6 @@ public sealed unsafe class LlamaSession : IInferenceSession, IDeviceSampling
         foreach (Tensor? cache in (_keyCache ?? []).Concat(_valueCache ?? []))
         {
             cache?.Dispose();
-        }
-    }
-
-    // The activations of a chunk: owning tensors for the largest chunk, views of their first rows otherwise.
-    private sealed class Buffers : IDisposable
-    {
-        private readonly LlamaConfig _config;
-        private readonly bool _owner;
-        private (Tensor X, Tensor Xb)? _lastRow;
-
-        public Buffers(LlamaConfig c, int rows, Device device)
-            : this(c, rows, owner: true,
-                Tensor.Empty([rows], DType.Int32, device),
-                Tensor.Empty([rows, c.Dim], device: device),
-                Tensor.Empty([rows, c.Dim], device: device),
-                Tensor.Empty([rows, c.QueryDim], device: device),
-                Tensor.Empty([rows, c.KvDim], device: device),
-                Tensor.Empty([rows, c.KvDim], device: device),
-                Tensor.Empty([rows, c.QueryDim], device: device),
-                Tensor.Empty([rows, c.HiddenDim], device: device),
-                Tensor.Empty([rows, c.HiddenDim], device: device))
-        {
-        }
-
-        private Buffers(LlamaConfig c, int rows, bool owner, Tensor tokens, Tensor x, Tensor xb, Tensor q, Tensor k, Tensor v, Tensor attention, Tensor up, Tensor gate)
-        {
-            _config = c;
-            _owner = owner;
-            Count = rows;
-            Tokens = tokens;
-            X = x;
-            Xb = xb;
-            Q = q;
-            K = k;
-            V = v;
-            Attention = attention;
-            Up = up;
-            Gate = gate;
-            QHeads = q.Reshape(rows, c.Heads, c.HeadDim);
-            KHeads = k.Reshape(rows, c.KvHeads, c.HeadDim);
-            AttentionHeads = attention.Reshape(rows, c.Heads, c.HeadDim);
-        }
-
-        public int Count { get; }
-
-        public Tensor Tokens { get; }       // [T] int32
-
-        public Tensor X { get; }            // [T, D]
-
-        public Tensor Xb { get; }           // [T, D]
-
-        public Tensor Q { get; }            // [T, H·Dh]
-
-        public Tensor K { get; }            // [T, Hkv·Dh]
-
-        public Tensor V { get; }            // [T, Hkv·Dh]
-
-        public Tensor Attention { get; }    // [T, H·Dh]
-
-        public Tensor Up { get; }           // [T, F]
-
-        public Tensor Gate { get; }         // [T, F]
-
-        public Tensor QHeads { get; }       // [T, H, Dh]
-
-        public Tensor KHeads { get; }       // [T, Hkv, Dh]
-
-        public Tensor AttentionHeads { get; } // [T, H, Dh]
-
-        // The last row of X and of Xb, for the classifier; made on first use.
-        public (Tensor X, Tensor Xb) LastRow => _lastRow ??= (X.Slice(Count - 1, 1), Xb.Slice(Count - 1, 1));
-
-        public Buffers Rows(int rows) => new(
-            _config, rows, owner: false,
-            Tokens.Slice(0, rows), X.Slice(0, rows), Xb.Slice(0, rows), Q.Slice(0, rows), K.Slice(0, rows),
-            V.Slice(0, rows), Attention.Slice(0, rows), Up.Slice(0, rows), Gate.Slice(0, rows));
-
-        public void Dispose()
-        {
-            if (_owner)
-            {
-                foreach (Tensor tensor in new[] { Tokens, X, Xb, Q, K, V, Attention, Up, Gate })
-                {
-                    tensor.Dispose();
-                }
-            }
         }
     }
 }

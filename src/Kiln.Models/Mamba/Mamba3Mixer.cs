@@ -21,7 +21,8 @@
 //     multiply-adds per row.
 // 2b. Recurrent step (T = 1), per head, one pass over S:
 //       S[p] ← α·S[p] + β·Σ_r v_prev,r[p]·K_prev,r + γ·Σ_r v_r[p]·K_r,   y_r[p] = S[p]·Q_r + D_h·v_r[p]
-//     with α = e^{Δ·A}, β = (1 - λ)·Δ·α, γ = λ·Δ. Decode allocates nothing.
+//     with α = e^{Δ·A}, β = (1 - λ)·Δ·α, γ = λ·Δ; one vector loop per row of S does the update and the R readouts.
+//     Decode allocates nothing.
 //
 // 3. Gate and output: o_h = Σ_r n(y_r) ⊙ silu(z_h ⊙ mimo_z[h, r]) ⊙ mimo_o[h, r] (SISO: n(y) ⊙ silu(z_h); n is the
 //    grouped RMSNorm when is_outproj_norm), then out [T, D] = o [T, d_inner] · out_projᵀ.
@@ -31,6 +32,7 @@
 // so the per-call overhead matters: a blocked, register-tiled form of the chunk products is the next step for speed.
 // Deliberately left out: batches of several sequences (one cache per sequence; call once per sequence), devices
 // other than cpu.
+using System.Numerics;
 using System.Numerics.Tensors;
 using Kiln.Devices;
 using Kiln.Kernels;
@@ -376,23 +378,63 @@ public sealed unsafe class Mamba3Mixer : IDisposable
         BuildRows(ref a, head, row, cos, sin, keys, queries, values);
         PreviousValues(ref a, head, prevValues);
 
-        // One pass over S: decay, the two trapezoid terms, the readout of every rank.
+        // One pass over S, row by row: decay, the two trapezoid terms of every rank, then the readouts of every rank
+        // from the updated row while it is still in registers (one vector loop per row instead of a library call
+        // per term: rows are only N long).
         float skip = a.Skip[head];
+        int width = Vector<float>.Count;
+        float* prevScale = stackalloc float[r];            // β·v'_r[e]
+        float* scale = stackalloc float[r];                // γ·v_r[e]
+        float* tails = stackalloc float[r];                // the readouts' scalar tails
+        Span<Vector<float>> sums = stackalloc Vector<float>[r];
         for (int e = 0; e < p; e++)
         {
-            Span<float> sRow = new(s + ((long)e * n), n);
-            TensorPrimitives.Multiply(sRow, alpha, sRow);
+            float* sRow = s + ((long)e * n);
             for (int rank = 0; rank < r; rank++)
             {
-                float* prevKey = a.PrevKey + ((long)((rank * d.H) + head) * n);
-                TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(prevKey, n), beta * prevValues[(rank * p) + e], sRow, sRow);
-                TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(keys + ((long)rank * n), n), gamma * values[(rank * p) + e], sRow, sRow);
+                prevScale[rank] = beta * prevValues[(rank * p) + e];
+                scale[rank] = gamma * values[(rank * p) + e];
+                tails[rank] = 0;
+                sums[rank] = Vector<float>.Zero;
+            }
+
+            int j = 0;
+            for (; j <= n - width; j += width)
+            {
+                Vector<float> state = Vector.Load(sRow + j) * alpha;
+                for (int rank = 0; rank < r; rank++)
+                {
+                    float* prevKey = a.PrevKey + ((long)((rank * d.H) + head) * n);
+                    state = Vector.FusedMultiplyAdd(Vector.Load(prevKey + j), new Vector<float>(prevScale[rank]), state);
+                    state = Vector.FusedMultiplyAdd(Vector.Load(keys + ((long)rank * n) + j), new Vector<float>(scale[rank]), state);
+                }
+
+                state.Store(sRow + j);
+                for (int rank = 0; rank < r; rank++)
+                {
+                    sums[rank] = Vector.FusedMultiplyAdd(state, Vector.Load(queries + ((long)rank * n) + j), sums[rank]);
+                }
+            }
+
+            for (; j < n; j++)
+            {
+                float state = sRow[j] * alpha;
+                for (int rank = 0; rank < r; rank++)
+                {
+                    float* prevKey = a.PrevKey + ((long)((rank * d.H) + head) * n);
+                    state += (prevKey[j] * prevScale[rank]) + (keys[((long)rank * n) + j] * scale[rank]);
+                }
+
+                sRow[j] = state;
+                for (int rank = 0; rank < r; rank++)
+                {
+                    tails[rank] += state * queries[((long)rank * n) + j];
+                }
             }
 
             for (int rank = 0; rank < r; rank++)
             {
-                float dot = TensorPrimitives.Dot(sRow, new ReadOnlySpan<float>(queries + ((long)rank * n), n));
-                outputs[(rank * p) + e] = dot + (skip * values[(rank * p) + e]);
+                outputs[(rank * p) + e] = Vector.Sum(sums[rank]) + tails[rank] + (skip * values[(rank * p) + e]);
             }
         }
 
