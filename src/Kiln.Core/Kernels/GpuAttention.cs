@@ -213,10 +213,7 @@ internal static class GpuAttention
         long rows = (long)t * h;
         long partialFloats = plan.Chunks * rows * (dh + 2);
         Scratch scratch = Scratches.GetValue(device, static _ => new Scratch());
-        Action<Index1D, ArrayView<float>, ArrayView<float>, int, int, int> combine =
-            device.GetKernel(CombineKey, static accelerator =>
-                accelerator.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, int, int, int>(
-                    CombineKernel));
+        Action<Index1D, ArrayView<float>, ArrayView<float>, int, int, int> combine = Combine(device);
         lock (scratch)
         {
             // Size the scratch for the whole cache the first time (and for a larger T later), never per step.
@@ -553,9 +550,16 @@ internal static class GpuAttention
         }
     }
 
+    /// <summary>The combine kernel on <paramref name="device"/>, loaded once per device.</summary>
+    internal static Action<Index1D, ArrayView<float>, ArrayView<float>, int, int, int> Combine(IlgpuDevice device) =>
+        device.GetKernel(CombineKey, static accelerator =>
+            accelerator.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, int, int, int>(CombineKernel));
+
     /// <summary>
     /// Merges the chunks' partials: out[row, d] = Σ_c e^(m_c - m)·O_c[row, d] / Σ_c e^(m_c - m)·l_c with m the
-    /// largest m_c, summed in chunk order (chunks that saw no visible key have m_c = -inf and weigh 0).
+    /// largest m_c, summed in chunk order (chunks that saw no key have m_c = -inf and weigh 0; a row no chunk saw a
+    /// key for is 0, which sparse attention needs and dense attention never meets). Serves dense and sparse
+    /// attention alike.
     /// </summary>
     internal static void CombineKernel(Index1D index, ArrayView<float> partials, ArrayView<float> output, int rows, int dh, int chunks)
     {
@@ -564,7 +568,7 @@ internal static class GpuAttention
         long statsAt = (long)chunks * rows * dh;
         long sumsAt = statsAt + ((long)chunks * rows);
 
-        // The largest chunk maximum (chunk 0 always sees position 0, so it is finite).
+        // The largest chunk maximum (in dense attention chunk 0 always sees position 0, so it is finite).
         float max = float.NegativeInfinity;
         for (int c = 0; c < chunks; c++)
         {
@@ -585,7 +589,7 @@ internal static class GpuAttention
             }
         }
 
-        output[i] = numerator / denominator;
+        output[i] = denominator > 0f ? numerator / denominator : 0f;
     }
 
     /// <summary>The query row (token · H + head) of pair <paramref name="pair"/> = token · G + j of KV head g.</summary>

@@ -20,8 +20,8 @@
 // (16 KB, and 48 KB minus the entry tile, ILGPU's limit per group; the plan takes the smaller that fits).
 // Decode has one token: T·Hkv groups would leave most of a GPU idle, so the selection is split into chunks of at
 // least two tiles (split-K, as in GpuAttention.cs) until about four groups run per multiprocessor; each chunk writes
-// its partial (O, m, l) and CombineKernel merges the chunks in a fixed order (no atomics; a row whose chunks saw no
-// entry gives zeros).
+// its partial (O, m, l) and the combine kernel it shares with dense attention (GpuAttention.CombineKernel) merges
+// the chunks in a fixed order (no atomics; a row whose chunks saw no entry gives zeros).
 using System.Reflection;
 using System.Runtime.CompilerServices;
 using ILGPU;
@@ -103,7 +103,6 @@ internal static class GpuSparseAttention
     private static readonly object AppendKey = new();
     private static readonly object Attend16Key = new();
     private static readonly object Attend48Key = new();
-    private static readonly object CombineKey = new();
     private static readonly ConditionalWeakTable<IlgpuDevice, Scratch> Scratches = new();
 
     /// <summary>The kernels, for offline PTX compilation.</summary>
@@ -112,7 +111,6 @@ internal static class GpuSparseAttention
         new("SparseAttention.Append", Method(nameof(AppendKernel)), IsExplicitlyGrouped: false),
         new("SparseAttention.Attend16K", Method(nameof(AttendKernel16K)), IsExplicitlyGrouped: true),
         new("SparseAttention.Attend48K", Method(nameof(AttendKernel48K)), IsExplicitlyGrouped: true),
-        new("SparseAttention.Combine", Method(nameof(CombineKernel)), IsExplicitlyGrouped: false),
     ];
 
     /// <summary>Queues the copy of the chunk's key and value rows into the caches (checked by the caller).</summary>
@@ -191,9 +189,7 @@ internal static class GpuSparseAttention
         long rows = (long)t * h;
         long floats = plan.Chunks * rows * (dh + 2);
         Scratch scratch = Scratches.GetValue(device, static _ => new Scratch());
-        Action<Index1D, ArrayView<float>, ArrayView<float>, int, int, int> combine =
-            device.GetKernel(CombineKey, static accelerator =>
-                accelerator.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<float>, int, int, int>(CombineKernel));
+        Action<Index1D, ArrayView<float>, ArrayView<float>, int, int, int> combine = GpuAttention.Combine(device);
         lock (scratch)
         {
             SparsePlan widest = Plan(device.Accelerator, t, h, hkv, dh, Math.Min(k, keyCache.Size(0)));
@@ -488,38 +484,6 @@ internal static class GpuSparseAttention
                 partials[statsAt + ((long)args.Chunks * totalRows) + ((long)chunk * totalRows) + row] = shared[lAt + r];
             }
         }
-    }
-
-    /// <summary>
-    /// Merges the chunks' partials: out[row, d] = Σ_c e^(m_c - m)·O_c[row, d] / Σ_c e^(m_c - m)·l_c, m the largest
-    /// m_c, in chunk order; chunks that kept no entry (m_c = -∞) weigh 0, and a row none kept anything is 0.
-    /// </summary>
-    internal static void CombineKernel(Index1D index, ArrayView<float> partials, ArrayView<float> output, int rows, int dh, int chunks)
-    {
-        int i = index.X;
-        int row = i / dh;
-        long statsAt = (long)chunks * rows * dh;
-        long sumsAt = statsAt + ((long)chunks * rows);
-        float max = float.NegativeInfinity;
-        for (int c = 0; c < chunks; c++)
-        {
-            max = XMax(max, partials[statsAt + ((long)c * rows) + row]);
-        }
-
-        float numerator = 0f;
-        float denominator = 0f;
-        for (int c = 0; c < chunks; c++)
-        {
-            float chunkMax = partials[statsAt + ((long)c * rows) + row];
-            if (chunkMax != float.NegativeInfinity)
-            {
-                float weight = MathF.Exp(chunkMax - max);
-                numerator += weight * partials[((long)c * rows * dh) + i];
-                denominator += weight * partials[sumsAt + ((long)c * rows) + row];
-            }
-        }
-
-        output[i] = denominator > 0f ? numerator / denominator : 0f;
     }
 
     private static int XMin(int a, int b) => a < b ? a : b;
