@@ -57,8 +57,8 @@ public static class DecodeBench
             // Run 0 warms up (JIT, caches); the others count.
             if (run > 0)
             {
-                bestDecode = Math.Max(bestDecode, PerSecond(context - 1, decodeTicks));
-                bestPrefill = Math.Max(bestPrefill, PerSecond(context, prefillTicks));
+                bestDecode = Math.Max(bestDecode, SessionTiming.PerSecond(context - 1, decodeTicks));
+                bestPrefill = Math.Max(bestPrefill, SessionTiming.PerSecond(context, prefillTicks));
             }
         }
 
@@ -69,5 +69,4 @@ public static class DecodeBench
     private static int Greedy(IInferenceSession session, ReadOnlySpan<int> tokens) =>
         session is IDeviceSampling device ? device.ForwardAndSample(tokens, 0f, 0) : Sampler.ArgMax(session.Forward(tokens));
 
-    private static double PerSecond(int tokens, long ticks) => ticks > 0 ? tokens * (double)Stopwatch.Frequency / ticks : 0;
 }

@@ -111,7 +111,7 @@ public static class HybridBench
             foreach (HybridWeights w in weights)
             {
                 using HybridSession session = new(w, new SessionOptions { ContextLength = warmLength });
-                Measure(session, tokens.AsSpan(0, warmLength), warmDecode);
+                SessionTiming.PrefillThenDecode(session, tokens.AsSpan(0, warmLength), warmDecode);
             }
 
             foreach (int context in contexts)
@@ -163,7 +163,7 @@ public static class HybridBench
                 stderr.WriteLine($"hybrid bench: context {context}, round {round + 1} of {runs}: {string.Join(", ", Models)}");
                 for (int i = 0; i < sessions.Count; i++)
                 {
-                    (double prefill, double decodeSpeed) = Measure(sessions[i], prompt, decode);
+                    (double prefill, double decodeSpeed) = SessionTiming.PrefillThenDecode(sessions[i], prompt, decode);
                     best[i] = (Math.Max(best[i].Prefill, prefill), Math.Max(best[i].Decode, decodeSpeed));
                 }
             }
@@ -177,24 +177,6 @@ public static class HybridBench
         }
     }
 
-    // One measured run: prefill tok/s over prompt[..^decode] from position 0, then decode tok/s over the last `decode`
-    // tokens, one at a time.
-    private static (double Prefill, double Decode) Measure(HybridSession session, ReadOnlySpan<int> prompt, int decode)
-    {
-        int prefillLength = prompt.Length - decode;
-        session.Reset();
-        long start = Stopwatch.GetTimestamp();
-        session.Forward(prompt[..prefillLength]);
-        double prefill = PerSecond(prefillLength, Stopwatch.GetTimestamp() - start);
-        start = Stopwatch.GetTimestamp();
-        for (int i = prefillLength; i < prompt.Length; i++)
-        {
-            session.Forward(prompt.Slice(i, 1));
-        }
-
-        return (prefill, PerSecond(decode, Stopwatch.GetTimestamp() - start));
-    }
-
     // The config with its MLP narrowed (or widened) so that the model has about `target` parameters.
     private static HybridConfig MatchMlp(HybridConfig config, long target)
     {
@@ -202,7 +184,6 @@ public static class HybridBench
         return config with { HiddenDim = config.HiddenDim - (int)Math.Round(excess / (3.0 * Width * config.Layers)) };
     }
 
-    private static double PerSecond(int tokens, long ticks) => ticks > 0 ? tokens * (double)Stopwatch.Frequency / ticks : 0;
 
     private static string Line(bool json, Row row)
     {

@@ -59,8 +59,8 @@ public static class IndexCacheBench
         using (LlamaSession dense = new(weights.Dense, warmUp))
         using (DsaSession dsa = new(weights, warmUp))
         {
-            Measure(dense, tokens.AsSpan(0, warmLength), warmDecode);
-            Measure(dsa, tokens.AsSpan(0, warmLength), warmDecode);
+            SessionTiming.PrefillThenDecode(dense, tokens.AsSpan(0, warmLength), warmDecode);
+            SessionTiming.PrefillThenDecode(dsa, tokens.AsSpan(0, warmLength), warmDecode);
         }
         foreach (int context in contexts)
         {
@@ -87,7 +87,7 @@ public static class IndexCacheBench
                     stderr.WriteLine($"indexcache bench: context {context}, round {round + 1} of {runs}: dense, keep {string.Join(", ", KeepRatios.Select(k => k.ToString(CultureInfo.InvariantCulture)))}");
                     for (int i = 0; i < sessions.Count; i++)
                     {
-                        (double prefill, double decodeSpeed) = Measure(sessions[i], prompt, decode);
+                        (double prefill, double decodeSpeed) = SessionTiming.PrefillThenDecode(sessions[i], prompt, decode);
                         best[i] = (Math.Max(best[i].Prefill, prefill), Math.Max(best[i].Decode, decodeSpeed));
                     }
                 }
@@ -110,25 +110,6 @@ public static class IndexCacheBench
         }
     }
 
-    // One measured run: prefill tok/s over prompt[..^decode] from position 0, then decode tok/s over the last `decode`
-    // tokens, one at a time.
-    private static (double Prefill, double Decode) Measure(IInferenceSession session, ReadOnlySpan<int> prompt, int decode)
-    {
-        int prefillLength = prompt.Length - decode;
-        session.Reset();
-        long start = Stopwatch.GetTimestamp();
-        session.Forward(prompt[..prefillLength]);
-        double prefill = PerSecond(prefillLength, Stopwatch.GetTimestamp() - start);
-        start = Stopwatch.GetTimestamp();
-        for (int i = prefillLength; i < prompt.Length; i++)
-        {
-            session.Forward(prompt.Slice(i, 1));
-        }
-
-        return (prefill, PerSecond(decode, Stopwatch.GetTimestamp() - start));
-    }
-
-    private static double PerSecond(int tokens, long ticks) => ticks > 0 ? tokens * (double)Stopwatch.Frequency / ticks : 0;
 
     private static string Line(
         bool json, int context, double keep, IndexCachePattern pattern, double prefill, double decode, double fullPrefill,
