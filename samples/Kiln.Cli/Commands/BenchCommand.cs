@@ -82,13 +82,7 @@ internal static class BenchCommand
 
     private static Command CreateHybrid(CliContext context)
     {
-        Option<int[]> contexts = new("--context", "-c")
-        {
-            Description = "Contexts to measure (repeat the flag or separate with spaces).",
-            DefaultValueFactory = static _ => [1024, 4096, 16384, 32768],
-            AllowMultipleArgumentsPerToken = true,
-            HelpName = "N",
-        };
+        Option<int[]> contexts = ContextsOption([1024, 4096, 16384, 32768]);
         Option<int> decode = new("--decode") { Description = "Decode steps measured after the prefill.", DefaultValueFactory = static _ => 32 };
         Option<int> runs = new("--runs") { Description = "Measured rounds (each model once per round, best reported).", DefaultValueFactory = static _ => 2 };
         Option<string?> plot = new("--plot") { Description = "Also draw tok/s against context for every model to this PNG file.", HelpName = "FILE.png" };
@@ -103,10 +97,7 @@ internal static class BenchCommand
             // Check the flags.
             int[] lengths = parse.GetValue(contexts) ?? [];
             int steps = parse.GetValue(decode), runCount = parse.GetValue(runs);
-            if (lengths.Length == 0 || lengths.Any(static n => n < 1 || n > 65536))
-            {
-                throw new CliException($"--context {string.Join(' ', lengths)}: give one or more contexts between 1 and 65536.");
-            }
+            CheckContexts(lengths, 65536);
 
             if (steps < 1 || runCount < 1 || lengths.Max() + steps > Kiln.Kernels.Attention.MaxContext)
             {
@@ -221,13 +212,7 @@ internal static class BenchCommand
 
     private static Command CreateIndexCache(CliContext context)
     {
-        Option<int[]> contexts = new("--context", "-c")
-        {
-            Description = "Contexts to measure (repeat the flag or separate with spaces).",
-            DefaultValueFactory = static _ => [1024, 2048, 4096, 8192],
-            AllowMultipleArgumentsPerToken = true,
-            HelpName = "N",
-        };
+        Option<int[]> contexts = ContextsOption([1024, 2048, 4096, 8192]);
         Option<int> decode = new("--decode") { Description = "Decode steps measured after the prefill.", DefaultValueFactory = static _ => 64 };
         Option<int> runs = new("--runs") { Description = "Measured rounds (each session once per round, best reported).", DefaultValueFactory = static _ => 3 };
         Option<bool> json = new("--json") { Description = "Print one JSON object per line." };
@@ -242,10 +227,7 @@ internal static class BenchCommand
             // Check the flags.
             int[] lengths = parse.GetValue(contexts) ?? [];
             int steps = parse.GetValue(decode), runCount = parse.GetValue(runs);
-            if (lengths.Length == 0 || lengths.Any(static n => n < 1 || n > 32768))
-            {
-                throw new CliException($"--context {string.Join(' ', lengths)}: give one or more contexts between 1 and 32768.");
-            }
+            CheckContexts(lengths, 32768);
 
             if (steps < 1 || runCount < 1)
             {
@@ -414,5 +396,23 @@ internal static class BenchCommand
         }
 
         return System.Text.Encoding.UTF8.GetString(buffer.ToArray());
+    }
+
+    // --context/-c of the model benchmarks: one or more contexts, repeated or space-separated.
+    private static Option<int[]> ContextsOption(int[] defaults) => new("--context", "-c")
+    {
+        Description = "Contexts to measure (repeat the flag or separate with spaces).",
+        DefaultValueFactory = _ => [.. defaults],
+        AllowMultipleArgumentsPerToken = true,
+        HelpName = "N",
+    };
+
+    // Every context in [1, most], and at least one.
+    private static void CheckContexts(int[] lengths, int most)
+    {
+        if (lengths.Length == 0 || lengths.Any(n => n < 1 || n > most))
+        {
+            throw new CliException($"--context {string.Join(' ', lengths)}: give one or more contexts between 1 and {most}.");
+        }
     }
 }
