@@ -13,6 +13,7 @@
 //
 // Threads split N into contiguous ranges of row groups; products below SingleThreadWork multiply-adds stay on
 // the calling thread (no pool synchronisation). Nothing is allocated.
+using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
@@ -88,6 +89,13 @@ internal static unsafe class CpuGemv
             Width = width,
         };
 
+        // Q8_0 decode multiplies integers: A's row is quantized once here, on the calling thread, for all workers.
+        if (m == 1 && width == KernelWidth.Vector512 && typeof(TWeights) == typeof(Q8_0Weights))
+        {
+            GemmScratch.Current.Int16Blocks(k / Q8_0Blocks.BlockElements, out job.QuantizedA, out job.QuantizedAScales);
+            QuantizeInt16(a, k, job.QuantizedA, job.QuantizedAScales);
+        }
+
         // Split N in groups of W rows; small products run inline on the caller.
         int groupRows = GroupRows(m);
         int groups = (n + groupRows - 1) / groupRows;
@@ -107,6 +115,10 @@ internal static unsafe class CpuGemv
         public int K;
         public TEpilogue Epilogue;
         public KernelWidth Width;
+
+        // For Q8_0 decode (M = 1, Vector512): A's row quantized to int16 per 32-element block, and the block scales.
+        public short* QuantizedA;
+        public float* QuantizedAScales;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -128,7 +140,15 @@ internal static unsafe class CpuGemv
         int wRow = rowStart;
         if (job->Width == KernelWidth.Vector512)
         {
-            if (m == 1)
+            if (m == 1 && typeof(TWeights) == typeof(Q8_0Weights))
+            {
+                for (; wRow + 16 <= rowEnd; wRow += 16)
+                {
+                    Dot16x1Q8_0(job->QuantizedA, job->QuantizedAScales, job->W + (wRow * rowBytes), rowBytes, k,
+                        job->C + wRow, wRow, ref epilogue);
+                }
+            }
+            else if (m == 1)
             {
                 for (; wRow + 16 <= rowEnd; wRow += 16)
                 {
@@ -222,6 +242,124 @@ internal static unsafe class CpuGemv
         }
 
         epilogue.Apply(sums, 0, col).Store(c);
+    }
+
+    /// <summary>
+    /// <see cref="Dot16x1{TWeights, TEpilogue}"/> for Q8_0 weights against A's row quantized to int16
+    /// (<see cref="QuantizeInt16"/>), one block of 32 per step: the 32 int8 weights of a row are sign-extended to int16
+    /// and multiplied with the 32 int16 activations in pairs into 16 exact int32 sums (vpmaddwd), which are converted
+    /// once and scaled once by weight scale × activation scale into the row's running sum. Against widening every
+    /// weight to float32 this is about half the vector operations per weight. K is a multiple of 32 (MatMul checks it).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Dot16x1Q8_0<TEpilogue>(
+        short* a,
+        float* aScales,
+        byte* w,
+        long rowBytes,
+        int k,
+        float* c,
+        int col,
+        ref TEpilogue epilogue)
+        where TEpilogue : unmanaged, IMatMulEpilogue
+    {
+        nint r1 = (nint)rowBytes;
+        nint r2 = 2 * r1;
+        nint r3 = 3 * r1;
+        byte* p0 = w;
+        byte* p4 = w + (4 * r1);
+        byte* p8 = w + (8 * r1);
+        byte* p12 = w + (12 * r1);
+        Vector512<float> s0 = default, s1 = default, s2 = default, s3 = default, s4 = default, s5 = default;
+        Vector512<float> s6 = default, s7 = default, s8 = default, s9 = default, s10 = default, s11 = default;
+        Vector512<float> s12 = default, s13 = default, s14 = default, s15 = default;
+
+        // Block b of every W row starts at byte 34·b: the float16 scale, then 32 int8 values. The 16 rows' scales of a
+        // block are gathered (4 bytes at each block start; the low 16 bits are the scale) and widened together, times
+        // the activation scale, into a stack buffer that each row's step broadcasts from.
+        Vector256<int> rowOffsets = Vector256.Create(0, (int)r1, (int)r2, (int)r3, 4 * (int)r1, 5 * (int)r1, 6 * (int)r1, 7 * (int)r1);
+        float* scales = stackalloc float[16];
+        nint blockBytes = 0;
+        for (int b = 0; b < k / Q8_0Blocks.BlockElements; b++, blockBytes += Q8_0Blocks.BlockBytes)
+        {
+            Vector256<int> low = Avx2.GatherVector256((int*)(p0 + blockBytes), rowOffsets, 1);
+            Vector256<int> high = Avx2.GatherVector256((int*)(p8 + blockBytes), rowOffsets, 1);
+            Vector512<uint> bits = Vector512.Create(low, high).AsUInt32() & Vector512.Create(0xFFFFu);
+            (Widen.HalfBits(bits) * Vector512.Create(aScales[b])).Store(scales);
+
+            Vector512<short> x = Vector512.Load(a + (b * Q8_0Blocks.BlockElements));
+            s0 = Block(p0 + blockBytes, x, scales[0], s0);
+            s1 = Block(p0 + r1 + blockBytes, x, scales[1], s1);
+            s2 = Block(p0 + r2 + blockBytes, x, scales[2], s2);
+            s3 = Block(p0 + r3 + blockBytes, x, scales[3], s3);
+            s4 = Block(p4 + blockBytes, x, scales[4], s4);
+            s5 = Block(p4 + r1 + blockBytes, x, scales[5], s5);
+            s6 = Block(p4 + r2 + blockBytes, x, scales[6], s6);
+            s7 = Block(p4 + r3 + blockBytes, x, scales[7], s7);
+            s8 = Block(p8 + blockBytes, x, scales[8], s8);
+            s9 = Block(p8 + r1 + blockBytes, x, scales[9], s9);
+            s10 = Block(p8 + r2 + blockBytes, x, scales[10], s10);
+            s11 = Block(p8 + r3 + blockBytes, x, scales[11], s11);
+            s12 = Block(p12 + blockBytes, x, scales[12], s12);
+            s13 = Block(p12 + r1 + blockBytes, x, scales[13], s13);
+            s14 = Block(p12 + r2 + blockBytes, x, scales[14], s14);
+            s15 = Block(p12 + r3 + blockBytes, x, scales[15], s15);
+        }
+
+        Vector512<float> sums = Reduce16(s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12, s13, s14, s15);
+        epilogue.Apply(sums, 0, col).Store(c);
+
+        // sum + scale · Σ q·x (scale = weight scale · activation scale), the integer products exact in int32.
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        static Vector512<float> Block(byte* block, Vector512<short> x, float scale, Vector512<float> sum)
+        {
+            Vector512<short> q = Avx512BW.ConvertToVector512Int16(Vector256.Load((sbyte*)(block + 2)));
+            Vector512<float> dot = Avx512F.ConvertToVector512Single(Avx512BW.MultiplyAddAdjacent(q, x));
+            return Avx512F.FusedMultiplyAdd(dot, Vector512.Create(scale), sum);
+        }
+    }
+
+    /// <summary>
+    /// Quantizes A's row [k] (k a multiple of 32) to int16 in blocks of 32 for <see cref="Dot16x1Q8_0"/>: each block
+    /// gets a power-of-two scale p = 2^(e - 14), e = floor(log2 max|x|), so that x / p is at most 32768 in magnitude; the
+    /// values are x / p rounded to nearest (even) and saturated to ±32767. Division by a power of two is exact, so each
+    /// value is off by at most p (half a unit from rounding, one at the saturated top), at most 2^-14 of the block's
+    /// largest magnitude, and values on a grid as fine as p come through exactly. A block whose largest magnitude is
+    /// zero or below 2^-96 contributes nothing (its scale is 0); a block holding NaN or ±Inf gets a NaN scale, so the
+    /// products it meets are NaN, as the float product would be.
+    /// </summary>
+    private static void QuantizeInt16(float* a, int k, short* values, float* scales)
+    {
+        for (int b = 0; b < k / Q8_0Blocks.BlockElements; b++)
+        {
+            float* x = a + (b * Q8_0Blocks.BlockElements);
+            Vector512<float> low = Vector512.Load(x);
+            Vector512<float> high = Vector512.Load(x + 16);
+            float max = MathF.Abs(TensorPrimitives.MaxMagnitude(new ReadOnlySpan<float>(x, Q8_0Blocks.BlockElements)));
+            short* q = values + (b * Q8_0Blocks.BlockElements);
+            if (!float.IsFinite(max))
+            {
+                scales[b] = float.NaN;
+                Vector512<short>.Zero.Store(q);
+                continue;
+            }
+
+            if (max < 1.2621774e-29f) // 2^-96
+            {
+                scales[b] = 0f;
+                Vector512<short>.Zero.Store(q);
+                continue;
+            }
+
+            int exponent = MathF.ILogB(max) - 14;
+            Vector512<float> inverse = Vector512.Create(MathF.ScaleB(1f, -exponent));
+            Vector512<int> lowInts = Avx512F.ConvertToVector512Int32(low * inverse);
+            Vector512<int> highInts = Avx512F.ConvertToVector512Int32(high * inverse);
+            Vector256<short> lowShorts = Avx512F.ConvertToVector256Int16WithSaturation(lowInts);
+            Vector256<short> highShorts = Avx512F.ConvertToVector256Int16WithSaturation(highInts);
+            Vector512.Create(lowShorts, highShorts).Store(q);
+            scales[b] = MathF.ScaleB(1f, exponent);
+        }
     }
 
     /// <summary>

@@ -16,6 +16,9 @@ internal sealed unsafe class GemmScratch
     private long _packedWCapacity;
     private float* _partials;
     private long _partialsCapacity;
+    private short* _int16Blocks;
+    private float* _int16Scales;
+    private int _int16BlocksCapacity;
 
     private GemmScratch()
     {
@@ -28,6 +31,8 @@ internal sealed unsafe class GemmScratch
     {
         NativeMemory.AlignedFree(_packedW);
         NativeMemory.AlignedFree(_partials);
+        NativeMemory.AlignedFree(_int16Blocks);
+        NativeMemory.AlignedFree(_int16Scales);
         NativeMemory.AlignedFree(PackedA);
         NativeMemory.AlignedFree(EdgeTile);
     }
@@ -67,6 +72,27 @@ internal sealed unsafe class GemmScratch
         }
 
         return _partials;
+    }
+
+    /// <summary>
+    /// An activation row quantized to int16 in blocks of 32 (see <c>CpuGemv.QuantizeInt16</c>): the values
+    /// [blocks · 32] and one scale per block, at least <paramref name="blocks"/> blocks long.
+    /// </summary>
+    public void Int16Blocks(int blocks, out short* values, out float* scales)
+    {
+        if (blocks > _int16BlocksCapacity)
+        {
+            NativeMemory.AlignedFree(_int16Blocks);
+            NativeMemory.AlignedFree(_int16Scales);
+            _int16Blocks = null;
+            _int16Scales = null;
+            _int16Blocks = (short*)NativeMemory.AlignedAlloc((nuint)blocks * 32 * sizeof(short), 64);
+            _int16Scales = Allocate(blocks);
+            _int16BlocksCapacity = blocks;
+        }
+
+        values = _int16Blocks;
+        scales = _int16Scales;
     }
 
     private static float* Allocate(long floats) => (float*)NativeMemory.AlignedAlloc((nuint)(floats * sizeof(float)), 64);
