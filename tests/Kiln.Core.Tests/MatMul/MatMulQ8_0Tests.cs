@@ -15,7 +15,7 @@ using Xunit;
 namespace Kiln.Core.Tests.MatMul;
 
 /// <summary>Q8_0 weights on the CPU against the float64 reference of the dequantized product.</summary>
-public sealed class MatMulQ8_0Tests
+public sealed unsafe class MatMulQ8_0Tests
 {
     private static readonly CpuDevice OneThread = new(1);
     private static readonly CpuDevice TwoThreads = new(2);
@@ -80,6 +80,144 @@ public sealed class MatMulQ8_0Tests
                         $"V={c.vocab} D={c.dim} T={c.tokens} seed={c.seed}: row {t} (id {ids[t]}) differs from the dequantized table.");
                 }
             });
+
+    /// <summary>
+    /// Decode (M = 1) with activations off any grid, over many magnitudes per block (zero blocks, blocks below 2^-96,
+    /// ordinary and large values): the Vector512 kernel quantizes A to int16 per block with scale p = 2^(e - 14),
+    /// e = floor(log2 max|a|), so each activation is off by at most p; the bound is the float32 accumulation bound
+    /// plus Σ_blocks p·Σ|w| (max|a|·Σ|w| for a block below 2^-96, which contributes nothing).
+    /// </summary>
+    [Property(MaxTest = 40)]
+    public Property Q8_0DecodeOfRealValuedActivationsIsWithinTheQuantizationBound() =>
+        Prop.ForAll((from n in MatMulCpuProperties.Size(1, 70, 1, 15, 16, 17, 31, 32, 33)
+                     from blocks in Gen.Choose(1, 20)
+                     from seed in Gen.Choose(0, 1_000_000)
+                     select (n, k: blocks * 32, seed)).ToArbitrary(),
+            c =>
+            {
+                Random random = new(c.seed);
+                float[] a = new float[c.k];
+                for (int b = 0; b < c.k / 32; b++)
+                {
+                    // Per block a magnitude: zero, tiny (below 2^-96), or 10^[-6, 4].
+                    int kind = random.Next(6);
+                    double magnitude = kind == 0 ? 0 : kind == 1 ? 1e-31 : Math.Pow(10, random.Next(-6, 5));
+                    for (int i = b * 32; i < (b + 1) * 32; i++)
+                    {
+                        a[i] = (float)((random.NextDouble() - 0.5) * 2 * magnitude);
+                    }
+                }
+
+                byte[] raw = GemmCase.RandomBlocks(c.n * c.k, c.seed + 1);
+                float[] w = new float[c.n * c.k];
+                Q8_0Blocks.Dequantize(raw, w);
+                double[] expected = new double[c.n];
+                Kiln.Kernels.MatMul.Reference(a, w, 1, c.n, c.k, expected);
+
+                foreach (KernelWidth width in Widths)
+                {
+                    foreach (CpuDevice device in new[] { OneThread, TwoThreads })
+                    {
+                        using Tensor aTensor = Tensor.FromArray(a, [1, c.k], device);
+                        using Tensor wTensor = Tensor.FromQ8_0(raw, [c.n, c.k], device);
+                        using Tensor output = Tensor.Empty([1, c.n], DType.Float32, device);
+                        IdentityEpilogue identity = default;
+                        Kiln.Kernels.MatMul.ComputeCpu(device.Pool, aTensor.FloatPointer, wTensor.DataPointer, DType.Q8_0,
+                            output.FloatPointer, 1, c.n, c.k, ref identity, width);
+                        float[] actual = output.ToArray();
+                        for (int col = 0; col < c.n; col++)
+                        {
+                            double magnitudeSum = 0;
+                            double quantization = 0;
+                            for (int b = 0; b < c.k / 32; b++)
+                            {
+                                double blockMax = 0;
+                                double weightSum = 0;
+                                for (int i = b * 32; i < (b + 1) * 32; i++)
+                                {
+                                    blockMax = Math.Max(blockMax, Math.Abs(a[i]));
+                                    weightSum += Math.Abs(w[(col * c.k) + i]);
+                                    magnitudeSum += Math.Abs((double)a[i] * w[(col * c.k) + i]);
+                                }
+
+                                quantization += blockMax == 0 ? 0
+                                    : blockMax < Math.ScaleB(1, -96) ? blockMax * weightSum
+                                    : Math.ScaleB(1, Math.ILogB(blockMax) - 14) * weightSum;
+                            }
+
+                            double tolerance = (1e-5 * Math.Sqrt(c.k) * magnitudeSum) + quantization;
+                            Assert.True(Math.Abs(actual[col] - expected[col]) <= tolerance,
+                                $"N={c.n} K={c.k} seed={c.seed} {width} {device.Threads} thread(s): column {col} is {actual[col]}, "
+                                + $"reference {expected[col]} (tolerance {tolerance:G3}).");
+                        }
+                    }
+                }
+            });
+
+    /// <summary>
+    /// The int16 quantizer of the decode path: each block's scale is exactly 2^(floor(log2 max|a|) - 14) (0 for a block
+    /// whose largest magnitude is below 2^-96), and each value is a·2^-(e - 14) rounded to nearest, saturated at ±32767.
+    /// </summary>
+    [Property(MaxTest = 60)]
+    public Property Int16QuantizerRoundsToTheBlockScale() =>
+        Prop.ForAll((from blocks in Gen.Choose(1, 6)
+                     from exponent in Gen.Choose(-110, 100)
+                     from seed in Gen.Choose(0, 1_000_000)
+                     select (k: blocks * 32, exponent, seed)).ToArbitrary(),
+            c =>
+            {
+                Random random = new(c.seed);
+                float[] a = Enumerable.Range(0, c.k)
+                    .Select(_ => MathF.ScaleB((random.NextSingle() * 2) - 1, c.exponent + random.Next(-3, 4))).ToArray();
+                a[random.Next(c.k)] = 0f;
+                short[] values = new short[c.k];
+                float[] scales = new float[c.k / 32];
+                fixed (float* source = a)
+                fixed (short* q = values)
+                fixed (float* scale = scales)
+                {
+                    CpuGemv.QuantizeInt16(source, c.k, q, scale);
+                }
+
+                for (int b = 0; b < c.k / 32; b++)
+                {
+                    float max = a.Skip(b * 32).Take(32).Max(MathF.Abs);
+                    float want = max < MathF.ScaleB(1f, -96) ? 0f : MathF.ScaleB(1f, MathF.ILogB(max) - 14);
+                    Assert.True(want == scales[b], $"K={c.k} 2^{c.exponent} seed={c.seed}: block {b} scale {scales[b]}, want {want}.");
+                    for (int i = b * 32; i < (b + 1) * 32; i++)
+                    {
+                        double exact = want == 0 ? 0 : Math.Clamp(Math.Round(a[i] / (double)want, MidpointRounding.ToEven), -32767, 32767);
+                        Assert.True(exact == values[i], $"K={c.k} 2^{c.exponent} seed={c.seed}: a[{i}] = {a[i]} became {values[i]}, want {exact}.");
+                    }
+                }
+            });
+
+    /// <summary>A NaN or an infinity in A makes every output of a decode product NaN or infinite, never a finite
+    /// number (the int16 path marks such a block with a NaN scale).</summary>
+    [Theory]
+    [InlineData(float.NaN)]
+    [InlineData(float.PositiveInfinity)]
+    [InlineData(float.NegativeInfinity)]
+    public void Q8_0DecodeOfNonFiniteActivationIsNotFinite(float special)
+    {
+        const int n = 37;
+        const int k = 96;
+        float[] a = Enumerable.Range(0, k).Select(i => (i % 7) - 3f).ToArray();
+        a[40] = special;
+        byte[] raw = new byte[n * (k / 32) * 34];
+        Q8_0Blocks.Quantize(Enumerable.Range(0, n * k).Select(i => ((i * 37) % 11) - 5f).ToArray(), raw);
+        foreach (KernelWidth width in Widths)
+        {
+            using Tensor aTensor = Tensor.FromArray(a, [1, k], TwoThreads);
+            using Tensor wTensor = Tensor.FromQ8_0(raw, [n, k], TwoThreads);
+            using Tensor output = Tensor.Empty([1, n], DType.Float32, TwoThreads);
+            IdentityEpilogue identity = default;
+            Kiln.Kernels.MatMul.ComputeCpu(TwoThreads.Pool, aTensor.FloatPointer, wTensor.DataPointer, DType.Q8_0,
+                output.FloatPointer, 1, n, k, ref identity, width);
+            float[] actual = output.ToArray();
+            Assert.All(actual, value => Assert.False(float.IsFinite(value), $"{width}: {special} in A gave a finite output {value}."));
+        }
+    }
 
     /// <summary>ToArray dequantizes; row slices and copies keep whole blocks.</summary>
     [Fact]
