@@ -154,11 +154,14 @@ public sealed class GgufLlamaTests : IDisposable
         using IInferenceSession reference = InferenceSessions.Default(widened, new SessionOptions { ContextLength = 64 });
         Random random = new(8);
         int[] prompt = Enumerable.Range(0, 40).Select(_ => random.Next(config.VocabSize)).ToArray();
-        AssertClose(reference.Forward(prompt).ToArray(), quantized.Forward(prompt).ToArray(), "prefill");
+        AssertClose(reference.Forward(prompt).ToArray(), quantized.Forward(prompt).ToArray(), "prefill", 1e-4f);
+
+        // Decode's one-row products quantize the activations to int16 per block of 32 (within 2^-15 of the block's
+        // largest value where the CPU has AVX-512BW), which moves these logits by about 1e-4 of the largest.
         for (int step = 0; step < 5; step++)
         {
             int token = random.Next(config.VocabSize);
-            AssertClose(reference.Forward([token]).ToArray(), quantized.Forward([token]).ToArray(), $"decode step {step}");
+            AssertClose(reference.Forward([token]).ToArray(), quantized.Forward([token]).ToArray(), $"decode step {step}", 1e-3f);
         }
     }
 
@@ -187,12 +190,12 @@ public sealed class GgufLlamaTests : IDisposable
         HeadDim = 16,
     };
 
-    private static void AssertClose(float[] expected, float[] actual, string what)
+    private static void AssertClose(float[] expected, float[] actual, string what, float relative)
     {
         float scale = expected.Max(MathF.Abs);
         for (int i = 0; i < expected.Length; i++)
         {
-            Assert.True(Math.Abs(expected[i] - actual[i]) <= 1e-4f * scale, $"{what}: logit {i} is {actual[i]}, the dequantized float32 model gives {expected[i]} (max |logit| {scale}).");
+            Assert.True(Math.Abs(expected[i] - actual[i]) <= relative * scale, $"{what}: logit {i} is {actual[i]}, the dequantized float32 model gives {expected[i]} (max |logit| {scale}).");
         }
     }
 
