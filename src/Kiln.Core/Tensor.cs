@@ -247,6 +247,23 @@ public sealed unsafe class Tensor : IDisposable
         return bytes.SubView(_offset * sizeof(T), Length * sizeof(T)).Cast<T>();
     }
 
+    /// <summary>
+    /// The blocks of a contiguous q8_0 tensor on an ILGPU device as 16-bit words: 17 per block of 32 elements (the
+    /// float16 scale, then the 32 int8 two per word, the lower address in the low byte).
+    /// </summary>
+    internal ArrayView<ushort> BlockWords()
+    {
+        RequireDType(DType.Q8_0, nameof(BlockWords));
+        RequireContiguous(nameof(BlockWords));
+        if (_storage is not IlgpuStorage ilgpu)
+        {
+            throw new InvalidOperationException($"The tensor is on {Device.Name}; only ILGPU device tensors have a view.");
+        }
+
+        ArrayView<byte> bytes = ilgpu.Buffer.View;
+        return bytes.SubView(ByteOffset, ByteLength).Cast<ushort>();
+    }
+
     /// <summary>Copies float32 values into this contiguous tensor (any device).</summary>
     public void CopyFrom(ReadOnlySpan<float> data)
     {

@@ -1,6 +1,6 @@
 // The token-embedding lookup: output[t, :] = table[ids[t], :], widened to float32.
 //
-// table [V, D] is float32, float16, bfloat16 or, on the CPU, Q8_0 (llama2.c's token_embedding_table, Hugging Face's
+// table [V, D] is float32, float16, bfloat16 or Q8_0 (llama2.c's token_embedding_table, Hugging Face's
 // embed_tokens, a GGUF token_embd);
 // ids is an int32 tensor of T token ids (any shape, read flat); output is float32 [T, D] (any shape holding T rows
 // of D). On the CPU, every id is checked first and an id outside [0, V) throws before anything is written; rows
@@ -26,6 +26,7 @@ public static unsafe class Embedding
     private static readonly object s_float32Key = new();
     private static readonly object s_float16Key = new();
     private static readonly object s_bfloat16Key = new();
+    private static readonly object s_q8_0Key = new();
 
     /// <summary>The ILGPU kernels of this class, closed over each table dtype, for offline (PTX) compilation.</summary>
     public static IReadOnlyList<GeneratedKernel> GpuKernels { get; } =
@@ -33,6 +34,7 @@ public static unsafe class Embedding
         new("Embedding.Lookup(float32)", ((Action<Index1D, GpuFloat32Weights, ArrayView<int>, ArrayView<float>, int, int>)LookupKernel).Method, false),
         new("Embedding.Lookup(float16)", ((Action<Index1D, GpuFloat16Weights, ArrayView<int>, ArrayView<float>, int, int>)LookupKernel).Method, false),
         new("Embedding.Lookup(bfloat16)", ((Action<Index1D, GpuBFloat16Weights, ArrayView<int>, ArrayView<float>, int, int>)LookupKernel).Method, false),
+        new("Embedding.Lookup(q8_0)", ((Action<Index1D, GpuQ8_0Weights, ArrayView<int>, ArrayView<float>, int, int>)LookupKernel).Method, false),
     ];
 
     /// <summary>
@@ -106,15 +108,8 @@ public static unsafe class Embedding
         {
             string what = table is null ? "null" : $"{table.DType.Name()} {Tensor.FormatShape(table.Shape)}";
             throw new ArgumentException(
-                $"Embedding.Lookup: table is {what}; pass a contiguous [V, D] table of float32, float16, bfloat16 or (cpu) q8_0.",
+                $"Embedding.Lookup: table is {what}; pass a contiguous [V, D] table of float32, float16, bfloat16 or q8_0.",
                 nameof(table));
-        }
-
-        if (table.DType == DType.Q8_0 && table.Device is not CpuDevice)
-        {
-            throw new ArgumentException(
-                $"Embedding.Lookup: table is q8_0 on {table.Device.Name}; the ILGPU lookup reads float32, float16 and "
-                + "bfloat16 tables only, run q8_0 models on the cpu device.", nameof(table));
         }
 
         if (ids is null || ids.DType != DType.Int32 || !ids.IsContiguous)
@@ -216,6 +211,10 @@ public static unsafe class Embedding
             case DType.Float16:
                 Load<GpuFloat16Weights>(device, s_float16Key)(
                     count, new GpuFloat16Weights { Data = table.View<GpuHalf>() }, ids.View<int>(), output.View<float>(), vocab, dim);
+                break;
+            case DType.Q8_0:
+                Load<GpuQ8_0Weights>(device, s_q8_0Key)(
+                    count, new GpuQ8_0Weights { Words = table.BlockWords() }, ids.View<int>(), output.View<float>(), vocab, dim);
                 break;
             default:
                 Load<GpuBFloat16Weights>(device, s_bfloat16Key)(

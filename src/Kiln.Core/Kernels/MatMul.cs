@@ -1,8 +1,9 @@
 // The matrix product of a linear layer: C[M, N] = epilogue(A[M, K] · W[N, K]ᵀ), as torch.nn.functional.linear
 // without bias (y = x Wᵀ). Weights are stored [out, in] = [N, K]; A and C are float32, W is float32, float16,
-// bfloat16 or (on the CPU) Q8_0 and is widened to float32 in registers inside the kernels: Q8_0 weights are never
-// expanded in memory, each 16-element load becomes scale · int8 in a float32 vector (Gemm/Widen.cs).
-// Q8_0 needs K to be a multiple of 32 (whole blocks per row); the ILGPU kernels refuse Q8_0. A may have any rank: its leading dimensions are
+// bfloat16 or Q8_0 and is widened to float32 in registers inside the kernels: Q8_0 weights are never expanded in
+// memory, each load becomes scale · int8 (Gemm/Widen.cs on the CPU, GpuQ8_0Weights on ILGPU devices), except that
+// the CPU's one-row product quantizes A to int16 and multiplies integers (Gemm/CpuGemv.cs).
+// Q8_0 needs K to be a multiple of 32 (whole blocks per row). A may have any rank: its leading dimensions are
 // flattened into M. This file holds the public entry points, the argument checks and the float64 reference;
 // the CPU kernels live in Gemm/CpuGemm.cs (packed panels) and Gemm/CpuGemv.cs (M <= 32, streaming), the ILGPU
 // kernels in Gemm/GpuGemm.cs.
@@ -188,13 +189,6 @@ public static unsafe partial class MatMul
         {
             throw new ArgumentException(
                 $"MatMul: w is {w.DType.Name()}; the weights must be float32, float16, bfloat16 or q8_0.", nameof(w));
-        }
-
-        if (w.DType == DType.Q8_0 && w.Device is not CpuDevice)
-        {
-            throw new ArgumentException(
-                $"MatMul: w is q8_0 on {w.Device.Name}; the ILGPU kernels read float32, float16 and bfloat16 weights "
-                + "only, run q8_0 models on the cpu device or store the weights as float16.", nameof(w));
         }
 
         if (output.DType != DType.Float32)

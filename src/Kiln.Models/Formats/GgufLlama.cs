@@ -19,8 +19,8 @@
 // adjacent. The stories260K conversion test checks it end to end (its greedy text equals llama2.c's).
 //
 // Dtypes: matrices in F32, F16, BF16 or Q8_0 are kept in their dtype when they all share it (LlamaWeights holds one
-// matrix dtype; Q8_0 stays in its blocks, which the CPU matrix product and embedding lookup read directly, and runs on
-// the cpu device only); a file mixing them is widened to float32 (exact: Q8_0 dequantizes to scale · int8). Norms are
+// matrix dtype; Q8_0 stays in its blocks, which the matrix product and embedding lookup read directly on every device);
+// a file mixing them is widened to float32 (exact: Q8_0 dequantizes to scale · int8). Norms are
 // always float32. The other quantized types are refused with a hint to convert.
 
 using Kiln.Devices;
@@ -158,8 +158,8 @@ public static class GgufLlama
     /// Loads the llama model in the GGUF file at <paramref name="path"/> onto <paramref name="device"/> (cpu when null).
     /// The config is <c>weights.Config</c>.
     /// </summary>
-    /// <exception cref="ModelFormatException">The file is unreadable, malformed, not llama, holds quantized matrices other
-    /// than Q8_0, or holds Q8_0 matrices and <paramref name="device"/> is not the CPU.</exception>
+    /// <exception cref="ModelFormatException">The file is unreadable, malformed, not llama, or holds quantized matrices
+    /// other than Q8_0.</exception>
     public static LlamaWeights Load(string path, Device? device = null) => Load(GgufFile.Open(path), device);
 
     /// <summary>Loads the llama model of an opened GGUF file; see <see cref="Load(string, Device?)"/>.</summary>
@@ -168,11 +168,6 @@ public static class GgufLlama
         ArgumentNullException.ThrowIfNull(file);
         LlamaConfig config = ReadConfig(file);
         DType dtype = MatrixDType(file, config);
-        if (dtype == DType.Q8_0 && device is not null && device is not CpuDevice)
-        {
-            throw Fail(file.Path, $"holds Q8_0 matrices, which Kiln computes on the cpu device only (not {device.Name})", "run it with --device cpu, or convert it with --dtype f16 for a GPU");
-        }
-
         // Fill CPU weights tensor by tensor, then move them when another device was asked for.
         LlamaWeights weights = LlamaWeights.Allocate(config, CpuDevice.Default, dtype);
         try

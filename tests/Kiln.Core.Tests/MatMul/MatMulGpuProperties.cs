@@ -67,6 +67,15 @@ public abstract class MatMulGpuProperties
             MatMulCpuProperties.Size(1, 20, 1, 3, 17),
             MatMulCpuProperties.Size(1, 300, 1, 8, 9, 256, 264)).ToArbitrary(), Check);
 
+    /// <summary>
+    /// Q8_0 weights through every kernel (M = 1, passes of 4 rows, tiled), K a multiple of 32: widened exactly in
+    /// registers, so the float32 weights' bound holds.
+    /// </summary>
+    [Property(MaxTest = 10)]
+    public Property Q8_0WeightsMatchReference() =>
+        Prop.ForAll(MatMulCpuProperties.Cases(Gen.Elements(1, 2, 5, 16, 17, 40), MatMulCpuProperties.Size(1, 40, 1, 3, 17, 33),
+            MatMulCpuProperties.Size(1, 300, 32, 64, 256, 288), DType.Q8_0).ToArbitrary(), Check);
+
     /// <summary>A pass's rows over 32 KB are read from global memory instead of shared memory.</summary>
     [Property(MaxTest = 4)]
     public Property UncachedRowsMatchReference() =>

@@ -281,20 +281,46 @@ public sealed unsafe class MatMulQ8_0Tests
         Assert.Contains("ByteCount", size.Message);
     }
 
+    /// <summary>
+    /// On an ILGPU device a Q8_0 table is looked up exactly (the dequantized rows; an id outside the table gives a row
+    /// of zeros), and Q8_0 weights sliced at a block row whose bytes do not start 16-byte aligned (34·K/32 bytes in)
+    /// multiply like the whole matrix's rows.
+    /// </summary>
     [Fact]
-    public void IlgpuRefusesQ8_0Weights()
+    public void IlgpuReadsQ8_0TablesAndSlicedWeights()
     {
         using IlgpuDevice device = IlgpuDevice.CreateCpuAccelerator(OptimizationLevel.O1);
-        using Tensor a = Tensor.Empty([2, 32], DType.Float32, device);
-        using Tensor w = Tensor.Empty([4, 32], DType.Q8_0, device);
-        using Tensor output = Tensor.Empty([2, 4], DType.Float32, device);
-        using Tensor ids = Tensor.Empty([2], DType.Int32, device);
-        using Tensor rows = Tensor.Empty([2, 32], DType.Float32, device);
+        const int vocab = 7;
+        const int dim = 96;
+        byte[] raw = GemmCase.RandomBlocks(vocab * dim, 11);
+        float[] table = new float[vocab * dim];
+        Q8_0Blocks.Dequantize(raw, table);
+        int[] ids = [3, 0, 6, vocab, 3];
+        using (Tensor q8 = Tensor.FromQ8_0(raw, [vocab, dim], device))
+        using (Tensor idTensor = Tensor.FromArray(ids, [ids.Length], device))
+        using (Tensor rows = Tensor.Empty([ids.Length, dim], DType.Float32, device))
+        {
+            Embedding.Lookup(q8, idTensor, rows);
+            device.Synchronize();
+            float[] actual = rows.ToArray();
+            for (int t = 0; t < ids.Length; t++)
+            {
+                float[] want = ids[t] < vocab ? table.AsSpan(ids[t] * dim, dim).ToArray() : new float[dim];
+                Assert.True(actual.AsSpan(t * dim, dim).SequenceEqual(want), $"row {t} (id {ids[t]}) differs from the dequantized table.");
+            }
+        }
 
-        ArgumentException matmul = Assert.Throws<ArgumentException>(() => Kiln.Kernels.MatMul.Compute(a, w, output));
-        Assert.Equal("w", matmul.ParamName);
-        Assert.Contains("cpu device", matmul.Message);
-        ArgumentException lookup = Assert.Throws<ArgumentException>(() => Embedding.Lookup(w, ids, rows));
-        Assert.Contains("cpu device", lookup.Message);
+        foreach ((int m, int n, int k) in new[] { (1, 5, 32), (3, 4, 96), (20, 3, 64) })
+        {
+            GemmCase c = new(M: m, N: n, K: k, WType: DType.Q8_0, UseEpilogue: false, Seed: m + n + k);
+            byte[] padded = GemmCase.RandomBlocks(k, 3).Concat(c.Blocks!).ToArray();
+            using Tensor a = Tensor.FromArray(c.A, [m, k], device);
+            using Tensor backing = Tensor.FromQ8_0(padded, [(n + 1) * k], device);
+            using Tensor w = backing.Slice(k, n * k).Reshape(n, k);
+            using Tensor output = Tensor.Empty([m, n], DType.Float32, device);
+            Kiln.Kernels.MatMul.Compute(a, w, output);
+            device.Synchronize();
+            c.Check(output.ToArray(), "ILGPU q8_0 row slice");
+        }
     }
 }

@@ -165,17 +165,39 @@ public sealed class GgufLlamaTests : IDisposable
         }
     }
 
+    /// <summary>
+    /// A Q8_0 model loads onto an ILGPU device in its blocks and computes what the same device computes with the
+    /// dequantized float32 weights: the kernels widen each weight exactly, so only the summation may differ.
+    /// </summary>
     [Fact]
-    public void Q8_0Model_OnAnIlgpuDevice_IsRefused()
+    public void Q8_0Model_OnAnIlgpuDevice_MatchesItsDequantizedWeights()
     {
-        using LlamaWeights original = CheckpointFiles.RandomWeights(Q8Config(), seed: 5);
+        LlamaConfig config = Q8Config();
+        using LlamaWeights original = CheckpointFiles.RandomWeights(config, seed: 5);
         string path = _temp.File("q8gpu.gguf");
         GgufLlama.Write(path, original, null, GgufTensorType.Q8_0);
-        using Kiln.Devices.IlgpuDevice device = Kiln.Devices.IlgpuDevice.CreateCpuAccelerator(ILGPU.OptimizationLevel.O1);
+        using Kiln.Devices.IlgpuDevice device = Kiln.Devices.IlgpuDevice.CreateCpuAccelerator(
+            ILGPU.OptimizationLevel.O1, threadsPerWarp: 4, warpsPerGroup: 4);
 
-        ModelFormatException e = Assert.Throws<ModelFormatException>(() => GgufLlama.Load(path, device));
+        using LlamaWeights q8 = GgufLlama.Load(path, device);
+        using LlamaWeights cpu = GgufLlama.Load(path);
+        using LlamaWeights widenedCpu = LlamaWeights.Allocate(config);
+        foreach ((Tensor from, Tensor to) in cpu.Tensors.Zip(widenedCpu.Tensors))
+        {
+            to.CopyFrom(from.ToArray());
+        }
 
-        CheckpointValidationTests.AssertOneLine(e.Message, path, "holds Q8_0 matrices, which Kiln computes on the cpu device only");
+        using LlamaWeights widened = widenedCpu.To(device);
+        Assert.Equal(DType.Q8_0, q8.Layers[0].Wq.DType);
+        Assert.Equal(DType.Q8_0, q8.TokenEmbedding.DType);
+        using IInferenceSession quantized = InferenceSessions.Default(q8, new SessionOptions { ContextLength = 32 });
+        using IInferenceSession reference = InferenceSessions.Default(widened, new SessionOptions { ContextLength = 32 });
+        int[] prompt = [1, 77, 300, 5, 511, 42, 9];
+        AssertClose(reference.Forward(prompt).ToArray(), quantized.Forward(prompt).ToArray(), "prefill on ilgpu-cpu", 1e-5f);
+        for (int token = 2; token < 5; token++)
+        {
+            AssertClose(reference.Forward([token]).ToArray(), quantized.Forward([token]).ToArray(), $"decode {token} on ilgpu-cpu", 1e-5f);
+        }
     }
 
     internal static LlamaConfig Q8Config() => new()

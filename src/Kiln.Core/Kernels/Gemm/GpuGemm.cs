@@ -128,6 +128,51 @@ internal struct GpuBFloat16Weights : IGpuWeights
     }
 }
 
+/// <summary>
+/// Q8_0 weights (ggml's 34-byte blocks: a float16 scale d, then 32 int8 q; value = d·q) read as 16-bit words, 17 per
+/// block: every block starts 2-byte aligned, so the scale is one word and the int8 pairs are words. Element i is in
+/// block i / 32 at position i % 32. Widened in registers, exact in float32 like the CPU's widening.
+/// </summary>
+internal struct GpuQ8_0Weights : IGpuWeights
+{
+    /// <summary>Words per block.</summary>
+    public const int BlockWords = 17;
+
+    /// <summary>The [N, K] blocks as words (K a multiple of 32).</summary>
+    public ArrayView<ushort> Words;
+
+    /// <inheritdoc />
+    public readonly float Load(long index)
+    {
+        long block = (index >> 5) * BlockWords;
+        int position = (int)(index & 31);
+        uint pair = Words[block + 1 + (position >> 1)];
+        return Scale(block) * Low(pair >> (8 * (position & 1)));
+    }
+
+    /// <inheritdoc />
+    /// <remarks>Needs only the 2-byte alignment every block has; the 8 elements never cross a block.</remarks>
+    public readonly Float8 Load8(long index)
+    {
+        long block = (index >> 5) * BlockWords;
+        long first = block + 1 + ((index & 31) >> 1);
+        float d = Scale(block);
+        uint w0 = Words[first], w1 = Words[first + 1], w2 = Words[first + 2], w3 = Words[first + 3];
+        return new Float8
+        {
+            V0 = d * Low(w0), V1 = d * Low(w0 >> 8),
+            V2 = d * Low(w1), V3 = d * Low(w1 >> 8),
+            V4 = d * Low(w2), V5 = d * Low(w2 >> 8),
+            V6 = d * Low(w3), V7 = d * Low(w3 >> 8),
+        };
+    }
+
+    private readonly float Scale(long block) => (float)Interop.IntAsFloat(Words[block]);
+
+    // The low byte of bits as a signed int8, converted to float.
+    private static float Low(uint bits) => (int)(bits << 24) >> 24;
+}
+
 /// <summary>The ILGPU kernels of the matrix product and their launch.</summary>
 internal static class GpuGemm
 {
@@ -179,7 +224,7 @@ internal static class GpuGemm
     {
         List<GeneratedKernel> kernels = new();
         (string Op, string Method)[] methods = [("GemmTiled", nameof(TiledKernel)), ("GemmVector", nameof(VectorKernel))];
-        Type[] readers = [typeof(GpuFloat32Weights), typeof(GpuFloat16Weights), typeof(GpuBFloat16Weights)];
+        Type[] readers = [typeof(GpuFloat32Weights), typeof(GpuFloat16Weights), typeof(GpuBFloat16Weights), typeof(GpuQ8_0Weights)];
         foreach ((string op, string name) in methods)
         {
             MethodInfo method = typeof(GpuGemm).GetMethod(name, BindingFlags.Static | BindingFlags.NonPublic)!;
@@ -211,6 +256,10 @@ internal static class GpuGemm
                 break;
             case DType.Float16:
                 Launch(device, a, new GpuFloat16Weights { Data = w.View<GpuHalf>() }, w.ByteOffset, c, m, n, k, epilogue);
+                break;
+            case DType.Q8_0:
+                // Its 8-element loads need 2-byte alignment only, which every block has: pass an aligned offset.
+                Launch(device, a, new GpuQ8_0Weights { Words = w.BlockWords() }, 0, c, m, n, k, epilogue);
                 break;
             default:
                 ArrayView<ushort> bf16 = w.View<ushort>();
