@@ -9,11 +9,17 @@
 //   scores[s] = (q[t, h, :] · K[g, :, s]) / sqrt(Dh)          for s in [0, p]   (causal: never a later position)
 //   weights   = softmax(scores), stable: the max is subtracted before exp
 //   out[t, h, d] = Σ_s weights[s] · V[g, d, s]
-// The scores of one (t, h) live on the stack (at most MaxContext floats), so the kernel allocates nothing.
+// Decode (one query token) keeps its scores on the stack (at most MaxContext floats). Prefill attends blocks of up
+// to 8 consecutive query tokens of one head together: each key and value vector loaded from the cache serves all of
+// the block's rows (8 FMAs per load instead of 1), which turns long-context prefill from memory-bound into
+// compute-bound; the block's score rows live in a per-thread native buffer that grows once and is reused. Rows of a
+// block see different numbers of keys (row r of a block starting at token t0 sees start + t0 + r + 1): scores are
+// computed up to the last row's length, and each row's softmax covers its own keys with the rest of its row zeroed.
 // On ILGPU devices (cuda, ilgpu-cpu) the same two entry points, with the same checks, queue the kernels of
 // GpuAttention.cs (flash-style online softmax, split over key chunks for decode) on the device's stream.
 using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using Kiln.Devices;
 
@@ -132,7 +138,7 @@ public static unsafe class Attention
             return;
         }
 
-        // Split the (token, head) pairs across threads; keep small problems on the calling thread.
+        // Split the (token block, head) pairs across threads; keep small problems on the calling thread.
         int h = (int)(width / dh);
         State state = new()
         {
@@ -145,13 +151,18 @@ public static unsafe class Attention
             HeadDim = dh,
             Capacity = s,
             Start = start,
+            Tokens = t,
             Scale = 1f / MathF.Sqrt(dh),
         };
-        long workPerItem = (long)(start + ((t + 1) / 2)) * dh * 2;
+        int blocks = (t + TokenBlock - 1) / TokenBlock;
+        long workPerItem = (long)(start + ((t + 1) / 2)) * dh * 2 * Math.Min(t, TokenBlock);
         int grain = (int)Math.Clamp(32_768 / Math.Max(workPerItem, 1), 1, int.MaxValue);
         WorkerPool pool = ((CpuDevice)q.Device).Pool;
-        pool.For(t * h, grain, &Run, &state);
+        pool.For(blocks * h, grain, &Run, &state);
     }
+
+    /// <summary>Query tokens of one head that prefill attends together (one work item).</summary>
+    private const int TokenBlock = 8;
 
     private struct State
     {
@@ -164,6 +175,7 @@ public static unsafe class Attention
         public int HeadDim;
         public int Capacity;
         public int Start;
+        public int Tokens;
         public float Scale;
     }
 
@@ -172,27 +184,247 @@ public static unsafe class Attention
     private static void Run(void* statePointer, int begin, int end)
     {
         ref State state = ref Unsafe.AsRef<State>(statePointer);
+        if (state.Tokens == 1)
+        {
+            Decode(ref state, begin, end);
+            return;
+        }
+
+        // Items are (block, head) pairs, block-major; the range's last block has the longest rows.
         int dh = state.HeadDim;
         int capacity = state.Capacity;
-        int length = state.Start + ((end - 1) / state.Heads) + 1;
-        Span<float> scores = stackalloc float[length];
+        long tokenStride = (long)state.Heads * dh;
+        int lastBlock = (end - 1) / state.Heads;
+        int longest = state.Start + Math.Min(state.Tokens, (lastBlock + 1) * TokenBlock);
+        int stride = (longest + 15) & ~15;
+        float* scores = ScoreRows.Current.Rows((long)TokenBlock * stride);
         for (int item = begin; item < end; item++)
         {
-            int token = item / state.Heads;
+            int block = item / state.Heads;
             int head = item % state.Heads;
-            int keys = state.Start + token + 1;
+            int first = block * TokenBlock;
+            int rows = Math.Min(TokenBlock, state.Tokens - first);
+            int keys = state.Start + first + rows;
             long kvBase = (long)(head / state.Group) * dh * capacity;
-            float* query = state.Q + ((long)item * dh);
-            Span<float> weights = scores[..keys];
+            float* query = state.Q + ((first * tokenStride) + ((long)head * dh));
+            float* output = state.Output + ((first * tokenStride) + ((long)head * dh));
+            if (Vector512.IsHardwareAccelerated && rows > 1)
+            {
+                BlockScores(query, tokenStride, rows, state.Keys + kvBase, capacity, dh, state.Scale, scores, stride, keys);
+            }
+            else
+            {
+                for (int r = 0; r < rows; r++)
+                {
+                    Scores(query + (r * tokenStride), state.Keys + kvBase, capacity, dh, state.Scale, new Span<float>(scores + ((long)r * stride), keys));
+                }
+            }
 
-            // Scores: for each block of positions, accumulate q[d] * K[d, block] over the head's dimensions.
-            Scores(query, state.Keys + kvBase, capacity, dh, state.Scale, weights);
+            // Each row's softmax over its own keys; the later positions of its row weigh nothing.
+            for (int r = 0; r < rows; r++)
+            {
+                int visible = keys - rows + r + 1;
+                Span<float> row = new(scores + ((long)r * stride), keys);
+                Softmax(row[..visible]);
+                row[visible..].Clear();
+            }
 
-            // Stable softmax over the visible positions.
+            if (Vector512.IsHardwareAccelerated && rows > 1)
+            {
+                BlockWeightedSums(scores, stride, rows, keys, state.Values + kvBase, capacity, dh, output, tokenStride);
+            }
+            else
+            {
+                for (int r = 0; r < rows; r++)
+                {
+                    WeightedSums(new Span<float>(scores + ((long)r * stride), keys), state.Values + kvBase, capacity, dh, output + (r * tokenStride));
+                }
+            }
+        }
+    }
+
+    // One query token: items are heads; the scores of one head live on the stack.
+    [SkipLocalsInit]
+    private static void Decode(ref State state, int begin, int end)
+    {
+        int dh = state.HeadDim;
+        int capacity = state.Capacity;
+        int keys = state.Start + 1;
+        Span<float> weights = stackalloc float[keys];
+        for (int head = begin; head < end; head++)
+        {
+            long kvBase = (long)(head / state.Group) * dh * capacity;
+            Scores(state.Q + ((long)head * dh), state.Keys + kvBase, capacity, dh, state.Scale, weights);
             Softmax(weights);
+            WeightedSums(weights, state.Values + kvBase, capacity, dh, state.Output + ((long)head * dh));
+        }
+    }
 
-            // Each output dimension is the weights' dot product with that dimension's values.
-            WeightedSums(weights, state.Values + kvBase, capacity, dh, state.Output + ((long)item * dh));
+    // scores[r, s] = (q_r · K[:, s]) · scale for the block's rows r < rows (2..8) and positions s < keys, 16 positions
+    // at a time: each key vector is loaded once for 8 rows (rows past the block's end repeat row 0 and are stored in
+    // the spare score rows, never read). Positions past the last whole 16 are done one at a time per row.
+    private static void BlockScores(float* query, long tokenStride, int rows, float* keys, int capacity, int dh, float scale, float* scores, int stride, int count)
+    {
+        float* q0 = query;
+        float* q1 = rows > 1 ? query + tokenStride : query;
+        float* q2 = rows > 2 ? query + (2 * tokenStride) : query;
+        float* q3 = rows > 3 ? query + (3 * tokenStride) : query;
+        float* q4 = rows > 4 ? query + (4 * tokenStride) : query;
+        float* q5 = rows > 5 ? query + (5 * tokenStride) : query;
+        float* q6 = rows > 6 ? query + (6 * tokenStride) : query;
+        float* q7 = rows > 7 ? query + (7 * tokenStride) : query;
+        int s = 0;
+        for (; s + Vector512<float>.Count <= count; s += Vector512<float>.Count)
+        {
+            Vector512<float> a0 = Vector512<float>.Zero, a1 = Vector512<float>.Zero, a2 = Vector512<float>.Zero, a3 = Vector512<float>.Zero;
+            Vector512<float> a4 = Vector512<float>.Zero, a5 = Vector512<float>.Zero, a6 = Vector512<float>.Zero, a7 = Vector512<float>.Zero;
+            float* k = keys + s;
+            for (int d = 0; d < dh; d++)
+            {
+                Vector512<float> key = Vector512.Load(k + ((long)d * capacity));
+                a0 = Vector512.FusedMultiplyAdd(Vector512.Create(q0[d]), key, a0);
+                a1 = Vector512.FusedMultiplyAdd(Vector512.Create(q1[d]), key, a1);
+                a2 = Vector512.FusedMultiplyAdd(Vector512.Create(q2[d]), key, a2);
+                a3 = Vector512.FusedMultiplyAdd(Vector512.Create(q3[d]), key, a3);
+                a4 = Vector512.FusedMultiplyAdd(Vector512.Create(q4[d]), key, a4);
+                a5 = Vector512.FusedMultiplyAdd(Vector512.Create(q5[d]), key, a5);
+                a6 = Vector512.FusedMultiplyAdd(Vector512.Create(q6[d]), key, a6);
+                a7 = Vector512.FusedMultiplyAdd(Vector512.Create(q7[d]), key, a7);
+            }
+
+            float* row = scores + s;
+            (a0 * scale).Store(row);
+            (a1 * scale).Store(row + stride);
+            (a2 * scale).Store(row + (2 * stride));
+            (a3 * scale).Store(row + (3 * stride));
+            (a4 * scale).Store(row + (4 * stride));
+            (a5 * scale).Store(row + (5 * stride));
+            (a6 * scale).Store(row + (6 * stride));
+            (a7 * scale).Store(row + (7 * stride));
+        }
+
+        for (int r = 0; r < rows; r++)
+        {
+            float* q = query + (r * tokenStride);
+            for (int p = s; p < count; p++)
+            {
+                float acc = 0f;
+                for (int d = 0; d < dh; d++)
+                {
+                    acc = MathF.FusedMultiplyAdd(q[d], keys[((long)d * capacity) + p], acc);
+                }
+
+                scores[((long)r * stride) + p] = acc * scale;
+            }
+        }
+    }
+
+    // output_r[d] = Σ_s weights[r, s] · values[d, s] for the block's rows (2..8), two dimensions per pass over the
+    // positions: each value vector is loaded once for 8 rows (rows past the block's end repeat row 0, not stored).
+    private static void BlockWeightedSums(float* weights, int stride, int rows, int count, float* values, int capacity, int dh, float* output, long tokenStride)
+    {
+        float* w0 = weights;
+        float* w1 = rows > 1 ? weights + stride : weights;
+        float* w2 = rows > 2 ? weights + (2 * stride) : weights;
+        float* w3 = rows > 3 ? weights + (3 * stride) : weights;
+        float* w4 = rows > 4 ? weights + (4 * stride) : weights;
+        float* w5 = rows > 5 ? weights + (5 * stride) : weights;
+        float* w6 = rows > 6 ? weights + (6 * stride) : weights;
+        float* w7 = rows > 7 ? weights + (7 * stride) : weights;
+        Span<float> sums = stackalloc float[2 * TokenBlock];
+        int d = 0;
+        for (; d < dh; d += 2)
+        {
+            // The last odd dimension pairs with itself; its duplicate sums are not stored.
+            float* v0 = values + ((long)d * capacity);
+            float* v1 = d + 1 < dh ? v0 + capacity : v0;
+            Vector512<float> a0 = Vector512<float>.Zero, a1 = Vector512<float>.Zero, a2 = Vector512<float>.Zero, a3 = Vector512<float>.Zero;
+            Vector512<float> a4 = Vector512<float>.Zero, a5 = Vector512<float>.Zero, a6 = Vector512<float>.Zero, a7 = Vector512<float>.Zero;
+            Vector512<float> b0 = Vector512<float>.Zero, b1 = Vector512<float>.Zero, b2 = Vector512<float>.Zero, b3 = Vector512<float>.Zero;
+            Vector512<float> b4 = Vector512<float>.Zero, b5 = Vector512<float>.Zero, b6 = Vector512<float>.Zero, b7 = Vector512<float>.Zero;
+            int s = 0;
+            for (; s + Vector512<float>.Count <= count; s += Vector512<float>.Count)
+            {
+                Vector512<float> x = Vector512.Load(v0 + s);
+                Vector512<float> y = Vector512.Load(v1 + s);
+                Vector512<float> w = Vector512.Load(w0 + s);
+                a0 = Vector512.FusedMultiplyAdd(w, x, a0);
+                b0 = Vector512.FusedMultiplyAdd(w, y, b0);
+                w = Vector512.Load(w1 + s);
+                a1 = Vector512.FusedMultiplyAdd(w, x, a1);
+                b1 = Vector512.FusedMultiplyAdd(w, y, b1);
+                w = Vector512.Load(w2 + s);
+                a2 = Vector512.FusedMultiplyAdd(w, x, a2);
+                b2 = Vector512.FusedMultiplyAdd(w, y, b2);
+                w = Vector512.Load(w3 + s);
+                a3 = Vector512.FusedMultiplyAdd(w, x, a3);
+                b3 = Vector512.FusedMultiplyAdd(w, y, b3);
+                w = Vector512.Load(w4 + s);
+                a4 = Vector512.FusedMultiplyAdd(w, x, a4);
+                b4 = Vector512.FusedMultiplyAdd(w, y, b4);
+                w = Vector512.Load(w5 + s);
+                a5 = Vector512.FusedMultiplyAdd(w, x, a5);
+                b5 = Vector512.FusedMultiplyAdd(w, y, b5);
+                w = Vector512.Load(w6 + s);
+                a6 = Vector512.FusedMultiplyAdd(w, x, a6);
+                b6 = Vector512.FusedMultiplyAdd(w, y, b6);
+                w = Vector512.Load(w7 + s);
+                a7 = Vector512.FusedMultiplyAdd(w, x, a7);
+                b7 = Vector512.FusedMultiplyAdd(w, y, b7);
+            }
+
+            sums[0] = Vector512.Sum(a0); sums[1] = Vector512.Sum(a1); sums[2] = Vector512.Sum(a2); sums[3] = Vector512.Sum(a3);
+            sums[4] = Vector512.Sum(a4); sums[5] = Vector512.Sum(a5); sums[6] = Vector512.Sum(a6); sums[7] = Vector512.Sum(a7);
+            sums[8] = Vector512.Sum(b0); sums[9] = Vector512.Sum(b1); sums[10] = Vector512.Sum(b2); sums[11] = Vector512.Sum(b3);
+            sums[12] = Vector512.Sum(b4); sums[13] = Vector512.Sum(b5); sums[14] = Vector512.Sum(b6); sums[15] = Vector512.Sum(b7);
+            for (int r = 0; r < rows; r++)
+            {
+                float* w = weights + ((long)r * stride);
+                float x = sums[r], y = sums[TokenBlock + r];
+                for (int p = s; p < count; p++)
+                {
+                    x = MathF.FusedMultiplyAdd(w[p], v0[p], x);
+                    y = MathF.FusedMultiplyAdd(w[p], v1[p], y);
+                }
+
+                output[(r * tokenStride) + d] = x;
+                if (d + 1 < dh)
+                {
+                    output[(r * tokenStride) + d + 1] = y;
+                }
+            }
+        }
+    }
+
+    /// <summary>A thread's score rows for prefill blocks: native, 64-byte aligned, grown on demand, freed with the
+    /// thread's holder.</summary>
+    private sealed class ScoreRows
+    {
+        [ThreadStatic]
+        private static ScoreRows? t_current;
+
+        private float* _rows;
+        private long _capacity;
+
+        ~ScoreRows()
+        {
+            NativeMemory.AlignedFree(_rows);
+        }
+
+        public static ScoreRows Current => t_current ??= new ScoreRows();
+
+        /// <summary>At least <paramref name="floats"/> floats.</summary>
+        public float* Rows(long floats)
+        {
+            if (floats > _capacity)
+            {
+                NativeMemory.AlignedFree(_rows);
+                _rows = null;
+                _rows = (float*)NativeMemory.AlignedAlloc((nuint)(floats * sizeof(float)), 64);
+                _capacity = floats;
+            }
+
+            return _rows;
         }
     }
 

@@ -1,5 +1,6 @@
 // Properties of the CPU attention kernel against its float64 reference: random head counts, head widths
-// (1, odd, 8, not multiples of 16), context capacities, start positions and token counts, on one and two threads.
+// (1, odd, 8, not multiples of 16), context capacities, start positions and token counts (one token: decode; more:
+// prefill blocks of 8 with ragged last blocks), on one and two threads.
 using FsCheck;
 using FsCheck.Fluent;
 using Kiln.Devices;
@@ -44,6 +45,9 @@ public sealed class AttentionTests : IDisposable
         // 300 cached positions x 8 heads is enough work for the pool to split.
         Check(new Case(Hkv: 2, Group: 4, Dh: 8, Capacity: 320, Start: 299, Tokens: 1, Seed: 7, TwoThreads: true));
         Check(new Case(Hkv: 4, Group: 2, Dh: 16, Capacity: 200, Start: 0, Tokens: 200, Seed: 8, TwoThreads: true));
+
+        // Prefill blocks of 8 tokens over hundreds of keys, with a ragged last block and an odd head width.
+        Check(new Case(Hkv: 1, Group: 2, Dh: 65, Capacity: 700, Start: 13, Tokens: 683, Seed: 9, TwoThreads: true));
     }
 
     [Fact]
