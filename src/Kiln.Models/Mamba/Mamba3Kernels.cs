@@ -33,7 +33,7 @@
 //   CacheTail     H·(R·N + P)        the last token's keys and raw x into the cache
 // Decode (T = 1): Prepare, Angles, Rows, then Step (H·P threads: thread (h, p) updates state row S[h, p, :] in
 // place, S ← α·S + β·Σ_r v'_r[p]·K'_r + γ·Σ_r v_r[p]·K_r, and reads out y_r[p] = S[p]·Q_r + D_h·v_r[p]), Gate,
-// CacheTail. A step queues these six kernels and the two products; it allocates and uploads nothing.
+// CacheTail. A step queues these six kernels and the two products; it allocates no device memory and uploads nothing.
 //
 // Limits: the scores scratch holds H·T·R·C·R floats for a piece of T tokens, so the mixer bounds T per piece (its
 // MaxTokens) and the config bounds C·R (MaxChunkRows). The in-chunk products recompute each score once per
