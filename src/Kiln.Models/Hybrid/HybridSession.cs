@@ -82,6 +82,11 @@ public sealed class HybridSession : IInferenceSession
             long weightBytes = weights.Named().Sum(static t => t.Tensor.ByteLength);
             long perRow = (2L * Config.Dim) + (2L * Config.QueryDim) + (2L * Config.KvDim) + (2L * Config.HiddenDim) + 1;
             long otherBytes = (_chunk * perRow * sizeof(float)) + ((c.VocabSize + 1L) * sizeof(float));
+            if (c.Mamba3 is not null)
+            {
+                otherBytes += c.Mamba3Layers * Mamba3GpuMixer.ScratchBytes(c.Mamba3, _chunk);
+            }
+
             SessionMemory.EnsureDeviceFits(device.Name, ilgpu.Accelerator.MemorySize - weightBytes, cacheBytes, otherBytes, ContextLength, c.SeqLen);
         }
         else

@@ -102,6 +102,15 @@ internal sealed class Mamba3GpuMixer : IDisposable
         return (int)Math.Max(1, fit >= c.ChunkSize ? fit / c.ChunkSize * c.ChunkSize : fit);
     }
 
+    /// <summary>The device bytes of the scratch for pieces of up to <paramref name="maxTokens"/> tokens (at most).</summary>
+    public static long ScratchBytes(Mamba3Config c, int maxTokens)
+    {
+        long t = maxTokens, h = c.Heads, chunks = (maxTokens + c.ChunkSize - 1) / c.ChunkSize;
+        long perToken = c.InProjDim + c.DInner + (2L * h * c.AngleCount) + (2L * h * c.Rank * c.DState) + (3L * h) + (h * c.Rank * c.HeadDim)
+            + (h * c.Rank * c.ChunkSize * c.Rank);
+        return ((t * perToken) + (chunks * h * c.HeadDim * c.DState) + 1) * sizeof(float);
+    }
+
     /// <summary>Queues the mixer over the T tokens of <paramref name="input"/> (checked by the caller) from <paramref name="cache"/>.</summary>
     public void Forward(Tensor input, Tensor output, Mamba3Cache cache, int tokens, int maxTokens)
     {
