@@ -14,7 +14,9 @@
 // `runs` rounds, after a short warm-up run of every model. One line per model and context, with the ratios to the
 // transformer at the same context; --plot draws tok/s against context (log-log) for every model, redrawn after
 // every context. -t sets the worker threads of the models' cpu device (all cores by default; 1 has no parallel loops,
-// so no barrier waits, which on a loaded machine otherwise dominate decode).
+// so no barrier waits, which on a loaded machine otherwise dominate decode). --device cuda (or ilgpu-cpu, only for
+// a quick check at tiny contexts) runs every model on that device instead: the weights are made on the cpu and
+// copied there, and each timed Forward ends with the logits copied back, which waits for the device.
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
@@ -79,9 +81,8 @@ public static class HybridBench
 
     /// <summary>Measures every model at every context and writes one line per model and context.</summary>
     /// <returns>The measured rows, in output order.</returns>
-    public static IReadOnlyList<Row> Run(IReadOnlyList<int> contexts, int decode, int runs, int threads, bool json, string? plot, TextWriter stdout, TextWriter stderr)
+    public static IReadOnlyList<Row> Run(IReadOnlyList<int> contexts, int decode, int runs, Device device, bool json, string? plot, TextWriter stdout, TextWriter stderr)
     {
-        using CpuDevice device = new(threads);
         int longest = contexts.Max() + decode;
         XorShiftRandom random = new(7);
         int[] tokens = new int[longest];
@@ -97,14 +98,21 @@ public static class HybridBench
             // The models, with their parameter counts.
             foreach (string model in Models)
             {
-                weights.Add(HybridWeights.CreateRandom(Config(model, longest), seed: 42, device));
+                if (device is CpuDevice cpu)
+                {
+                    weights.Add(HybridWeights.CreateRandom(Config(model, longest), seed: 42, cpu));
+                    continue;
+                }
+
+                using HybridWeights host = HybridWeights.CreateRandom(Config(model, longest), seed: 42);
+                weights.Add(host.To(device));
             }
 
             long transformerParameters = weights[0].ParameterCount, mambaParameters = weights[1].ParameterCount;
             stderr.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"hybrid bench: parameters: transformer {transformerParameters:N0} (MLP {weights[0].Config.HiddenDim}), mamba3 {mambaParameters:N0} "
                 + $"({(transformerParameters - mambaParameters) * 100.0 / mambaParameters:+0.00;-0.00}%), mamba3-mimo {weights[2].ParameterCount:N0} "
-                + $"(MLP {weights[2].Config.HiddenDim}), hybrid {weights[3].ParameterCount:N0}; {threads} worker thread(s) on {Environment.ProcessorCount} cores"));
+                + $"(MLP {weights[2].Config.HiddenDim}), hybrid {weights[3].ParameterCount:N0}; on {Describe(device)}"));
 
             // Warm the JIT on a short run of each model.
             int warmLength = Math.Min(200, longest), warmDecode = Math.Min(4, warmLength - 1);
@@ -176,6 +184,10 @@ public static class HybridBench
             sessions.ForEach(static s => s.Dispose());
         }
     }
+
+    // "cpu, 2 worker thread(s) on 2 cores" or the ILGPU device's name.
+    private static string Describe(Device device) =>
+        device is CpuDevice cpu ? $"cpu, {cpu.Threads} worker thread(s) on {Environment.ProcessorCount} cores" : device.Name;
 
     // The config with its MLP narrowed (or widened) so that the model has about `target` parameters.
     private static HybridConfig MatchMlp(HybridConfig config, long target)

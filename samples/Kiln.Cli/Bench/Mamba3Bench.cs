@@ -2,7 +2,8 @@
 // Prefill: T tokens in one Forward from a fresh cache (chunked scan, pieces of up to 4096 tokens); decode: `decode`
 // one-token steps right after it, from that state. Each figure is the best of `runs` measured runs after a warm-up
 // run of one chunk and a few steps. The default shape is the brief's CPU mixer: d_model 512, d_state 64, headdim 64,
-// expand 2 (16 heads), chunk 64.
+// expand 2 (16 heads), chunk 64. On an ILGPU device (--device cuda, or ilgpu-cpu for a quick check at tiny sizes)
+// the weights, input and cache live on the device and each timed part ends by waiting for the device.
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
@@ -16,10 +17,11 @@ namespace Kiln.Cli.Bench;
 public static class Mamba3Bench
 {
     /// <summary>Measures the mixer and writes one line (text or JSON) to <paramref name="stdout"/>.</summary>
-    public static void Run(Mamba3Config config, int tokens, int decode, int runs, int threads, bool json, TextWriter stdout, TextWriter stderr)
+    public static void Run(Mamba3Config config, int tokens, int decode, int runs, Device device, bool json, TextWriter stdout, TextWriter stderr)
     {
-        using CpuDevice device = new(threads);
-        using Mamba3Weights weights = Mamba3Weights.CreateRandom(config, seed: 42);
+        using Mamba3Weights host = Mamba3Weights.CreateRandom(config, seed: 42);
+        using Mamba3Weights? copy = device is CpuDevice ? null : host.To(device);
+        Mamba3Weights weights = copy ?? host;
         using Mamba3Mixer mixer = new(weights, device, maxTokens: Math.Min(tokens, 4096));
         using Mamba3Cache cache = mixer.CreateCache();
         XorShiftRandom random = new(7);
@@ -29,10 +31,10 @@ public static class Mamba3Bench
             values[i] = (float)((random.NextDouble() * 2) - 1);
         }
 
-        using Tensor prompt = Tensor.FromArray(values.AsSpan(0, tokens * config.DModel), [tokens, config.DModel]);
-        using Tensor output = Tensor.Empty([tokens, config.DModel]);
-        using Tensor step = Tensor.FromArray(values.AsSpan(tokens * config.DModel, config.DModel), [1, config.DModel]);
-        using Tensor stepOutput = Tensor.Empty([1, config.DModel]);
+        using Tensor prompt = Tensor.FromArray(values.AsSpan(0, tokens * config.DModel), [tokens, config.DModel], device);
+        using Tensor output = Tensor.Empty([tokens, config.DModel], device: device);
+        using Tensor step = Tensor.FromArray(values.AsSpan(tokens * config.DModel, config.DModel), [1, config.DModel], device);
+        using Tensor stepOutput = Tensor.Empty([1, config.DModel], device: device);
 
         // Warm-up: one chunk and a few steps.
         using (Tensor warm = prompt.Slice(0, Math.Min(tokens, config.ChunkSize + 1)))
@@ -43,6 +45,8 @@ public static class Mamba3Bench
             {
                 mixer.Forward(step, stepOutput, cache);
             }
+
+            Wait(device);
         }
 
         double bestPrefill = double.MaxValue, bestDecode = double.MaxValue;
@@ -51,6 +55,7 @@ public static class Mamba3Bench
             cache.Reset();
             Stopwatch watch = Stopwatch.StartNew();
             mixer.Forward(prompt, output, cache);
+            Wait(device);
             bestPrefill = Math.Min(bestPrefill, watch.Elapsed.TotalSeconds);
             watch.Restart();
             for (int i = 0; i < decode; i++)
@@ -58,10 +63,13 @@ public static class Mamba3Bench
                 mixer.Forward(step, stepOutput, cache);
             }
 
+            Wait(device);
             bestDecode = Math.Min(bestDecode, watch.Elapsed.TotalSeconds);
         }
 
         double prefillRate = tokens / bestPrefill, decodeRate = decode / bestDecode;
+        int threads = device is CpuDevice cpu ? cpu.Threads : 0;
+        string where = device is CpuDevice ? $"{threads} threads" : device.Name;
         string kind = config.IsMimo ? $"mimo-r{config.Rank}" : "siso";
         if (json)
         {
@@ -75,6 +83,7 @@ public static class Mamba3Bench
                 ["heads"] = config.Heads,
                 ["chunk_size"] = config.ChunkSize,
                 ["tokens"] = tokens,
+                ["device"] = device.Name,
                 ["threads"] = threads,
                 ["prefill_tok_s"] = Math.Round(prefillRate, 1),
                 ["decode_tok_s"] = Math.Round(decodeRate, 1),
@@ -84,9 +93,18 @@ public static class Mamba3Bench
         else
         {
             stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"mamba3 {kind} d_model {config.DModel} d_state {config.DState} headdim {config.HeadDim} heads {config.Heads} chunk {config.ChunkSize}, {threads} threads: prefill {tokens} tokens {prefillRate:F0} tok/s ({bestPrefill * 1e3:F1} ms), decode {decodeRate:F0} tok/s ({bestDecode / decode * 1e6:F1} µs/token)"));
+                $"mamba3 {kind} d_model {config.DModel} d_state {config.DState} headdim {config.HeadDim} heads {config.Heads} chunk {config.ChunkSize}, {where}: prefill {tokens} tokens {prefillRate:F0} tok/s ({bestPrefill * 1e3:F1} ms), decode {decodeRate:F0} tok/s ({bestDecode / decode * 1e6:F1} µs/token)"));
         }
 
         stderr.WriteLine(string.Create(CultureInfo.InvariantCulture, $"kiln: bench mamba3: best of {runs} run(s); cache {cache.Bytes / 1024.0:F0} KiB"));
+    }
+
+    // Waits for the kernels an ILGPU device has queued (the cpu finishes inside each call).
+    private static void Wait(Device device)
+    {
+        if (device is IlgpuDevice gpu)
+        {
+            gpu.Synchronize();
+        }
     }
 }

@@ -86,11 +86,12 @@ internal static class BenchCommand
         Option<int> decode = new("--decode") { Description = "Decode steps measured after the prefill.", DefaultValueFactory = static _ => 32 };
         Option<int> runs = new("--runs") { Description = "Measured rounds (each model once per round, best reported).", DefaultValueFactory = static _ => 2 };
         Option<string?> plot = new("--plot") { Description = "Also draw tok/s against context for every model to this PNG file.", HelpName = "FILE.png" };
+        Option<string> device = CommonOptions.Device();
         Option<int?> threads = CommonOptions.Threads();
         Option<bool> json = new("--json") { Description = "Print one JSON object per line." };
         Command command = new("hybrid", "Transformer, Mamba-3 (SISO, MIMO) and hybrid models of width 512 and 12 layers on random weights: prefill and decode tok/s per context.")
         {
-            contexts, decode, runs, plot, threads, json,
+            contexts, decode, runs, plot, device, threads, json,
         };
         command.SetAction(parse => KilnCli.Guard(context, parse, () =>
         {
@@ -112,7 +113,8 @@ internal static class BenchCommand
 
             int? threadCount = parse.GetValue(threads);
             CommonOptions.CheckThreads(threadCount);
-            HybridBench.Run([.. lengths.Distinct().Order()], steps, runCount, threadCount ?? Environment.ProcessorCount, parse.GetValue(json), plotPath, context.Stdout, context.Stderr);
+            using Device target = CommonOptions.CreateDevice(parse.GetValue(device) ?? "cpu", threadCount, context.Stderr);
+            HybridBench.Run([.. lengths.Distinct().Order()], steps, runCount, target, parse.GetValue(json), plotPath, context.Stdout, context.Stderr);
             return 0;
         }));
         return command;
@@ -128,11 +130,12 @@ internal static class BenchCommand
         Option<int> mimo = new("--mimo") { Description = "MIMO rank R (0: SISO).", DefaultValueFactory = static _ => 0 };
         Option<int> decode = new("--decode") { Description = "Decode steps measured after the prefill.", DefaultValueFactory = static _ => 256 };
         Option<int> runs = new("--runs") { Description = "Measured runs (best reported).", DefaultValueFactory = static _ => 3 };
+        Option<string> device = CommonOptions.Device();
         Option<int?> threads = CommonOptions.Threads();
         Option<bool> json = new("--json") { Description = "Print one JSON object on one line." };
         Command command = new("mamba3", "One Mamba-3 mixer on random weights: prefill and decode tokens per second.")
         {
-            tokens, dModel, dState, headDim, chunk, mimo, decode, runs, threads, json,
+            tokens, dModel, dState, headDim, chunk, mimo, decode, runs, device, threads, json,
         };
         command.SetAction(parse => KilnCli.Guard(context, parse, () =>
         {
@@ -159,7 +162,8 @@ internal static class BenchCommand
                 throw new CliException($"bench mamba3: {KilnCli.OneLine(e.Message)}", CliException.UsageExitCode, e);
             }
 
-            Mamba3Bench.Run(config, t, steps, runCount, threadCount ?? Environment.ProcessorCount, parse.GetValue(json), context.Stdout, context.Stderr);
+            using Device target = CommonOptions.CreateDevice(parse.GetValue(device) ?? "cpu", threadCount, context.Stderr);
+            Mamba3Bench.Run(config, t, steps, runCount, target, parse.GetValue(json), context.Stdout, context.Stderr);
             return 0;
         }));
         return command;

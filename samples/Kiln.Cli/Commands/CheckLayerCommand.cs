@@ -4,7 +4,8 @@
 // present, `expected_output` [1, T, d_model] (any float dtype; compared in float64). With an expected output it prints
 // one JSON line {"max_abs_err", "max_abs_ref", "rel_err"} (rel_err = max_abs_err / max_abs_ref) and exits with 3 when
 // rel_err exceeds --tol; without one it prints the output's shape and statistics as one JSON line. The mixer runs
-// the chunked prefill from a fresh cache. Unknown config keys are warnings on stderr.
+// the chunked prefill from a fresh cache, on --device (cpu, or cuda / ilgpu-cpu where the weights and the input are
+// copied to the device). Unknown config keys are warnings on stderr.
 
 using System.CommandLine;
 using System.Diagnostics;
@@ -59,7 +60,7 @@ internal static class CheckLayerCommand
             DefaultValueFactory = static _ => 1e-4,
             HelpName = "TOL",
         };
-        Command command = new("mamba3", "Check a Mamba-3 mixer (chunked prefill on cpu) against expected_output.")
+        Command command = new("mamba3", "Check a Mamba-3 mixer (chunked prefill on --device) against expected_output.")
         {
             weights, config, prefix, device, threads, tolerance,
         };
@@ -72,16 +73,11 @@ internal static class CheckLayerCommand
                 throw new CliException($"--tol {tol.ToString(CultureInfo.InvariantCulture)}: the tolerance must be a finite number >= 0, e.g. --tol 1e-4.");
             }
 
-            string deviceName = parse.GetValue(device) ?? "cpu";
-            if (!deviceName.Equals("cpu", StringComparison.OrdinalIgnoreCase))
-            {
-                throw new CliException($"--device {deviceName}: check-layer mamba3 runs on cpu only for now; pass --device cpu.");
-            }
-
             int? threadCount = parse.GetValue(threads);
             CommonOptions.CheckThreads(threadCount);
             Mamba3Config mixerConfig = ReadConfig(parse.GetValue(config)!, context.Stderr);
-            return Run(context, parse.GetValue(weights)!, mixerConfig, parse.GetValue(prefix) ?? string.Empty, threadCount ?? Environment.ProcessorCount, tol);
+            using Device target = CommonOptions.CreateDevice(parse.GetValue(device) ?? "cpu", threadCount, context.Stderr);
+            return Run(context, parse.GetValue(weights)!, mixerConfig, parse.GetValue(prefix) ?? string.Empty, target, tol);
         }));
         return command;
     }
@@ -114,7 +110,7 @@ internal static class CheckLayerCommand
         }
     }
 
-    private static int Run(CliContext context, string path, Mamba3Config config, string prefix, int threads, double tol)
+    private static int Run(CliContext context, string path, Mamba3Config config, string prefix, Device device, double tol)
     {
         // The file: header validated, then the weights (shapes checked before any data is read) and the input.
         SafetensorsFile file = SafetensorsFile.Open(path);
@@ -131,15 +127,19 @@ internal static class CheckLayerCommand
             }
         }
 
-        using CpuDevice device = new(threads);
-        using Mamba3Weights mixerWeights = Mamba3Weights.Load(file, config, prefix);
-        using Tensor x = file.LoadFloat32("input");
+        using Mamba3Weights loaded = Mamba3Weights.Load(file, config, prefix);
+        using Mamba3Weights? copy = device is CpuDevice ? null : loaded.To(device);
+        Mamba3Weights mixerWeights = copy ?? loaded;
+        using Tensor hostInput = file.LoadFloat32("input");
+        using Tensor? deviceInput = device is CpuDevice ? null : hostInput.To(device);
+        Tensor x = deviceInput ?? hostInput;
         int tokens = x.Size(-2);
-        using Tensor y = Tensor.Empty(x.Shape);
+        using Tensor y = Tensor.Empty(x.Shape, device: device);
         using Mamba3Mixer mixer = new(mixerWeights, device, maxTokens: Math.Min(tokens, 4096));
         using Mamba3Cache cache = mixer.CreateCache();
         Stopwatch watch = Stopwatch.StartNew();
         mixer.Forward(x, y, cache);
+        (device as IlgpuDevice)?.Synchronize();
         watch.Stop();
         string kind = config.IsMimo ? $"MIMO R={config.Rank}" : "SISO";
         context.Stderr.WriteLine(string.Create(CultureInfo.InvariantCulture,

@@ -1,4 +1,4 @@
-// The fast session of a hybrid model on the cpu device: whole prompts as batches, one-token decode steps that
+// The fast session of a hybrid model on any device (cpu, cuda, ilgpu-cpu): whole prompts as batches, one-token decode steps that
 // allocate nothing, layers of attention and Mamba-3 mixers in the config's pattern, each followed by its MLP.
 //
 // Per chunk of T tokens at positions [p, p + T), with x [T, D] the residual stream:
@@ -14,6 +14,10 @@
 // state, previous key and x; its size does not depend on the context) per Mamba-3 layer. Long prompts run in chunks
 // of at most PrefillChunk tokens, which gives the same result as one piece: attention reads the caches earlier
 // chunks filled, the mixers continue from their caches.
+//
+// On an ILGPU device every op queues kernels (the Mamba-3 mixers through Mamba3GpuMixer) and every cache lives on
+// the device; Forward uploads the token ids (checked on the host first) and copies the V logits back, which waits
+// for the queued work.
 using Kiln.Devices;
 using Kiln.Kernels;
 using Kiln.Models.Llama;
@@ -22,8 +26,8 @@ using Kiln.Models.Mamba;
 namespace Kiln.Models.Hybrid;
 
 /// <summary>
-/// A hybrid (attention and Mamba-3) model's generation session on the cpu device: batched prefill in chunks,
-/// allocation-free decode, all caches sized once. Not thread-safe.
+/// A hybrid (attention and Mamba-3) model's generation session on the weights' device (cpu, cuda, ilgpu-cpu):
+/// batched prefill in chunks, allocation-free decode on the cpu, all caches sized once. Not thread-safe.
 /// </summary>
 public sealed class HybridSession : IInferenceSession
 {
@@ -41,21 +45,23 @@ public sealed class HybridSession : IInferenceSession
     private readonly Mamba3Mixer?[] _mixers;   // per Mamba-3 layer
     private readonly Mamba3Cache?[] _caches;   // per Mamba-3 layer
     private readonly Tensor _logits;           // [1, V]
+    private readonly float[]? _hostLogits;     // [V] the logits copied back, on ILGPU devices only
     private readonly BlockBuffers _buffers;
     private readonly Dictionary<int, BlockBuffers> _views = new();
     private bool _disposed;
 
     /// <summary>Creates a session over <paramref name="weights"/> (which must outlive it).</summary>
-    /// <exception cref="ArgumentException">The weights are not on the cpu device.</exception>
+    /// <exception cref="ArgumentException">The weights are not on cpu, cuda or ilgpu-cpu.</exception>
     /// <exception cref="ArgumentOutOfRangeException">The context length is outside 1..seq_len.</exception>
-    /// <exception cref="InsufficientMemoryException">The KV caches for the context cannot fit in this machine's memory.</exception>
+    /// <exception cref="InsufficientMemoryException">The KV caches for the context cannot fit in this machine's (or the device's) memory.</exception>
     public HybridSession(HybridWeights weights, SessionOptions options)
     {
         ArgumentNullException.ThrowIfNull(weights);
         ArgumentNullException.ThrowIfNull(options);
-        if (weights.Device is not CpuDevice device)
+        Device device = weights.Device;
+        if (device is not (CpuDevice or IlgpuDevice))
         {
-            throw new ArgumentException($"The hybrid session runs on the cpu device only (the Mamba-3 mixer is a CPU kernel); these weights are on {weights.Device.Name}.", nameof(weights));
+            throw new ArgumentException($"The hybrid session runs on cpu, cuda and ilgpu-cpu; these weights are on {device.Name}.", nameof(weights));
         }
 
         HybridConfig c = weights.Config;
@@ -68,9 +74,25 @@ public sealed class HybridSession : IInferenceSession
         _chunk = Math.Min(PrefillChunk, ContextLength);
         int layers = c.Layers;
 
-        // Refuse KV caches the machine cannot hold before allocating any of them.
+        // Refuse KV caches the machine (or the device, next to the weights and the chunk's activations) cannot hold
+        // before allocating any of them.
         long cacheBytes = 2L * c.AttentionLayers * Config.KvDim * ContextLength * sizeof(float);
-        SessionMemory.EnsureCacheFits(cacheBytes, ContextLength, c.SeqLen);
+        if (device is IlgpuDevice ilgpu)
+        {
+            long weightBytes = weights.Named().Sum(static t => t.Tensor.ByteLength);
+            long perRow = (2L * Config.Dim) + (2L * Config.QueryDim) + (2L * Config.KvDim) + (2L * Config.HiddenDim) + 1;
+            long otherBytes = (_chunk * perRow * sizeof(float)) + ((c.VocabSize + 1L) * sizeof(float));
+            if (c.Mamba3 is not null)
+            {
+                otherBytes += c.Mamba3Layers * Mamba3GpuMixer.ScratchBytes(c.Mamba3, _chunk);
+            }
+
+            SessionMemory.EnsureDeviceFits(device.Name, ilgpu.Accelerator.MemorySize - weightBytes, cacheBytes, otherBytes, ContextLength, c.SeqLen);
+        }
+        else
+        {
+            SessionMemory.EnsureCacheFits(cacheBytes, ContextLength, c.SeqLen);
+        }
 
         _keyCache = new Tensor?[layers];
         _valueCache = new Tensor?[layers];
@@ -78,6 +100,7 @@ public sealed class HybridSession : IInferenceSession
         _caches = new Mamba3Cache?[layers];
         _buffers = new BlockBuffers(Config, _chunk, device);
         _logits = Tensor.Empty([1, c.VocabSize], device: device);
+        _hostLogits = device is CpuDevice ? null : new float[c.VocabSize];
         _views[_chunk] = _buffers;
         _views[1] = _buffers.Rows(1);
         try
@@ -161,7 +184,14 @@ public sealed class HybridSession : IInferenceSession
             Run(b, count == tokens.Length - done);
         }
 
-        return _logits.AsSpan();
+        // On an ILGPU device, copy the logits back (this waits for the queued kernels).
+        if (_hostLogits is null)
+        {
+            return _logits.AsSpan();
+        }
+
+        _logits.CopyTo(_hostLogits);
+        return _hostLogits;
     }
 
     // Runs the chunk in b through every layer at Position; only the last chunk of a call needs logits.

@@ -1,4 +1,5 @@
-// The weights of a hybrid model (HybridConfig), float32 on the cpu device, and its checkpoint: one safetensors file
+// The weights of a hybrid model (HybridConfig), float32 on one device (loaded and made on the cpu, copied to cuda
+// or ilgpu-cpu with To), and its checkpoint: one safetensors file
 // whose __metadata__ holds "format": "kiln-hybrid" and "config": the HybridConfig JSON. Tensor names and shapes
 // (linear weights [out, in], y = x Wᵀ):
 //   tok_embeddings                 [V, D]
@@ -29,7 +30,7 @@ namespace Kiln.Models.Hybrid;
 /// <summary>The weights of one hybrid layer: its mixer (attention or Mamba-3) with the mixer's norm, then the MLP.</summary>
 public sealed class HybridLayerWeights
 {
-    internal HybridLayerWeights(HybridConfig config, HybridLayerKind kind, CpuDevice device)
+    internal HybridLayerWeights(HybridConfig config, HybridLayerKind kind, Device device)
     {
         int d = config.DModel, f = config.HiddenDim;
         Kind = kind;
@@ -44,7 +45,7 @@ public sealed class HybridLayerWeights
         }
         else
         {
-            Mamba = new Mamba3Weights(config.Mamba3!);
+            Mamba = new Mamba3Weights(config.Mamba3!, device);
         }
 
         FfnNorm = Tensor.Empty([d], device: device);
@@ -122,7 +123,7 @@ public sealed class HybridLayerWeights
     }
 }
 
-/// <summary>All weights of a hybrid model (float32, cpu). Dispose frees them.</summary>
+/// <summary>All weights of a hybrid model (float32, on one device). Dispose frees them.</summary>
 public sealed class HybridWeights : IDisposable
 {
     /// <summary>The metadata value of "format" that marks a Kiln hybrid checkpoint.</summary>
@@ -132,11 +133,10 @@ public sealed class HybridWeights : IDisposable
 
     /// <summary>
     /// Allocates zero-filled weights shaped by <paramref name="config"/> (validated) on <paramref name="device"/>
-    /// (<see cref="CpuDevice.Default"/> when null); sessions run on the worker pool of that device. The Mamba-3
-    /// mixers' tensors are read by the mixers directly and live on the default device.
+    /// (<see cref="CpuDevice.Default"/> when null); sessions run on that device (on the cpu, on its worker pool).
     /// </summary>
     /// <exception cref="ArgumentException">The config is invalid.</exception>
-    public HybridWeights(HybridConfig config, CpuDevice? device = null)
+    public HybridWeights(HybridConfig config, Device? device = null)
     {
         ArgumentNullException.ThrowIfNull(config);
         config.Validate();
@@ -167,7 +167,7 @@ public sealed class HybridWeights : IDisposable
     /// <summary>The configuration the shapes follow.</summary>
     public HybridConfig Config { get; }
 
-    /// <summary>The device of every tensor (cpu).</summary>
+    /// <summary>The device of every tensor.</summary>
     public Device Device => TokenEmbedding.Device;
 
     /// <summary>The token embedding. [V, D]</summary>
@@ -245,6 +245,28 @@ public sealed class HybridWeights : IDisposable
         }
 
         return weights;
+    }
+
+    /// <summary>Copies every tensor to <paramref name="device"/> (new weights the caller disposes).</summary>
+    public HybridWeights To(Device device)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        HybridWeights copy = new(Config, device);
+        try
+        {
+            foreach (((_, Tensor target), (_, Tensor source)) in copy.Named().Zip(Named()))
+            {
+                target.CopyFrom(source.ToArray());
+            }
+
+            return copy;
+        }
+        catch
+        {
+            copy.Dispose();
+            throw;
+        }
     }
 
     /// <summary>Writes the weights and the config to a safetensors file (see the file header).</summary>

@@ -5,27 +5,37 @@
 //   PrevKey [R, H, N]  the previous token's key K (normed, biased, rotated by its own angles)
 //   PrevX   [H, P]     the previous token's raw x (MIMO re-scales it by mimo_x when it is used)
 // A fresh sequence starts from zeros: K_prev = 0 and x_prev = 0 make the first token's β term vanish. The cache is
-// allocated once and its size does not depend on the sequence length; Reset clears it for the next sequence.
+// allocated once and its size does not depend on the sequence length; Reset clears it for the next sequence. It lives
+// on the mixer's device (cpu, or an ILGPU device where the mixer's kernels update it in place).
+using Kiln.Devices;
+
 namespace Kiln.Models.Mamba;
 
-/// <summary>The recurrent state of one Mamba-3 mixer for one sequence (float32, CPU). Dispose frees it.</summary>
+/// <summary>The recurrent state of one Mamba-3 mixer for one sequence (float32, on one device). Dispose frees it.</summary>
 public sealed class Mamba3Cache : IDisposable
 {
-    /// <summary>Allocates a zero cache (a fresh sequence) for <paramref name="config"/>.</summary>
+    /// <summary>
+    /// Allocates a zero cache (a fresh sequence) for <paramref name="config"/> on <paramref name="device"/> (the
+    /// default cpu device when null).
+    /// </summary>
     /// <exception cref="ArgumentException">The config is invalid.</exception>
-    public Mamba3Cache(Mamba3Config config)
+    public Mamba3Cache(Mamba3Config config, Device? device = null)
     {
         ArgumentNullException.ThrowIfNull(config);
         config.Validate();
         Config = config;
-        Angles = Tensor.Empty([config.Heads, config.AngleCount]);
-        State = Tensor.Empty([config.Heads, config.HeadDim, config.DState]);
-        PrevKey = Tensor.Empty([config.Rank, config.Heads, config.DState]);
-        PrevX = Tensor.Empty([config.Heads, config.HeadDim]);
+        Device = device ?? CpuDevice.Default;
+        Angles = Tensor.Empty([config.Heads, config.AngleCount], device: Device);
+        State = Tensor.Empty([config.Heads, config.HeadDim, config.DState], device: Device);
+        PrevKey = Tensor.Empty([config.Rank, config.Heads, config.DState], device: Device);
+        PrevX = Tensor.Empty([config.Heads, config.HeadDim], device: Device);
     }
 
     /// <summary>The configuration the sizes follow.</summary>
     public Mamba3Config Config { get; }
+
+    /// <summary>The device the four states live on.</summary>
+    public Device Device { get; }
 
     /// <summary>The accumulated angles θ in [0, 2π). [H, K]</summary>
     public Tensor Angles { get; }
@@ -48,10 +58,18 @@ public sealed class Mamba3Cache : IDisposable
     /// <summary>Clears every state: the next token starts a new sequence.</summary>
     public void Reset()
     {
-        Angles.AsSpan().Clear();
-        State.AsSpan().Clear();
-        PrevKey.AsSpan().Clear();
-        PrevX.AsSpan().Clear();
+        foreach (Tensor tensor in (Tensor[])[Angles, State, PrevKey, PrevX])
+        {
+            if (Device is CpuDevice)
+            {
+                tensor.AsSpan().Clear();
+            }
+            else
+            {
+                tensor.Clear();
+            }
+        }
+
         Tokens = 0;
     }
 
@@ -65,10 +83,10 @@ public sealed class Mamba3Cache : IDisposable
             throw new ArgumentException("Mamba3Cache.CopyFrom: the state was made for another config; use one config for both.", nameof(state));
         }
 
-        Narrow(state.Angles, Angles.AsSpan());
-        Narrow(state.State, State.AsSpan());
-        Narrow(state.PrevKey, PrevKey.AsSpan());
-        Narrow(state.PrevX, PrevX.AsSpan());
+        Narrow(state.Angles, Angles);
+        Narrow(state.State, State);
+        Narrow(state.PrevKey, PrevKey);
+        Narrow(state.PrevX, PrevX);
     }
 
     /// <summary>Frees the states.</summary>
@@ -80,11 +98,14 @@ public sealed class Mamba3Cache : IDisposable
         PrevX.Dispose();
     }
 
-    private static void Narrow(double[] source, Span<float> destination)
+    private static void Narrow(double[] source, Tensor destination)
     {
+        float[] values = new float[source.Length];
         for (int i = 0; i < source.Length; i++)
         {
-            destination[i] = (float)source[i];
+            values[i] = (float)source[i];
         }
+
+        destination.CopyFrom(values);
     }
 }

@@ -30,8 +30,9 @@
 // Angles stay in [0, 2π) (wrapped after every token in both forms), so float32 angles keep their precision over
 // long sequences. Vector work goes through TensorPrimitives (Vector512/Vector256 inside); rows of N and P are short,
 // so the per-call overhead matters: a blocked, register-tiled form of the chunk products is the next step for speed.
-// Deliberately left out: batches of several sequences (one cache per sequence; call once per sequence), devices
-// other than cpu.
+// On ILGPU devices (cuda, ilgpu-cpu) the same math runs as the kernels of Mamba3Kernels.cs, launched by
+// Mamba3GpuMixer.cs: weights, cache and scratch on the device, the projections through MatMul there.
+// Deliberately left out: batches of several sequences (one cache per sequence; call once per sequence).
 using System.Numerics;
 using System.Numerics.Tensors;
 using Kiln.Devices;
@@ -42,7 +43,7 @@ using Kiln.Memory;
 namespace Kiln.Models.Mamba;
 
 /// <summary>
-/// One Mamba-3 mixer (SISO or MIMO) on the CPU: <see cref="Forward"/> runs T tokens from a <see cref="Mamba3Cache"/>
+/// One Mamba-3 mixer (SISO or MIMO) on the cpu or an ILGPU device (cuda, ilgpu-cpu): <see cref="Forward"/> runs T tokens from a <see cref="Mamba3Cache"/>
 /// (chunked prefill for T &gt;= 2, the recurrent step for T = 1) and leaves the cache ready for the next call.
 /// </summary>
 /// <remarks>
@@ -55,21 +56,25 @@ public sealed unsafe class Mamba3Mixer : IDisposable
     private const float TwoPi = 2f * MathF.PI;
 
     private readonly Mamba3Weights _weights;
-    private readonly CpuDevice _device;
-    private readonly PackedWeights _inProj;
-    private readonly PackedWeights _outProj;
-    private readonly NativeBuffer _proj;     // [MaxTokens, in_proj rows]
-    private readonly NativeBuffer _gated;    // [MaxTokens, d_inner]
-    private readonly NativeBuffer _scratch;  // [threads, per-worker scratch]
+    private readonly CpuDevice? _cpu;        // the cpu path's device, packed weights and scratch (null on ILGPU)
+    private readonly PackedWeights? _inProj;
+    private readonly PackedWeights? _outProj;
+    private readonly NativeBuffer? _proj;     // [MaxTokens, in_proj rows]
+    private readonly NativeBuffer? _gated;    // [MaxTokens, d_inner]
+    private readonly NativeBuffer? _scratch;  // [threads, per-worker scratch]
+    private readonly Mamba3GpuMixer? _gpu;   // the ILGPU path (null on cpu)
     private readonly Dims _dims;
     private bool _disposed;
 
     /// <summary>
     /// Creates the mixer for <paramref name="weights"/> on <paramref name="device"/>, with scratch for calls of up to
-    /// <paramref name="maxTokens"/> tokens at a time (longer calls run in pieces of that size).
+    /// <paramref name="maxTokens"/> tokens at a time (longer calls run in pieces of that size). On the cpu the
+    /// weights may be on any cpu device (the mixer runs on <paramref name="device"/>'s worker pool); on an ILGPU
+    /// device they must be on that device (<see cref="Mamba3Weights.To"/>).
     /// </summary>
     /// <exception cref="ArgumentOutOfRangeException">maxTokens is below 1.</exception>
-    public Mamba3Mixer(Mamba3Weights weights, CpuDevice device, int maxTokens = 1024)
+    /// <exception cref="ArgumentException">The weights are on another device, or the device is not cpu, cuda or ilgpu-cpu.</exception>
+    public Mamba3Mixer(Mamba3Weights weights, Device device, int maxTokens = 1024)
     {
         ArgumentNullException.ThrowIfNull(weights);
         ArgumentNullException.ThrowIfNull(device);
@@ -79,12 +84,28 @@ public sealed unsafe class Mamba3Mixer : IDisposable
         }
 
         Mamba3Config c = weights.Config;
+        bool onDevice = device is CpuDevice ? weights.Device is CpuDevice : ReferenceEquals(weights.Device, device);
+        if (device is not (CpuDevice or IlgpuDevice) || !onDevice)
+        {
+            throw new ArgumentException(
+                $"Mamba3Mixer: the weights are on {weights.Device.Name} but the mixer runs on {device.Name}; move them with weights.To(device) (devices: cpu, cuda, ilgpu-cpu).", nameof(weights));
+        }
+
         _weights = weights;
-        _device = device;
+        Device = device;
 
         // Pieces of whole chunks when a piece holds at least one chunk.
         MaxTokens = maxTokens >= c.ChunkSize ? maxTokens / c.ChunkSize * c.ChunkSize : maxTokens;
-        _dims = new Dims(c, device.Threads);
+        if (device is IlgpuDevice ilgpu)
+        {
+            MaxTokens = Mamba3GpuMixer.PieceLimit(c, MaxTokens);
+            _dims = new Dims(c, 1);
+            _gpu = new Mamba3GpuMixer(weights, ilgpu, MaxTokens);
+            return;
+        }
+
+        _cpu = (CpuDevice)device;
+        _dims = new Dims(c, _cpu.Threads);
         _inProj = MatMul.Prepack(weights.InProj);
         _outProj = MatMul.Prepack(weights.OutProj);
         _proj = new NativeBuffer((long)MaxTokens * c.InProjDim * sizeof(float));
@@ -95,11 +116,17 @@ public sealed unsafe class Mamba3Mixer : IDisposable
     /// <summary>The mixer's configuration.</summary>
     public Mamba3Config Config => _weights.Config;
 
-    /// <summary>The most tokens one prefill piece holds (a multiple of the chunk size when at least one chunk).</summary>
+    /// <summary>The device the mixer runs on; its input, output and caches live there.</summary>
+    public Device Device { get; }
+
+    /// <summary>
+    /// The most tokens one prefill piece holds (a multiple of the chunk size when at least one chunk; on ILGPU
+    /// devices also cut so that the in-chunk scores of a piece take at most 256 MiB).
+    /// </summary>
     public int MaxTokens { get; }
 
-    /// <summary>A fresh cache for one sequence.</summary>
-    public Mamba3Cache CreateCache() => new(Config);
+    /// <summary>A fresh cache for one sequence, on the mixer's device.</summary>
+    public Mamba3Cache CreateCache() => new(Config, Device is CpuDevice ? null : Device);
 
     /// <summary>
     /// Runs the mixer over the T tokens of <paramref name="input"/> [..., T, D] (leading dimensions of size 1, one
@@ -112,6 +139,13 @@ public sealed unsafe class Mamba3Mixer : IDisposable
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         int tokens = Check(input, output, cache);
+        if (_gpu is not null)
+        {
+            _gpu.Forward(input, output, cache, tokens, MaxTokens);
+            cache.Tokens += tokens;
+            return;
+        }
+
         float* u = (float*)input.DataPointer;
         float* result = (float*)output.DataPointer;
         int d = Config.DModel;
@@ -133,24 +167,25 @@ public sealed unsafe class Mamba3Mixer : IDisposable
         }
 
         _disposed = true;
-        _inProj.Dispose();
-        _outProj.Dispose();
-        _proj.Dispose();
-        _gated.Dispose();
-        _scratch.Dispose();
+        _inProj?.Dispose();
+        _outProj?.Dispose();
+        _proj?.Dispose();
+        _gated?.Dispose();
+        _scratch?.Dispose();
+        _gpu?.Dispose();
     }
 
     // Projects, scans (chunked or one step) and projects back one piece of at most MaxTokens rows.
     private void RunPiece(float* input, float* output, int tokens, Mamba3Cache cache)
     {
-        WorkerPool pool = _device.Pool;
+        WorkerPool pool = _cpu!.Pool;
         Args args = new()
         {
             Dims = _dims,
             Tokens = tokens,
-            Proj = (float*)_proj.Pointer,
-            Gated = (float*)_gated.Pointer,
-            Scratch = (float*)_scratch.Pointer,
+            Proj = (float*)_proj!.Pointer,
+            Gated = (float*)_gated!.Pointer,
+            Scratch = (float*)_scratch!.Pointer,
             State = cache.State.FloatPointer,
             Angles = cache.Angles.FloatPointer,
             PrevKey = cache.PrevKey.FloatPointer,
@@ -168,14 +203,14 @@ public sealed unsafe class Mamba3Mixer : IDisposable
         };
 
         // The input projection, then the per-token scalars and the B/C norms.
-        Project(pool, input, tokens, _inProj, args.Proj);
+        Project(pool, input, tokens, _inProj!, args.Proj);
         pool.For(tokens, 16, &PrepareTokens, &args);
 
         // The scan: every head on one thread; workers take heads w, w + threads, ...
         pool.For(_dims.Threads, 1, tokens == 1 ? &StepHeads : &ScanHeads, &args);
 
         // The output projection.
-        Project(pool, args.Gated, tokens, _outProj, output);
+        Project(pool, args.Gated, tokens, _outProj!, output);
     }
 
     private static void Project(WorkerPool pool, float* a, int m, PackedWeights w, float* output)
@@ -589,24 +624,34 @@ public sealed unsafe class Mamba3Mixer : IDisposable
         ArgumentNullException.ThrowIfNull(output);
         ArgumentNullException.ThrowIfNull(cache);
         int d = Config.DModel;
-        CheckTensor(input, nameof(input), d);
-        CheckTensor(output, nameof(output), d);
+        CheckTensor(input, nameof(input), d, Device);
+        CheckTensor(output, nameof(output), d, Device);
         if (!input.Shape.SequenceEqual(output.Shape))
         {
             throw new ArgumentException(
                 $"Mamba3Mixer.Forward: output has shape {Tensor.FormatShape(output.Shape)} but input {Tensor.FormatShape(input.Shape)}; allocate the output like the input.", nameof(output));
         }
 
-        long bytes = input.Length * sizeof(float);
-        byte* i0 = (byte*)input.DataPointer, o0 = (byte*)output.DataPointer;
-        if (i0 != o0 && i0 < o0 + bytes && o0 < i0 + bytes)
+        // The cpu path writes output rows while it still reads input rows; the device path reads all of a piece's
+        // input before it writes any output, so overlap cannot hurt there.
+        if (_gpu is null)
         {
-            throw new ArgumentException("Mamba3Mixer.Forward: output partly overlaps input; pass the input itself or a separate tensor.", nameof(output));
+            long bytes = input.Length * sizeof(float);
+            byte* i0 = (byte*)input.DataPointer, o0 = (byte*)output.DataPointer;
+            if (i0 != o0 && i0 < o0 + bytes && o0 < i0 + bytes)
+            {
+                throw new ArgumentException("Mamba3Mixer.Forward: output partly overlaps input; pass the input itself or a separate tensor.", nameof(output));
+            }
         }
 
         if (!ReferenceEquals(cache.Config, Config) && cache.Config != Config)
         {
             throw new ArgumentException("Mamba3Mixer.Forward: the cache was made for another config; create it with mixer.CreateCache().", nameof(cache));
+        }
+
+        if (_gpu is null ? cache.Device is not CpuDevice : !ReferenceEquals(cache.Device, Device))
+        {
+            throw new ArgumentException($"Mamba3Mixer.Forward: the cache is on {cache.Device.Name} but the mixer runs on {Device.Name}; create it with mixer.CreateCache().", nameof(cache));
         }
 
         if (input.Length / d > int.MaxValue)
@@ -617,12 +662,13 @@ public sealed unsafe class Mamba3Mixer : IDisposable
         return (int)(input.Length / d);
     }
 
-    private static void CheckTensor(Tensor tensor, string name, int d)
+    private static void CheckTensor(Tensor tensor, string name, int d, Device device)
     {
-        if (tensor.Device is not CpuDevice || tensor.DType != DType.Float32 || !tensor.IsContiguous || tensor.Rank < 1 || tensor.Size(-1) != d || tensor.Length == 0)
+        bool onDevice = device is CpuDevice ? tensor.Device is CpuDevice : ReferenceEquals(tensor.Device, device);
+        if (!onDevice || tensor.DType != DType.Float32 || !tensor.IsContiguous || tensor.Rank < 1 || tensor.Size(-1) != d || tensor.Length == 0)
         {
             throw new ArgumentException(
-                $"Mamba3Mixer.Forward: {name} is {tensor} with shape {Tensor.FormatShape(tensor.Shape)}; pass a contiguous float32 cpu tensor [T, {d}] (d_model {d}, T >= 1).", name);
+                $"Mamba3Mixer.Forward: {name} is {tensor} with shape {Tensor.FormatShape(tensor.Shape)}; pass a contiguous float32 {device.Name} tensor [T, {d}] (d_model {d}, T >= 1).", name);
         }
 
         for (int i = 0; i < tensor.Rank - 2; i++)

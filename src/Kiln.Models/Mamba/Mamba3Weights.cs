@@ -21,43 +21,53 @@ using Kiln.Models.Sampling;
 
 namespace Kiln.Models.Mamba;
 
-/// <summary>The parameters of one Mamba-3 mixer (float32, CPU). The tensors are mutable; Dispose frees them.</summary>
+/// <summary>
+/// The parameters of one Mamba-3 mixer (float32, on one device: cpu by default, or an ILGPU device through
+/// <see cref="To"/>). The tensors are mutable; Dispose frees them.
+/// </summary>
 public sealed class Mamba3Weights : IDisposable
 {
     private bool _disposed;
 
-    /// <summary>Allocates zero-filled weights shaped by <paramref name="config"/> (validated).</summary>
+    /// <summary>
+    /// Allocates zero-filled weights shaped by <paramref name="config"/> (validated) on <paramref name="device"/>
+    /// (the default cpu device when null).
+    /// </summary>
     /// <exception cref="ArgumentException">The config is invalid.</exception>
-    public Mamba3Weights(Mamba3Config config)
+    public Mamba3Weights(Mamba3Config config, Device? device = null)
     {
         ArgumentNullException.ThrowIfNull(config);
         config.Validate();
         Config = config;
+        Device = device ?? CpuDevice.Default;
         int h = config.Heads, r = config.Rank, n = config.DState, p = config.HeadDim;
-        InProj = Tensor.Empty([config.InProjDim, config.DModel]);
-        DtBias = Tensor.Empty([h]);
-        BBias = Tensor.Empty([h, r, n]);
-        CBias = Tensor.Empty([h, r, n]);
-        BNorm = Tensor.Empty([n]);
-        CNorm = Tensor.Empty([n]);
-        D = Tensor.Empty([h]);
+        InProj = Tensor.Empty([config.InProjDim, config.DModel], device: Device);
+        DtBias = Tensor.Empty([h], device: Device);
+        BBias = Tensor.Empty([h, r, n], device: Device);
+        CBias = Tensor.Empty([h, r, n], device: Device);
+        BNorm = Tensor.Empty([n], device: Device);
+        CNorm = Tensor.Empty([n], device: Device);
+        D = Tensor.Empty([h], device: Device);
         if (config.IsMimo)
         {
-            MimoX = Tensor.Empty([h, r, p]);
-            MimoZ = Tensor.Empty([h, r, p]);
-            MimoO = Tensor.Empty([h, r, p]);
+            MimoX = Tensor.Empty([h, r, p], device: Device);
+            MimoZ = Tensor.Empty([h, r, p], device: Device);
+            MimoO = Tensor.Empty([h, r, p], device: Device);
         }
 
         if (config.IsOutProjNorm)
         {
-            Norm = Tensor.Empty([config.DInner]);
+            Norm = Tensor.Empty([config.DInner], device: Device);
         }
 
-        OutProj = Tensor.Empty([config.DModel, config.DInner]);
+        OutProj = Tensor.Empty([config.DModel, config.DInner], device: Device);
     }
 
     /// <summary>The configuration the shapes follow.</summary>
     public Mamba3Config Config { get; }
+
+    /// <summary>The device every tensor lives on.</summary>
+    public Device Device { get; }
 
     /// <summary>in_proj.weight. [2·d_inner + 2·R·G·N + 3·H + K, D]</summary>
     public Tensor InProj { get; }
@@ -203,6 +213,20 @@ public sealed class Mamba3Weights : IDisposable
             weights.Dispose();
             throw;
         }
+    }
+
+    /// <summary>Copies every tensor to <paramref name="device"/> (new weights the caller disposes).</summary>
+    public Mamba3Weights To(Device device)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        Mamba3Weights copy = new(Config, device);
+        foreach (((_, Tensor target), (_, Tensor source)) in copy.Named().Zip(Named()))
+        {
+            target.CopyFrom(source.ToArray());
+        }
+
+        return copy;
     }
 
     /// <summary>Writes the weights (official names after <paramref name="prefix"/>) to a safetensors file.</summary>

@@ -96,6 +96,7 @@ public sealed class PtxCompilationTests : IClassFixture<PtxContexts>
         ListedKernel[] kernels = AllKernels().ToArray();
         Assert.Contains(kernels, static k => k.Owner == typeof(Kiln.Kernels.Gemm.GpuGemm) && k.Registry == "GpuKernels");
         Assert.Contains(kernels, static k => k.Owner.Assembly == typeof(Kiln.Models.Llama.LlamaConfig).Assembly);
+        Assert.Equal(11, kernels.Count(static k => k.Owner.FullName == "Kiln.Models.Mamba.Mamba3Kernels" && k.Registry == "GpuKernels"));
         Assert.Equal(kernels.Length, kernels.Select(static k => k.Id).Distinct().Count());
         Assert.All(kernels, static k =>
         {
