@@ -3,7 +3,7 @@
 //
 // A folder holds config.json, the weights as model.safetensors or as shards model-0000K-of-0000N.safetensors listed by
 // model.safetensors.index.json ({"weight_map": {tensor name: shard file name}}), and usually tokenizer.json and
-// tokenizer_config.json (read by HuggingFaceTokenizer).
+// tokenizer_config.json (read by HuggingFaceTokenizer; Write can add a tokenizer.json).
 //
 // config.json → LlamaConfig: hidden_size → dim, intermediate_size → hidden_dim, num_hidden_layers → n_layers,
 // num_attention_heads → n_heads, num_key_value_heads → n_kv_heads (default n_heads), head_dim (default dim / n_heads),
@@ -33,6 +33,7 @@ using System.Text.Json;
 using Kiln.Devices;
 using Kiln.Kernels;
 using Kiln.Models.Llama;
+using Kiln.Models.Tokenizers;
 
 namespace Kiln.Models.Formats;
 
@@ -304,10 +305,11 @@ public static class HuggingFaceLlama
     /// Writes <paramref name="weights"/> as a Hugging Face folder <paramref name="directory"/> (created if needed):
     /// config.json, and the tensors as model.safetensors (<paramref name="shards"/> = 1) or as that many shards with
     /// model.safetensors.index.json. Adjacent-layout weights have their query and key rows permuted into the half-split
-    /// order. Q8_0 matrices are written as F32 (dequantized).
+    /// order. Q8_0 matrices are written as F32 (dequantized). <paramref name="tokenizerJson"/>, when given, is written as
+    /// tokenizer.json (see <see cref="HuggingFaceTokenizer.ToJson(Llama2cTokenizer)"/>).
     /// </summary>
     /// <exception cref="ArgumentException">Fewer than one shard, or more shards than tensors.</exception>
-    public static void Write(string directory, LlamaWeights weights, int shards = 1)
+    public static void Write(string directory, LlamaWeights weights, int shards = 1, string? tokenizerJson = null)
     {
         ArgumentNullException.ThrowIfNull(weights);
         LlamaConfig c = weights.Config;
@@ -364,6 +366,10 @@ public static class HuggingFaceLlama
             }
 
             File.WriteAllText(Path.Combine(directory, ConfigFile), ConfigJson(c, weights.DType == DType.Q8_0 ? DType.Float32 : weights.DType));
+            if (tokenizerJson is not null)
+            {
+                File.WriteAllText(Path.Combine(directory, HuggingFaceTokenizer.FileName), tokenizerJson);
+            }
         }
         finally
         {
