@@ -305,11 +305,13 @@ public static class HuggingFaceLlama
     /// Writes <paramref name="weights"/> as a Hugging Face folder <paramref name="directory"/> (created if needed):
     /// config.json, and the tensors as model.safetensors (<paramref name="shards"/> = 1) or as that many shards with
     /// model.safetensors.index.json. Adjacent-layout weights have their query and key rows permuted into the half-split
-    /// order. Q8_0 matrices are written as F32 (dequantized). <paramref name="tokenizerJson"/>, when given, is written as
-    /// tokenizer.json (see <see cref="HuggingFaceTokenizer.ToJson(Llama2cTokenizer)"/>).
+    /// order. Matrices are written in <paramref name="matrices"/> (float32, float16 or bfloat16; rounded to nearest) or,
+    /// when null, as stored (Q8_0 dequantized to float32); norms stay float32. <paramref name="tokenizerJson"/>, when
+    /// given, is written as tokenizer.json (see <see cref="HuggingFaceTokenizer.ToJson(Llama2cTokenizer)"/>).
     /// </summary>
-    /// <exception cref="ArgumentException">Fewer than one shard, or more shards than tensors.</exception>
-    public static void Write(string directory, LlamaWeights weights, int shards = 1, string? tokenizerJson = null)
+    /// <exception cref="ArgumentException">Fewer than one shard, more shards than tensors, or a matrix dtype that is not
+    /// float32, float16 or bfloat16.</exception>
+    public static void Write(string directory, LlamaWeights weights, int shards = 1, string? tokenizerJson = null, DType? matrices = null)
     {
         ArgumentNullException.ThrowIfNull(weights);
         LlamaConfig c = weights.Config;
@@ -317,6 +319,12 @@ public static class HuggingFaceLlama
         if (shards < 1 || shards > named.Count)
         {
             throw new ArgumentException($"HuggingFaceLlama.Write: shards is {shards}; pass 1 to {named.Count} (one per tensor at most).", nameof(shards));
+        }
+
+        DType target = matrices ?? (weights.DType == DType.Q8_0 ? DType.Float32 : weights.DType);
+        if (target is not (DType.Float32 or DType.Float16 or DType.BFloat16))
+        {
+            throw new ArgumentException($"HuggingFaceLlama.Write: matrices cannot be written as {target.Name()}; pass float32, float16 or bfloat16.", nameof(matrices));
         }
 
         System.IO.Directory.CreateDirectory(directory);
@@ -329,14 +337,15 @@ public static class HuggingFaceLlama
                 named = [.. Named(converted)];
             }
 
-            // Q8_0 has no safetensors dtype: write those matrices dequantized.
+            // Matrices in the target dtype (Q8_0 has no safetensors dtype: it is dequantized).
             for (int i = 0; i < named.Count; i++)
             {
-                if (named[i].Tensor.DType == DType.Q8_0)
+                Tensor tensor = named[i].Tensor;
+                if (tensor.Rank == 2 && tensor.DType != target)
                 {
-                    Tensor widened = Tensor.FromArray(named[i].Tensor.ToArray(), named[i].Tensor.Shape);
-                    temporaries.Add(widened);
-                    named[i] = (named[i].Name, widened);
+                    Tensor retyped = Retype(tensor, target);
+                    temporaries.Add(retyped);
+                    named[i] = (named[i].Name, retyped);
                 }
             }
 
@@ -365,7 +374,7 @@ public static class HuggingFaceLlama
                 File.Delete(Path.Combine(directory, IndexFile));
             }
 
-            File.WriteAllText(Path.Combine(directory, ConfigFile), ConfigJson(c, weights.DType == DType.Q8_0 ? DType.Float32 : weights.DType));
+            File.WriteAllText(Path.Combine(directory, ConfigFile), ConfigJson(c, target));
             if (tokenizerJson is not null)
             {
                 File.WriteAllText(Path.Combine(directory, HuggingFaceTokenizer.FileName), tokenizerJson);
@@ -379,6 +388,24 @@ public static class HuggingFaceLlama
                 tensor.Dispose();
             }
         }
+    }
+
+    // A CPU copy of a matrix in float32, float16 or bfloat16 (rounded to nearest even).
+    private static Tensor Retype(Tensor tensor, DType dtype)
+    {
+        float[] values = tensor.ToArray();
+        if (dtype == DType.Float32)
+        {
+            return Tensor.FromArray(values, tensor.Shape);
+        }
+
+        ushort[] bits = new ushort[values.Length];
+        for (int i = 0; i < values.Length; i++)
+        {
+            bits[i] = dtype == DType.Float16 ? BitConverter.HalfToUInt16Bits((Half)values[i]) : DTypes.SingleToBFloat16(values[i]);
+        }
+
+        return Tensor.FromBits(bits, tensor.Shape, dtype);
     }
 
     /// <summary>The file name of shard <paramref name="index"/> (0-based) of <paramref name="count"/>: model-00001-of-00003.safetensors.</summary>

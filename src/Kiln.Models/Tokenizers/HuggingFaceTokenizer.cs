@@ -102,6 +102,9 @@ public sealed class HuggingFaceTokenizer : ITokenizer
     /// <summary>Whether a sequence start gets EOS after the text.</summary>
     public bool AddEos { get; }
 
+    /// <summary>The SentencePiece-style vocabulary that encodes (null for byte-level BPE), for conversions to GGUF or llama2.c.</summary>
+    public LlamaSpmTokenizer? SentencePiece => _sentencePiece;
+
     /// <summary>Whether non-empty text gets a leading space (SentencePiece's dummy prefix).</summary>
     public bool AddSpacePrefix { get; }
 
@@ -189,8 +192,8 @@ public sealed class HuggingFaceTokenizer : ITokenizer
         // Which family: byte-level (a ByteLevel pre-tokenizer or decoder) or SentencePiece-style ('▁' spaces).
         bool byteLevel = HasComponent(root, "pre_tokenizer", "ByteLevel") || HasComponent(root, "decoder", "ByteLevel");
         return byteLevel
-            ? ByteLevel(path, root, model, vocab, merges, added, [.. pieces!], special, bos, eos, addBos, addEos)
-            : SentencePiece(path, root, model, vocab, merges, [.. pieces!], special, bos, eos, addBos, addEos);
+            ? ByteLevelBpe(path, root, model, vocab, merges, added, [.. pieces!], special, bos, eos, addBos, addEos)
+            : SentencePieceBpe(path, root, model, vocab, merges, [.. pieces!], special, bos, eos, addBos, addEos);
     }
 
     /// <summary>
@@ -473,7 +476,7 @@ public sealed class HuggingFaceTokenizer : ITokenizer
         return text.Append(decoder.Flush()).ToString();
     }
 
-    private static HuggingFaceTokenizer SentencePiece(
+    private static HuggingFaceTokenizer SentencePieceBpe(
         string path,
         JsonElement root,
         JsonElement model,
@@ -535,7 +538,7 @@ public sealed class HuggingFaceTokenizer : ITokenizer
         return new HuggingFaceTokenizer(engine, null, HuggingFaceTokenizerKind.SentencePieceBpe, [], control, bos, eos, addBos, addEos, prefix);
     }
 
-    private static HuggingFaceTokenizer ByteLevel(
+    private static HuggingFaceTokenizer ByteLevelBpe(
         string path,
         JsonElement root,
         JsonElement model,
