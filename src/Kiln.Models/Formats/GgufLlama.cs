@@ -173,8 +173,10 @@ public static class GgufLlama
             throw Fail(file.Path, $"holds Q8_0 matrices, which Kiln computes on the cpu device only (not {device.Name})", "run it with --device cpu, or convert it with --dtype f16 for a GPU");
         }
 
-        // Fill CPU weights tensor by tensor, then move them when another device was asked for.
-        LlamaWeights weights = LlamaWeights.Allocate(config, CpuDevice.Default, dtype);
+        // Fill CPU weights tensor by tensor (on the CPU device asked for, with its thread count), then move them when
+        // another device was asked for.
+        CpuDevice cpu = device as CpuDevice ?? CpuDevice.Default;
+        LlamaWeights weights = LlamaWeights.Allocate(config, cpu, dtype);
         try
         {
             Fill(file, "token_embd.weight", weights.TokenEmbedding);

@@ -167,8 +167,10 @@ public static class HuggingFaceLlama
     {
         ArgumentNullException.ThrowIfNull(model);
 
-        // Fill CPU weights tensor by tensor, then move them when another device was asked for.
-        LlamaWeights weights = LlamaWeights.Allocate(model.Config, CpuDevice.Default, model.MatrixDType);
+        // Fill CPU weights tensor by tensor (on the CPU device asked for, with its thread count), then move them when
+        // another device was asked for.
+        CpuDevice cpu = device as CpuDevice ?? CpuDevice.Default;
+        LlamaWeights weights = LlamaWeights.Allocate(model.Config, cpu, model.MatrixDType);
         try
         {
             foreach ((string name, Tensor tensor) in Named(weights))

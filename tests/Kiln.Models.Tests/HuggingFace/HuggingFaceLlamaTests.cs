@@ -123,6 +123,20 @@ public sealed class HuggingFaceLlamaTests : IDisposable
     }
 
     [Fact]
+    public void Load_PutsTheWeightsOnTheCpuDeviceAskedFor()
+    {
+        // A CPU device other than the default (its own thread count): the session runs on the weights' device.
+        string folder = _temp.File("stories-device");
+        HuggingFaceLlama.Write(folder, TestData.Stories);
+        using Devices.CpuDevice oneThread = new(1);
+
+        using LlamaWeights weights = HuggingFaceLlama.Load(folder, oneThread);
+
+        Assert.Same(oneThread, weights.Device);
+        Assert.All(weights.Tensors, tensor => Assert.Same(oneThread, tensor.Device));
+    }
+
+    [Fact]
     public void ConfigJson_IsWhatTransformersReads()
     {
         string json = HuggingFaceLlama.ConfigJson(TestData.Stories.Config, DType.Float32);
