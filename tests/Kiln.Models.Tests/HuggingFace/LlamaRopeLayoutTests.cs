@@ -1,8 +1,8 @@
-// LlamaRopeLayout on grouped-query shapes: permuting rows adjacent → half-split → adjacent is the identity, and every
-// attention score q·k of a float64 reference with half-split RoPE on the original weights equals the score with adjacent
-// RoPE on the permuted weights, the keys permuted per key/value head (Hkv of them) and the queries per query head (H).
-// Permuting the keys per query head instead (llama.cpp's old converter bug) changes the scores, which the last test
-// checks, so the property is able to fail. A whole model converted either way gives the same logits.
+// LlamaRopeLayout on grouped-query shapes: permuting rows adjacent → half-split → adjacent (and the reverse) is the
+// identity, and every attention score q·k of a float64 reference with half-split RoPE on the original weights equals
+// the score with adjacent RoPE on the permuted weights, the keys permuted per key/value head (Hkv of them) and the
+// queries per query head (H). Permuting the keys per query head instead (a known converter bug) changes the scores,
+// which a test checks, so the property is able to fail. A whole model converted either way gives the same logits.
 
 using FsCheck;
 using FsCheck.Fluent;
@@ -47,10 +47,13 @@ public sealed class LlamaRopeLayoutTests
             double[] actual = Scores(wqAdjacent, wkAdjacent, heads, kvHeads, headDim, dim, inputs, positions, RopeLayout.Adjacent);
             double worst = expected.Zip(actual, static (e, a) => Math.Abs(e - a) / Math.Max(1, Math.Abs(e))).Max();
 
-            // And back: the identity.
+            // And back: the identity, both ways round.
             LlamaRopeLayout.PermuteRows(q, heads, headDim, RopeLayout.HalfSplit);
             LlamaRopeLayout.PermuteRows(k, kvHeads, headDim, RopeLayout.HalfSplit);
             bool identity = q.ToArray().SequenceEqual(wq) && k.ToArray().SequenceEqual(wk);
+            LlamaRopeLayout.PermuteRows(k, kvHeads, headDim, RopeLayout.HalfSplit);
+            LlamaRopeLayout.PermuteRows(k, kvHeads, headDim, RopeLayout.Adjacent);
+            identity &= k.ToArray().SequenceEqual(wk);
             bool moved = headDim == 2 || !wqAdjacent.SequenceEqual(wq);
             return (worst <= ScoreTolerance && identity && moved).Label($"worst score difference {worst}, identity {identity}, rows moved {moved}");
         });
