@@ -1,7 +1,8 @@
-// A Llama model file as the commands see it, whatever its container: a llama2.c checkpoint (legacy or version 1) or a
-// GGUF file of the llama architecture. Opening reads and validates the header only (for GGUF: the metadata and tensor
-// entries, whose shapes are checked against the config); Load reads the weights. The tokenizer is --tokenizer when given
-// (a llama2.c tok*.bin, or a GGUF file whose vocabulary is used), else the GGUF file's own vocabulary, else tok<V>.bin or
+// A Llama model as the commands see it, whatever its container: a llama2.c checkpoint (legacy or version 1), a GGUF
+// file of the llama architecture, or a Hugging Face folder (config.json + safetensors). Opening reads and validates the
+// header only (for GGUF and folders: the metadata and tensor entries, whose shapes are checked against the config); Load
+// reads the weights. The tokenizer is --tokenizer when given (a llama2.c tok*.bin, a GGUF file whose vocabulary is used,
+// or a tokenizer.json), else the GGUF file's own vocabulary, else the folder's tokenizer.json, else tok<V>.bin or
 // tokenizer.bin next to a llama2.c checkpoint.
 
 using Kiln.Devices;
@@ -15,12 +16,13 @@ namespace Kiln.Cli;
 /// <summary>A llama2.c or GGUF llama model whose header has been validated.</summary>
 internal sealed class LlamaModelFile
 {
-    private LlamaModelFile(string path, LlamaConfig config, Llama2cHeader? header, GgufFile? gguf)
+    private LlamaModelFile(string path, LlamaConfig config, Llama2cHeader? header, GgufFile? gguf, HuggingFaceModel? folder = null)
     {
         Path = path;
         Config = config;
         Header = header;
         Gguf = gguf;
+        Folder = folder;
     }
 
     /// <summary>The model path.</summary>
@@ -32,18 +34,29 @@ internal sealed class LlamaModelFile
     /// <summary>The llama2.c header, or null for GGUF.</summary>
     public Llama2cHeader? Header { get; }
 
-    /// <summary>The GGUF file, or null for llama2.c.</summary>
+    /// <summary>The GGUF file, or null for the other containers.</summary>
     public GgufFile? Gguf { get; }
 
-    /// <summary>The container for messages: "llama2.c legacy", "GGUF v3 F16".</summary>
-    public string Container => Gguf is null
-        ? $"llama2.c {(Header!.Format == Llama2cFormat.Legacy ? "legacy" : "version 1")}"
-        : $"GGUF v{Gguf.Version} {MatrixTypes(Gguf)}";
+    /// <summary>The Hugging Face folder, or null for the other containers.</summary>
+    public HuggingFaceModel? Folder { get; }
 
-    /// <summary>Opens <paramref name="path"/>, detecting GGUF by its magic.</summary>
-    /// <exception cref="ModelFormatException">The header is invalid or (GGUF) not a runnable llama model.</exception>
+    /// <summary>The container for messages: "llama2.c legacy", "GGUF v3 F16", "Hugging Face folder (LlamaForCausalLM, 3 shards, F32)".</summary>
+    public string Container => Folder is not null
+        ? $"Hugging Face folder ({Folder.Architecture}, {(Folder.Shards.Count == 1 ? "1 file" : $"{Folder.Shards.Count} shards")}, {Folder.MatrixDType.Name()})"
+        : Gguf is null
+            ? $"llama2.c {(Header!.Format == Llama2cFormat.Legacy ? "legacy" : "version 1")}"
+            : $"GGUF v{Gguf.Version} {MatrixTypes(Gguf)}";
+
+    /// <summary>Opens <paramref name="path"/>: a folder is a Hugging Face model, a file GGUF (by its magic) or llama2.c.</summary>
+    /// <exception cref="ModelFormatException">The header is invalid or not a runnable llama model.</exception>
     public static LlamaModelFile Open(string path)
     {
+        if (HuggingFaceLlama.IsFolder(path))
+        {
+            HuggingFaceModel folder = HuggingFaceLlama.Open(path);
+            return new LlamaModelFile(path, folder.Config, null, null, folder);
+        }
+
         if (GgufFile.IsGguf(path))
         {
             GgufFile gguf = GgufFile.Open(path);
@@ -55,11 +68,14 @@ internal sealed class LlamaModelFile
     }
 
     /// <summary>Reads the weights onto <paramref name="device"/>.</summary>
-    public LlamaWeights Load(Device device) => Gguf is null ? Llama2cCheckpoint.Load(Path, device) : GgufLlama.Load(Gguf, device);
+    public LlamaWeights Load(Device device) =>
+        Folder is not null ? HuggingFaceLlama.Load(Folder, device)
+        : Gguf is null ? Llama2cCheckpoint.Load(Path, device)
+        : GgufLlama.Load(Gguf, device);
 
     /// <summary>
-    /// The tokenizer: <paramref name="flag"/> (--tokenizer) when given, else the GGUF vocabulary, else the llama2.c
-    /// tokenizer next to the model. Its size must be the model's vocabulary size.
+    /// The tokenizer: <paramref name="flag"/> (--tokenizer) when given, else the GGUF vocabulary, else the folder's
+    /// tokenizer.json, else the llama2.c tokenizer next to the model. Its size must be the model's vocabulary size.
     /// </summary>
     /// <exception cref="CliException">No tokenizer was found, or its size differs from the model's.</exception>
     /// <exception cref="ModelFormatException">The tokenizer file is invalid.</exception>
@@ -68,6 +84,8 @@ internal sealed class LlamaModelFile
         int vocab = Config.VocabSize;
         (ITokenizer tokenizer, string source) = !string.IsNullOrEmpty(flag)
             ? (LoadTokenizerFile(flag, vocab), flag)
+            : Folder is not null
+                ? (LoadFolderTokenizer(Path), System.IO.Path.Combine(Path, HuggingFaceTokenizer.FileName))
             : Gguf is not null && GgufTokenizers.HasTokenizer(Gguf)
                 ? (GgufTokenizers.Load(Gguf), $"{Path} (GGUF metadata)")
                 : Gguf is not null
@@ -82,10 +100,24 @@ internal sealed class LlamaModelFile
     }
 
     /// <summary>
-    /// Loads a tokenizer file: a GGUF file's vocabulary, or a llama2.c tokenizer for <paramref name="vocabSize"/> tokens.
+    /// Loads a tokenizer file: a tokenizer.json (or a folder holding one), a GGUF file's vocabulary, or a llama2.c
+    /// tokenizer for <paramref name="vocabSize"/> tokens.
     /// </summary>
     public static ITokenizer LoadTokenizerFile(string path, int vocabSize) =>
-        GgufFile.IsGguf(path) ? GgufTokenizers.Load(GgufFile.Open(path)) : Llama2cTokenizer.Load(path, vocabSize);
+        Directory.Exists(path) ? HuggingFaceTokenizer.Load(System.IO.Path.Combine(path, HuggingFaceTokenizer.FileName))
+        : path.EndsWith(".json", StringComparison.OrdinalIgnoreCase) ? HuggingFaceTokenizer.Load(path)
+        : GgufFile.IsGguf(path) ? GgufTokenizers.Load(GgufFile.Open(path))
+        : Llama2cTokenizer.Load(path, vocabSize);
+
+    /// <summary>The tokenizer.json of a Hugging Face folder.</summary>
+    /// <exception cref="CliException">The folder has no tokenizer.json.</exception>
+    public static HuggingFaceTokenizer LoadFolderTokenizer(string folder)
+    {
+        string path = System.IO.Path.Combine(folder, HuggingFaceTokenizer.FileName);
+        return File.Exists(path)
+            ? HuggingFaceTokenizer.Load(path)
+            : throw new CliException($"{folder} has no {HuggingFaceTokenizer.FileName}; pass the model's tokenizer with --tokenizer (a tokenizer.json, a GGUF file or a llama2.c tok*.bin).", CliException.FailureExitCode);
+    }
 
     /// <summary>The vocabulary size a GGUF file declares: llama.vocab_size, the token list, or token_embd's rows.</summary>
     public static int? VocabSizeOf(GgufFile gguf)

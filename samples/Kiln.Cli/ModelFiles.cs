@@ -1,5 +1,5 @@
 // Finds the files a command needs: the model (-m, else $KILN_MODEL, else ~/.cache/kiln/models/stories260K/
-// stories260K.bin) and its tokenizer (--tokenizer, else tok<vocab>.bin or tokenizer.bin next to the model).
+// stories260K.bin; a file or a Hugging Face folder) and its tokenizer (--tokenizer, else tok<vocab>.bin or tokenizer.bin next to the model).
 
 namespace Kiln.Cli;
 
@@ -23,9 +23,9 @@ internal static class ModelFiles
         // Then $KILN_MODEL, which must point at a file when set.
         if (!string.IsNullOrEmpty(environment.ModelVariable))
         {
-            if (!File.Exists(environment.ModelVariable))
+            if (!File.Exists(environment.ModelVariable) && !Directory.Exists(environment.ModelVariable))
             {
-                throw new CliException($"KILN_MODEL is '{environment.ModelVariable}', which does not exist; fix the variable or pass -m PATH to a llama2.c checkpoint.", CliException.FailureExitCode);
+                throw new CliException($"KILN_MODEL is '{environment.ModelVariable}', which does not exist; fix the variable or pass -m PATH to a model file or folder.", CliException.FailureExitCode);
             }
 
             return environment.ModelVariable;

@@ -1,4 +1,4 @@
-// kiln info: prints a checkpoint's container, configuration (as JSON, snake_case names) and parameter count,
+// kiln info: prints a checkpoint's (or a Hugging Face folder's) container, configuration (as JSON, snake_case names) and parameter count,
 // from the header alone (the header is validated against the file length, the weights are not read). Kiln DSA
 // checkpoints (safetensors) also show the DSA fields, the IndexCache pattern and the indexers' parameter count. GGUF
 // files show their container facts, architecture, tokenizer and tensor types, then the config when they hold a
@@ -40,6 +40,12 @@ internal static class InfoCommand
                 return 0;
             }
 
+            if (HuggingFaceLlama.IsFolder(modelPath))
+            {
+                PrintFolder(context, HuggingFaceLlama.Open(modelPath));
+                return 0;
+            }
+
             if (GgufFile.IsGguf(modelPath))
             {
                 PrintGguf(context, GgufFile.Open(modelPath), parse.GetValue(context.Verbose));
@@ -56,6 +62,29 @@ internal static class InfoCommand
             return 0;
         }));
         return command;
+    }
+
+    // A Hugging Face folder: its files, architecture and dtypes, its tokenizer.json, the config and parameter count.
+    private static void PrintFolder(CliContext context, HuggingFaceModel folder)
+    {
+        TextWriter output = context.Stdout;
+        long bytes = folder.Shards.Sum(shard => new FileInfo(Path.Combine(folder.Directory, shard)).Length);
+        string files = folder.Shards.Count == 1 ? folder.Shards[0] : $"{folder.Shards.Count} shards + {HuggingFaceLlama.IndexFile}";
+        output.WriteLine($"model: {folder.Directory}");
+        output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"format: Hugging Face folder ({folder.Architecture}; {files}, {bytes:N0} bytes; torch_dtype {folder.TorchDType ?? "unset"}, matrices load as {folder.MatrixDType.Name()}; RoPE half-split)"));
+        string tokenizerPath = Path.Combine(folder.Directory, HuggingFaceTokenizer.FileName);
+        if (File.Exists(tokenizerPath))
+        {
+            HuggingFaceTokenizer tokenizer = HuggingFaceTokenizer.Load(tokenizerPath);
+            output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"tokenizer: {HuggingFaceTokenizer.FileName} ({(tokenizer.Kind == HuggingFaceTokenizerKind.ByteLevelBpe ? "byte-level BPE" : "SentencePiece-style BPE")}, {tokenizer.VocabSize:N0} tokens)"));
+        }
+        else
+        {
+            output.WriteLine($"tokenizer: none ({HuggingFaceTokenizer.FileName} is missing; pass --tokenizer to generate)");
+        }
+
+        output.WriteLine($"config: {folder.Config.ToJson()}");
+        output.WriteLine($"parameters: {folder.Config.ParameterCount.ToString("N0", CultureInfo.InvariantCulture)} ({FormatCount(folder.Config.ParameterCount)})");
     }
 
     // A GGUF file: container facts, architecture, tokenizer and tensor types; the llama config when the file is a

@@ -1,6 +1,7 @@
 // kiln tokenize: prints the token ids of a text (BOS included when the vocabulary adds it, unless --no-bos) on one line,
 // separated by spaces. Reads only the model's header (for the vocabulary size) and the tokenizer, not the weights; a GGUF file's
-// own vocabulary is used unless --tokenizer is given, so vocabulary-only GGUF files (no tensors) work too.
+// own vocabulary is used unless --tokenizer is given, so vocabulary-only GGUF files (no tensors) work too; a Hugging Face
+// folder's tokenizer.json likewise (with config.json, its weights unread).
 
 using System.CommandLine;
 using Kiln.Models.Formats;
@@ -29,7 +30,13 @@ internal static class TokenizeCommand
             string modelPath = ModelFiles.ResolveModel(parse.GetValue(model), context.Environment);
             string? flag = parse.GetValue(tokenizer);
             ITokenizer vocabulary;
-            if (GgufFile.IsGguf(modelPath))
+            if (HuggingFaceLlama.IsFolder(modelPath))
+            {
+                // A Hugging Face folder: config.json for the vocabulary size, the folder's tokenizer.json.
+                int vocab = HuggingFaceLlama.ReadConfig(Path.Combine(modelPath, HuggingFaceLlama.ConfigFile)).Config.VocabSize;
+                vocabulary = string.IsNullOrEmpty(flag) ? LlamaModelFile.LoadFolderTokenizer(modelPath) : LlamaModelFile.LoadTokenizerFile(flag, vocab);
+            }
+            else if (GgufFile.IsGguf(modelPath))
             {
                 GgufFile gguf = GgufFile.Open(modelPath);
                 vocabulary = string.IsNullOrEmpty(flag)

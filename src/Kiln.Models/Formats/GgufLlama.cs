@@ -168,8 +168,10 @@ public static class GgufLlama
         ArgumentNullException.ThrowIfNull(file);
         LlamaConfig config = ReadConfig(file);
         DType dtype = MatrixDType(file, config);
-        // Fill CPU weights tensor by tensor, then move them when another device was asked for.
-        LlamaWeights weights = LlamaWeights.Allocate(config, CpuDevice.Default, dtype);
+        // Fill CPU weights tensor by tensor (on the CPU device asked for, with its thread count), then move them when
+        // another device was asked for.
+        CpuDevice cpu = device as CpuDevice ?? CpuDevice.Default;
+        LlamaWeights weights = LlamaWeights.Allocate(config, cpu, dtype);
         try
         {
             Fill(file, "token_embd.weight", weights.TokenEmbedding);

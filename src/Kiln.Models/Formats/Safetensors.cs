@@ -155,6 +155,53 @@ public sealed unsafe class SafetensorsFile
         return Tensor.FromArray(narrowed, entry.Shape, device ?? CpuDevice.Default);
     }
 
+    /// <summary>
+    /// Reads tensor <paramref name="name"/> into <paramref name="destination"/>, a contiguous CPU tensor with the same
+    /// element count: the bytes as stored when the dtypes match, else (a float32 destination) the values widened from
+    /// F16/BF16 or narrowed from F64.
+    /// </summary>
+    /// <exception cref="ModelFormatException">No such tensor, a different element count, a dtype that cannot be
+    /// converted to the destination's, or the file changed.</exception>
+    public void ReadInto(string name, Tensor destination)
+    {
+        ArgumentNullException.ThrowIfNull(destination);
+        if (!_entries.TryGetValue(name, out SafetensorsEntry? entry))
+        {
+            throw new ModelFormatException(Path, $"{Path}: has no tensor \"{name}\"; the file holds {_entries.Count} others (kiln info lists them).");
+        }
+
+        long count = entry.Shape.Aggregate(1L, static (n, d) => n * d);
+        if (count != destination.Length || destination.Device is not CpuDevice)
+        {
+            throw new ModelFormatException(Path, $"{Path}: tensor \"{name}\" has {count} elements but the destination {destination} has {destination.Length}; pass a CPU tensor of its shape.");
+        }
+
+        // The stored dtype: copy the bytes straight in.
+        if (!entry.IsFloat64 && entry.DType == destination.DType)
+        {
+            try
+            {
+                using FileStream stream = new(Path, FileMode.Open, FileAccess.Read, FileShare.Read);
+                stream.Position = entry.Offset;
+                ReadBytes(stream, destination);
+                return;
+            }
+            catch (Exception e) when (e is IOException or EndOfStreamException)
+            {
+                throw new ModelFormatException(Path, $"{Path}: tensor \"{name}\" could not be read ({e.Message}); the file may have changed, re-save it.", e);
+            }
+        }
+
+        // Another float dtype into float32: convert through the float32 reader.
+        if (destination.DType != DType.Float32 || !entry.IsFloat)
+        {
+            throw new ModelFormatException(Path, $"{Path}: tensor \"{name}\" is {entry.FileDType} and cannot be read into a {destination.DType.Name()} tensor; convert the file to that dtype.");
+        }
+
+        using Tensor widened = LoadFloat32(name);
+        destination.CopyFrom(widened.AsSpan());
+    }
+
     /// <summary>Reads float tensor <paramref name="name"/> (F32, F16, BF16 or F64) exactly as float64 values, row-major.</summary>
     /// <exception cref="ModelFormatException">No such tensor, it is not floating point, or the file changed.</exception>
     public double[] ReadDoubles(string name)
