@@ -54,8 +54,10 @@ internal sealed class LlamaModelFile
         return new LlamaModelFile(path, header.Config, header, null);
     }
 
-    /// <summary>Reads the weights onto <paramref name="device"/>.</summary>
-    public LlamaWeights Load(Device device) => Gguf is null ? Llama2cCheckpoint.Load(Path, device) : GgufLlama.Load(Gguf, device);
+    /// <summary>Reads the weights onto <paramref name="device"/>, with the Block Attention Residuals option when given.</summary>
+    public LlamaWeights Load(Device device, AttentionResidualsConfig? attentionResiduals = null) => Gguf is null
+        ? Llama2cCheckpoint.Load(Path, device, attentionResiduals)
+        : GgufLlama.Load(Gguf, device, attentionResiduals);
 
     /// <summary>
     /// The tokenizer: <paramref name="flag"/> (--tokenizer) when given, else the GGUF vocabulary, else the llama2.c
