@@ -152,17 +152,20 @@ internal sealed unsafe class AttentionResidualsStream : IDisposable
         }
     }
 
-    // Views of the first `count` rows of every slot, made once per distinct count (decode always uses 1).
+    // Views of the first `count` rows of every slot, made once per distinct count (decode always uses 1). The lambda
+    // lives in its own method: a closure over `count` here would be allocated on every call, found or not.
     private Tensor[] Views(int count)
     {
         if (!_views.TryGetValue(count, out Tensor[]? views))
         {
-            views = [.. _slots.Select(slot => slot.Slice(0, count))];
+            views = SliceSlots(count);
             _views[count] = views;
         }
 
         return views;
     }
+
+    private Tensor[] SliceSlots(int count) => [.. _slots.Select(slot => slot.Slice(0, count))];
 
     /// <summary>Frees the slots.</summary>
     public void Dispose()
