@@ -248,6 +248,32 @@ public sealed class AttentionResidualsTests
         CliTests.AssertError(code, stderr, 2, "--attn-res-blocks 11: attention_residuals.blocks is 11; it must be 1..10");
     }
 
+    [Fact]
+    public void Cli_BenchAttnRes_PrintsBothModelsWithRatios_AndRefusesBadFlags()
+    {
+        using TempDirectory temp = new();
+        Kiln.Cli.CliEnvironment environment = new(null, temp.Path);
+        (int code, string stdout, string stderr) = CliTests.Run(environment, "bench", "attnres", "--layers", "1", "--dim", "64", "--blocks", "2", "-c", "9", "--decode", "2", "--runs", "1", "-t", "1", "--json");
+        Assert.Equal(0, code);
+        string[] lines = stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal(2, lines.Length);
+        using System.Text.Json.JsonDocument baseline = System.Text.Json.JsonDocument.Parse(lines[0]);
+        using System.Text.Json.JsonDocument option = System.Text.Json.JsonDocument.Parse(lines[1]);
+        Assert.Equal("llama", baseline.RootElement.GetProperty("model").GetString());
+        Assert.Equal(1.0, baseline.RootElement.GetProperty("prefill_vs_llama").GetDouble());
+        Assert.Equal("llama-attnres", option.RootElement.GetProperty("model").GetString());
+        Assert.Equal(2, option.RootElement.GetProperty("blocks").GetInt32());
+        Assert.Equal(3 * 11 * 64 * 4, option.RootElement.GetProperty("extra_bytes").GetInt64());
+        Assert.True(option.RootElement.GetProperty("decode_tok_s").GetDouble() > 0);
+        Assert.True(option.RootElement.GetProperty("decode_cpu_vs_llama").GetDouble() > 0);
+        Assert.Contains("attnres bench: 1 layers, width 64", stderr);
+
+        (code, _, stderr) = CliTests.Run(environment, "bench", "attnres", "--layers", "1", "--blocks", "3");
+        CliTests.AssertError(code, stderr, 2, "--blocks 3: the option needs 1..2 blocks for 1 layers");
+        (code, _, stderr) = CliTests.Run(environment, "bench", "attnres", "--dim", "100");
+        CliTests.AssertError(code, stderr, 2, "use 1..256 layers and a width of 64..8192 in steps of 64");
+    }
+
     // Random small models: head widths, GQA groupings, odd feed-forward widths and vocabularies, both RoPE layouts,
     // separate classifiers, 1 to 3 layers, and a block count from 1 to 2L (0: the standard model, which checks the
     // reference's own Llama part against the fast session).
