@@ -1,7 +1,7 @@
 // kiln bench attnres: the inference cost of Block Attention Residuals. Two Llama models with the same random weights,
 // one standard and one with the option (N blocks, random non-zero queries and gains), run by LlamaSession on the cpu:
 // by default 24 layers, width 1024, 16 query heads and 4 key/value heads of 64, MLP 2816 (Llama's 8/3 · D rounded up
-// to 256), vocabulary 32000, float32 (about 1.1 GB of weights each, so decode is bound by reading them).
+// to 256), vocabulary 32000, float32 (336M parameters, about 1.3 GB each, so decode is bound by reading them).
 // Per context: prefill tok/s of the whole context in one Forward (the session chunks it), then decode tok/s of
 // `decode` one-token steps right after it. The two sessions take turns, one measured run each per round, so that load
 // from elsewhere on a shared machine hits both alike; each figure is the best of `runs` rounds, after a short warm-up
