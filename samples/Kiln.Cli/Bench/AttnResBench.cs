@@ -10,7 +10,8 @@
 // Besides wall-clock tok/s each run also records tokens per second of the process's cpu time (all threads, read with
 // the C library's clock_gettime, a benchmark-only call): on a
 // machine shared with other work, wall time swings with the others' load while cpu time mostly does not, so the
-// cpu-time ratio is the steadier estimate of the overhead (with -t 1 it counts no barrier spinning either).
+// cpu-time ratio is the steadier estimate of the overhead (with -t 1 it counts no barrier spinning either). On a
+// loaded machine use -t 1: with two workers, barrier waits dominate and swamp a difference of a few percent.
 using System.Diagnostics;
 using System.Globalization;
 using System.Runtime.InteropServices;
