@@ -68,7 +68,8 @@ public sealed record AttentionResidualsConfig
 
 /// <summary>
 /// The learned vectors of Block Attention Residuals: a pseudo-query and a key RMSNorm gain per sublayer and for the
-/// readout, each stacked into a [2L + 1, D] float32 tensor (see the file header for the row order).
+/// readout, each stacked into a [2L + 1, D] float32 tensor (see the file header for the row order). A session reads
+/// them when it is created: set them before creating it.
 /// </summary>
 public sealed class AttentionResidualsWeights
 {

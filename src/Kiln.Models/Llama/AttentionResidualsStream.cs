@@ -97,9 +97,10 @@ internal sealed unsafe class AttentionResidualsStream : IDisposable
     }
 
     /// <summary>Writes the readout mix of chunk row <paramref name="row"/> over every block into <paramref name="output"/> [1, D].</summary>
-    public void Readout(int row, Tensor output) => MixRows(_blockOf.Length, _blocks + 1, row, row + 1, output.FloatPointer - ((long)row * _dim));
+    public void Readout(int row, Tensor output) => MixRows(_blockOf.Length, _blocks + 1, row, row + 1, output.FloatPointer);
 
-    // Mixes rows [start, end) over the first `sources` slots with the keys of row `keyRow`; output points at row 0.
+    // Mixes the slots' rows [start, end) over the first `sources` slots with the keys of row `keyRow` into output,
+    // whose first row receives row `start`.
     private void MixRows(int keyRow, int sources, int start, int end, float* output)
     {
         fixed (float* keys = &_keys[keyRow * _dim])
@@ -143,7 +144,7 @@ internal sealed unsafe class AttentionResidualsStream : IDisposable
             }
 
             // The weighted sum of the sources.
-            Span<float> output = new(s->Output + offset, d);
+            Span<float> output = new(s->Output + ((long)(t - s->Start) * d), d);
             TensorPrimitives.Multiply(new ReadOnlySpan<float>((float*)s->Slots[0] + offset, d), alpha[0] / sum, output);
             for (int i = 1; i < k; i++)
             {
