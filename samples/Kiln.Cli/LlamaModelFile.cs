@@ -67,11 +67,24 @@ internal sealed class LlamaModelFile
         return new LlamaModelFile(path, header.Config, header, null);
     }
 
-    /// <summary>Reads the weights onto <paramref name="device"/>.</summary>
-    public LlamaWeights Load(Device device) =>
-        Folder is not null ? HuggingFaceLlama.Load(Folder, device)
-        : Gguf is null ? Llama2cCheckpoint.Load(Path, device)
-        : GgufLlama.Load(Gguf, device);
+    /// <summary>Reads the weights onto <paramref name="device"/>, with the Block Attention Residuals option when given.</summary>
+    /// <exception cref="CliException">The option was asked for on a Hugging Face folder.</exception>
+    public LlamaWeights Load(Device device, AttentionResidualsConfig? attentionResiduals = null)
+    {
+        if (Folder is not null)
+        {
+            if (attentionResiduals is not null)
+            {
+                throw new CliException($"{Path}: --attn-res-blocks is not available for Hugging Face folders yet; convert the folder with `kiln convert --format gguf` and run the GGUF file.");
+            }
+
+            return HuggingFaceLlama.Load(Folder, device);
+        }
+
+        return Gguf is null
+            ? Llama2cCheckpoint.Load(Path, device, attentionResiduals)
+            : GgufLlama.Load(Gguf, device, attentionResiduals);
+    }
 
     /// <summary>
     /// The tokenizer: <paramref name="flag"/> (--tokenizer) when given, else the GGUF vocabulary, else the folder's

@@ -192,7 +192,8 @@ internal static class PeerBench
         return prompt;
     }
 
-    private static string LoadAverage()
+    /// <summary>The load averages of /proc/loadavg ("1 5 15" minutes), or "unknown" where it cannot be read.</summary>
+    internal static string LoadAverage()
     {
         try
         {

@@ -26,7 +26,7 @@ internal static class BenchCommand
     /// <summary>Builds the command.</summary>
     public static Command Create(CliContext context)
     {
-        Command bench = new("bench", "Measure speed: decode (a whole model), gemm (matrix products), indexcache, peer (Kiln against llama.cpp), mamba3 (one mixer), hybrid (transformer, Mamba-3 and hybrid models), tokenize (a GGUF tokenizer).");
+        Command bench = new("bench", "Measure speed: decode (a whole model), gemm (matrix products), indexcache, peer (Kiln against llama.cpp), mamba3 (one mixer), hybrid (transformer, Mamba-3 and hybrid models), tokenize (a GGUF tokenizer), attnres (the cost of Block Attention Residuals).");
         bench.Subcommands.Add(CreateDecode(context));
         bench.Subcommands.Add(CreateGemm(context));
         bench.Subcommands.Add(CreateIndexCache(context));
@@ -34,6 +34,7 @@ internal static class BenchCommand
         bench.Subcommands.Add(CreateMamba3(context));
         bench.Subcommands.Add(CreateTokenize(context));
         bench.Subcommands.Add(CreateHybrid(context));
+        bench.Subcommands.Add(CreateAttnRes(context));
         return bench;
     }
 
@@ -115,6 +116,69 @@ internal static class BenchCommand
             CommonOptions.CheckThreads(threadCount);
             using Device target = CommonOptions.CreateDevice(parse.GetValue(device) ?? "cpu", threadCount, context.Stderr);
             HybridBench.Run([.. lengths.Distinct().Order()], steps, runCount, target, parse.GetValue(json), plotPath, context.Stdout, context.Stderr);
+            return 0;
+        }));
+        return command;
+    }
+
+    private static Command CreateAttnRes(CliContext context)
+    {
+        AttnResBench.Options defaults = new();
+        Option<int[]> contexts = ContextsOption([.. defaults.Contexts]);
+        Option<int> decode = new("--decode") { Description = "Decode steps measured after the prefill.", DefaultValueFactory = _ => defaults.Decode };
+        Option<int> runs = new("--runs") { Description = "Measured rounds (each model once per round, best reported).", DefaultValueFactory = _ => defaults.Runs };
+        Option<int> blocks = new("--blocks") { Description = "The option's number of blocks N (1..2 x layers).", DefaultValueFactory = _ => defaults.Blocks };
+        Option<int> layers = new("--layers") { Description = "Model layers.", DefaultValueFactory = _ => defaults.Layers };
+        Option<int> dim = new("--dim") { Description = "Model width, a multiple of 64.", DefaultValueFactory = _ => defaults.Dim };
+        Option<int?> threads = CommonOptions.Threads();
+        Option<bool> json = new("--json") { Description = "Print one JSON object per line." };
+        Command command = new("attnres", "Block Attention Residuals against the same random Llama without them (24 layers, width 1024, N 8): prefill and decode tok/s and ratios.")
+        {
+            contexts, decode, runs, blocks, layers, dim, threads, json,
+        };
+        command.SetAction(parse => KilnCli.Guard(context, parse, () =>
+        {
+            // Check the flags.
+            int[] lengths = parse.GetValue(contexts) ?? [];
+            int steps = parse.GetValue(decode), runCount = parse.GetValue(runs), layerCount = parse.GetValue(layers), width = parse.GetValue(dim), blockCount = parse.GetValue(blocks);
+            CheckContexts(lengths, Kiln.Kernels.Attention.MaxContext);
+            if (steps < 1 || runCount < 1 || lengths.Max() + steps > Kiln.Kernels.Attention.MaxContext)
+            {
+                throw new CliException($"--decode {steps} --runs {runCount}: both must be at least 1, and the longest context plus the decode steps at most {Kiln.Kernels.Attention.MaxContext}.");
+            }
+
+            if (layerCount < 1 || layerCount > 256 || width < 64 || width > 8192 || width % 64 != 0)
+            {
+                throw new CliException($"--layers {layerCount} --dim {width}: use 1..256 layers and a width of 64..8192 in steps of 64 (heads of 64).");
+            }
+
+            if (blockCount < 1 || blockCount > 2 * layerCount)
+            {
+                throw new CliException($"--blocks {blockCount}: the option needs 1..{2 * layerCount} blocks for {layerCount} layers ({2 * layerCount} sublayers).");
+            }
+
+            int? threadCount = parse.GetValue(threads);
+            CommonOptions.CheckThreads(threadCount);
+            AttnResBench.Options options = defaults with
+            {
+                Contexts = [.. lengths.Distinct().Order()],
+                Decode = steps,
+                Runs = runCount,
+                Blocks = blockCount,
+                Layers = layerCount,
+                Dim = width,
+                Threads = threadCount ?? Environment.ProcessorCount,
+            };
+
+            // Two copies of the weights, float32.
+            long bytes = 2L * sizeof(float) * options.Config(1).ParameterCount;
+            long available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+            if (available > 0 && bytes > available / 2)
+            {
+                throw new CliException($"--layers {layerCount} --dim {width}: the two models need about {bytes >> 20} MiB but this machine has {available >> 20} MiB; use fewer layers or a smaller width.");
+            }
+
+            AttnResBench.Run(options, parse.GetValue(json), context.Stdout, context.Stderr);
             return 0;
         }));
         return command;

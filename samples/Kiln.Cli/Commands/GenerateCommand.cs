@@ -4,7 +4,8 @@
 // run can be repeated), and -n 256; --temp 0 is greedy, -n -1 runs to the stop token or a full context.
 // Models: llama2.c checkpoints, GGUF llama files and Kiln DSA safetensors checkpoints (DsaSession; read on the cpu,
 // then copied to the device), on any device. The tokenizer is --tokenizer when given, else a GGUF file's own
-// vocabulary, else tok<vocab>.bin or tokenizer.bin next to the model.
+// vocabulary, else tok<vocab>.bin or tokenizer.bin next to the model. --attn-res-blocks N runs a llama2.c or GGUF
+// model with Block Attention Residuals over N blocks (cpu only), its vectors at their defaults (AttentionResiduals.cs).
 
 using System.CommandLine;
 using System.Globalization;
@@ -78,12 +79,17 @@ internal static class GenerateCommand
             Description = "DSA checkpoints: the IndexCache pattern to run (F/S per layer, e.g. FSFSS, or a file holding one, as written by indexcache calibrate -o).",
             HelpName = "FS..|FILE",
         };
+        Option<int?> attentionResiduals = new("--attn-res-blocks")
+        {
+            Description = "Run with Block Attention Residuals over N blocks of the 2 x n_layers sublayers (cpu only; queries zero, gains one: the checkpoint's own function up to the norm epsilon).",
+            HelpName = "N",
+        };
         Option<string> device = CommonOptions.Device();
         Option<int?> threads = CommonOptions.Threads();
 
         Command command = new("generate", "Continue a prompt: prints the prompt, then streams new text.")
         {
-            model, tokenizer, prompt, count, temperature, topK, topP, seed, pattern, device, threads,
+            model, tokenizer, prompt, count, temperature, topK, topP, seed, pattern, attentionResiduals, device, threads,
         };
         command.SetAction(parse => KilnCli.Guard(context, parse, () => Execute(
             context,
@@ -97,6 +103,7 @@ internal static class GenerateCommand
                 parse.GetValue(topP),
                 parse.GetValue(seed),
                 parse.GetValue(pattern),
+                parse.GetValue(attentionResiduals),
                 parse.GetValue(device) ?? "cpu",
                 parse.GetValue(threads),
                 parse.GetValue(context.Verbose)))));
@@ -129,6 +136,7 @@ internal static class GenerateCommand
 
         LlamaModelFile? modelFile = dsa ? null : LlamaModelFile.Open(modelPath);
         LlamaConfig config = dsaWeights?.Config.Llama ?? modelFile!.Config;
+        AttentionResidualsConfig? residuals = CheckAttentionResiduals(request, dsa, config);
         ITokenizer tokenizer;
         string tokenizerPath;
         if (modelFile is not null)
@@ -151,7 +159,12 @@ internal static class GenerateCommand
         // Load the weights on the device and set up the session, sampler and generator.
         using Device device = CommonOptions.CreateDevice(request.Device, request.Threads, context.Stderr);
         using DsaWeights? dsaOnDevice = dsaWeights is not null && device is not CpuDevice ? dsaWeights.To(device) : null;
-        using LlamaWeights? weights = modelFile?.Load(device);
+        if (residuals is not null && device is not CpuDevice)
+        {
+            throw new CliException($"--attn-res-blocks runs on the cpu device only, not {device.Name}; use --device cpu.");
+        }
+
+        using LlamaWeights? weights = modelFile?.Load(device, residuals);
         // The session holds only the positions this run can use: the prompt and -n new tokens (all of seq_len for
         // -1), and no more than the fast session runs.
         int contextLength = request.MaxNewTokens < 0
@@ -185,6 +198,11 @@ internal static class GenerateCommand
             : $"DSA safetensors (K {dsaWeights.Config.TopK}, pattern {dsaWeights.Config.Pattern})";
         string sessionName = dsaWeights is null ? InferenceSessions.DefaultNameOn(device) : "dsa";
         err.WriteLine(Invariant($"kiln: {Path.GetFileName(modelPath)}: {container}, {config.ParameterCount:N0} parameters, context {config.SeqLen}, vocab {config.VocabSize}; {CommonOptions.Describe(device)}, {sessionName} session"));
+        if (residuals is not null)
+        {
+            err.WriteLine($"kiln: Block Attention Residuals over {residuals.Blocks} blocks of the {2 * config.Layers} sublayers (queries zero, gains one)");
+        }
+
         err.WriteLine(Invariant($"kiln: sampling: {DescribeSampling(sampling)}"));
         if (request.Verbose)
         {
@@ -221,6 +239,33 @@ internal static class GenerateCommand
         {
             throw new CliException($"--pattern {value}: {e.Message.Split(" (Parameter")[0]}");
         }
+    }
+
+    /// <summary>The option of --attn-res-blocks, or null without the flag.</summary>
+    /// <exception cref="CliException">The flag is given for a DSA model or with a block count outside 1..2L.</exception>
+    private static AttentionResidualsConfig? CheckAttentionResiduals(Request request, bool dsa, LlamaConfig config)
+    {
+        if (request.AttentionResidualBlocks is not int blocks)
+        {
+            return null;
+        }
+
+        if (dsa)
+        {
+            throw new CliException("--attn-res-blocks applies to llama2.c and GGUF llama models; this is a DSA checkpoint.");
+        }
+
+        AttentionResidualsConfig option = new() { Blocks = blocks };
+        try
+        {
+            option.Validate(config.Layers);
+        }
+        catch (ArgumentException e)
+        {
+            throw new CliException($"--attn-res-blocks {blocks}: {e.Message}");
+        }
+
+        return option;
     }
 
     /// <summary>Checks --temp, --top-k and --top-p.</summary>
@@ -270,6 +315,7 @@ internal static class GenerateCommand
         float TopP,
         ulong? Seed,
         string? Pattern,
+        int? AttentionResidualBlocks,
         string Device,
         int? Threads,
         bool Verbose);

@@ -160,13 +160,19 @@ public static class GgufLlama
     /// </summary>
     /// <exception cref="ModelFormatException">The file is unreadable, malformed, not llama, or holds quantized matrices
     /// other than Q8_0.</exception>
-    public static LlamaWeights Load(string path, Device? device = null) => Load(GgufFile.Open(path), device);
+    /// <exception cref="ArgumentException"><paramref name="attentionResiduals"/> does not fit the model.</exception>
+    /// <remarks>
+    /// With <paramref name="attentionResiduals"/> the model gets the Block Attention Residuals option, whose vectors
+    /// start at their defaults (queries zero, gains one): GGUF has no names for them.
+    /// </remarks>
+    public static LlamaWeights Load(string path, Device? device = null, AttentionResidualsConfig? attentionResiduals = null) =>
+        Load(GgufFile.Open(path), device, attentionResiduals);
 
-    /// <summary>Loads the llama model of an opened GGUF file; see <see cref="Load(string, Device?)"/>.</summary>
-    public static LlamaWeights Load(GgufFile file, Device? device = null)
+    /// <summary>Loads the llama model of an opened GGUF file; see <see cref="Load(string, Device?, AttentionResidualsConfig?)"/>.</summary>
+    public static LlamaWeights Load(GgufFile file, Device? device = null, AttentionResidualsConfig? attentionResiduals = null)
     {
         ArgumentNullException.ThrowIfNull(file);
-        LlamaConfig config = ReadConfig(file);
+        LlamaConfig config = ReadConfig(file) with { AttentionResiduals = attentionResiduals };
         DType dtype = MatrixDType(file, config);
         // Fill CPU weights tensor by tensor (on the CPU device asked for, with its thread count), then move them when
         // another device was asked for.
@@ -231,6 +237,11 @@ public static class GgufLlama
         if (tokenizer is not null && tokenizer.VocabSize != c.VocabSize)
         {
             throw new ArgumentException($"The tokenizer has {tokenizer.VocabSize} tokens but the model's vocabulary is {c.VocabSize}; pass the model's own tokenizer.", nameof(tokenizer));
+        }
+
+        if (c.AttentionResiduals is not null)
+        {
+            throw new ArgumentException("GGUF has no tensor names for the attention residuals' vectors; write the model without the option.", nameof(weights));
         }
 
         if (c.RopeLayout != RopeLayout.Adjacent)

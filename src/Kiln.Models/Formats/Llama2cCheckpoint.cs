@@ -64,11 +64,17 @@ public static class Llama2cCheckpoint
     /// The file is missing or unreadable, its header is incomplete or has a size that is zero, negative,
     /// inconsistent or absurd, or its length differs from the length the header implies.
     /// </exception>
-    public static LlamaWeights Load(string path, Device? device = null)
+    /// <exception cref="ArgumentException"><paramref name="attentionResiduals"/> does not fit the model.</exception>
+    /// <remarks>
+    /// With <paramref name="attentionResiduals"/> the model gets the Block Attention Residuals option, whose vectors a
+    /// llama2.c file does not hold: they start at their defaults (queries zero, gains one), which compute what the
+    /// checkpoint computes without the option up to the norm epsilon.
+    /// </remarks>
+    public static LlamaWeights Load(string path, Device? device = null, AttentionResidualsConfig? attentionResiduals = null)
     {
         // Validate everything the header says against the file before allocating a single tensor.
         Llama2cHeader header = ReadHeader(path);
-        LlamaConfig config = header.Config;
+        LlamaConfig config = header.Config with { AttentionResiduals = attentionResiduals };
 
         FileStream stream = OpenRead(path);
         LlamaWeights weights = LlamaWeights.Allocate(config, device ?? CpuDevice.Default);
@@ -236,12 +242,17 @@ public static class Llama2cCheckpoint
     /// </summary>
     /// <exception cref="ArgumentException">
     /// The config is one llama2.c cannot express: a head width other than dim / n_heads, or a RoPE other than adjacent
-    /// pairs with base 10000 and RMSNorm epsilon 1e-5 (llama2.c's run.c has them fixed).
+    /// pairs with base 10000 and RMSNorm epsilon 1e-5 (llama2.c's run.c has them fixed), or it has attention residuals.
     /// </exception>
     public static void WriteVersion1(string path, LlamaWeights weights)
     {
         ArgumentNullException.ThrowIfNull(weights);
         LlamaConfig c = weights.Config;
+        if (c.AttentionResiduals is not null)
+        {
+            throw new ArgumentException("A llama2.c checkpoint has no place for the attention residuals' vectors; write the model without the option (they are not stored by any Kiln writer yet).", nameof(weights));
+        }
+
         if (c.HeadDim * c.Heads != c.Dim || c.RopeLayout != RopeLayout.Adjacent || c.RopeTheta != 10000f || c.NormEps != 1e-5f)
         {
             throw new ArgumentException($"A llama2.c checkpoint fixes head_dim = dim / n_heads, adjacent RoPE pairs, rope_theta 10000 and norm_eps 1e-5; this model has head_dim {c.HeadDim} (dim {c.Dim} / {c.Heads} heads), {c.RopeLayout} pairs, rope_theta {c.RopeTheta}, norm_eps {c.NormEps}: keep it in GGUF.", nameof(weights));

@@ -9,6 +9,8 @@
 //     x = x + att Woᵀ                                    (the residual add fused into the product's epilogue)
 //   MLP half:
 //     xb = RmsNorm(x, norm); up = xb W3ᵀ; gate = silu(xb W1ᵀ) ⊙ up (fused); x = x + gate W2ᵀ (fused)
+// With Block Attention Residuals (AttentionResidualsStream.cs) x holds the sublayer's mixed input and the output is
+// added into a separate residual tensor, the running sum of the sublayer's block, instead of into x.
 using Kiln.Devices;
 using Kiln.Kernels;
 
@@ -20,6 +22,7 @@ internal static class LlamaBlock
     /// <summary>
     /// x += attention(RmsNorm(x)) for the chunk in <paramref name="b"/> at positions [start, start + T). RoPE runs
     /// when <paramref name="cos"/> and <paramref name="sin"/> are given; the caches are null when the step keeps its own.
+    /// The output is added into <paramref name="residual"/> [T, D] when given, else into x.
     /// </summary>
     public static void Attention(
         BlockBuffers b,
@@ -36,7 +39,8 @@ internal static class LlamaBlock
         RopeLayout layout,
         Tensor? keyCache,
         Tensor? valueCache,
-        IAttentionStep step)
+        IAttentionStep step,
+        Tensor? residual = null)
     {
         // Norm, projections, rotation.
         Ops.RmsNorm(b.X, norm, eps, b.Xb);
@@ -56,16 +60,19 @@ internal static class LlamaBlock
         }
 
         step.Attend(new AttentionStepInput(layer, start, b.Xb, b.QHeads, b.K, b.V, keyCache, valueCache, b.AttentionHeads));
-        Ops.ResidualAdd(b.Attention, wo, b.X, b.X);
+        Ops.ResidualAdd(b.Attention, wo, residual ?? b.X, residual ?? b.X);
     }
 
-    /// <summary>x += W2 (silu(W1 h) ⊙ (W3 h)) with h = RmsNorm(x, norm), for the chunk in <paramref name="b"/>.</summary>
-    public static void FeedForward(BlockBuffers b, Tensor norm, Tensor w1, Tensor w2, Tensor w3, float eps)
+    /// <summary>
+    /// x += W2 (silu(W1 h) ⊙ (W3 h)) with h = RmsNorm(x, norm), for the chunk in <paramref name="b"/>; the output is
+    /// added into <paramref name="residual"/> [T, D] instead of x when given.
+    /// </summary>
+    public static void FeedForward(BlockBuffers b, Tensor norm, Tensor w1, Tensor w2, Tensor w3, float eps, Tensor? residual = null)
     {
         Ops.RmsNorm(b.X, norm, eps, b.Xb);
         MatMul.Compute(b.Xb, w3, b.Up);
         LlamaOps.SwiGluGate(b.Xb, w1, b.Up, b.Gate);
-        Ops.ResidualAdd(b.Gate, w2, b.X, b.X);
+        Ops.ResidualAdd(b.Gate, w2, residual ?? b.X, residual ?? b.X);
     }
 }
 

@@ -64,6 +64,14 @@ public sealed record LlamaConfig
     [JsonPropertyName("shared_classifier")]
     public bool SharedClassifier { get; init; } = true;
 
+    /// <summary>
+    /// Block Attention Residuals (each sublayer reads a softmax-weighted mix over block outputs instead of the
+    /// residual sum; see <see cref="AttentionResidualsConfig"/>), or null for the standard residual stream (the default).
+    /// </summary>
+    [JsonPropertyName("attention_residuals")]
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public AttentionResidualsConfig? AttentionResiduals { get; init; }
+
     /// <summary>The query width H × Dh.</summary>
     [JsonIgnore]
     public int QueryDim => Heads * HeadDim;
@@ -82,7 +90,8 @@ public sealed record LlamaConfig
             long perLayer = (2L * Dim) + ((long)QueryDim * Dim * 2) + ((long)KvDim * Dim * 2) + (3L * HiddenDim * Dim);
             long embedding = (long)VocabSize * Dim;
             long classifier = SharedClassifier ? 0 : embedding;
-            return (Layers * perLayer) + Dim + embedding + classifier;
+            long attentionResiduals = AttentionResiduals is null ? 0 : 2L * ((2L * Layers) + 1) * Dim;
+            return (Layers * perLayer) + Dim + embedding + classifier + attentionResiduals;
         }
     }
 
@@ -120,6 +129,8 @@ public sealed record LlamaConfig
         {
             throw new ArgumentException($"rope_theta {RopeTheta} must be a positive finite number (llama2.c uses 10000).");
         }
+
+        AttentionResiduals?.Validate(Layers);
     }
 
     /// <summary>The config as indented JSON with snake_case names.</summary>

@@ -56,12 +56,18 @@ public sealed unsafe class LlamaReferenceSession : IInferenceSession
 
     /// <summary>Creates a session over <paramref name="weights"/>, which must outlive it.</summary>
     /// <exception cref="ArgumentOutOfRangeException">The context length is outside 1..seq_len.</exception>
+    /// <exception cref="ArgumentException">The model has the attention residuals option, which this reference leaves out.</exception>
     /// <exception cref="InsufficientMemoryException">The KV cache for the context cannot fit in this machine's memory.</exception>
     public LlamaReferenceSession(LlamaWeights weights, SessionOptions options)
     {
         ArgumentNullException.ThrowIfNull(weights);
         ArgumentNullException.ThrowIfNull(options);
         LlamaConfig config = weights.Config;
+        if (config.AttentionResiduals is not null)
+        {
+            throw new ArgumentException("The llama2.c reference session has no attention residuals; run this model with LlamaSession.", nameof(weights));
+        }
+
         ContextLength = options.ResolveContextLength(config);
         Config = config;
 

@@ -19,6 +19,8 @@
 //     x = x + gate W2ᵀ                                 (residual add fused)
 //   logits = RmsNorm(x[T - 1], final_norm) classifierᵀ   (only the last token's logits are computed)
 // The two halves of the block and the chunk's buffers live in LlamaBlock.cs (HybridSession runs them too).
+// With the config's Block Attention Residuals (cpu only) the embeddings and the sublayers' outputs go into the depth
+// sources of AttentionResidualsStream.cs, and x is each sublayer's mixed input and, for the last token, the readout.
 // Long prompts run in chunks of at most PrefillChunk tokens, which gives the same result as one piece because
 // every step is per token except attention, which reads the cache that earlier chunks filled.
 //
@@ -56,6 +58,7 @@ public sealed unsafe class LlamaSession : IInferenceSession, IDeviceSampling
     private readonly BlockBuffers _buffers;
     private readonly Dictionary<int, BlockBuffers> _views = new();
     private readonly IAttentionStep _attention;
+    private readonly AttentionResidualsStream? _residuals;   // the depth sources with Block AttnRes, else null
     private int _lastSampled = -1;           // the id held by _sampled; -1 before the first draw
     private bool _disposed;
 
@@ -110,6 +113,10 @@ public sealed unsafe class LlamaSession : IInferenceSession, IDeviceSampling
         }
 
         _chunk = Math.Min(PrefillChunk, ContextLength);
+        if (c.AttentionResiduals is not null && device is not CpuDevice)
+        {
+            throw new ArgumentException($"Block Attention Residuals run on the cpu device only; these weights are on {device.Name}. Load them on cpu.", nameof(weights));
+        }
 
         // Refuse a cache the machine or the device cannot hold before allocating any of it.
         long cacheBytes = 2L * c.Layers * c.KvDim * ContextLength * sizeof(float);
@@ -134,6 +141,7 @@ public sealed unsafe class LlamaSession : IInferenceSession, IDeviceSampling
         _hostLogits = device is CpuDevice ? null : new float[c.VocabSize];
         _views[_chunk] = _buffers;
         _views[1] = _buffers.Rows(1);
+        _residuals = c.AttentionResiduals is null ? null : new AttentionResidualsStream(weights, _chunk, (CpuDevice)device);
 
         // The attention step, then the caches (transposed for the attention kernel) unless the step keeps its own;
         // a step that refuses the setup leaves nothing half-made but this session.
@@ -249,8 +257,8 @@ public sealed unsafe class LlamaSession : IInferenceSession, IDeviceSampling
         int count = (int)ids.Length;
         BlockBuffers b = ViewsFor(count);
 
-        // Embed the tokens.
-        Embedding.Lookup(_weights.TokenEmbedding, ids, b.X);
+        // Embed the tokens (into the first depth source with attention residuals).
+        Embedding.Lookup(_weights.TokenEmbedding, ids, _residuals?.Embeddings(count) ?? b.X);
 
         for (int l = 0; l < c.Layers; l++)
         {
@@ -260,8 +268,11 @@ public sealed unsafe class LlamaSession : IInferenceSession, IDeviceSampling
             // then the feed-forward half.
             Tensor? keyCache = _keyCache.Length > 0 ? _keyCache[l] : null;
             Tensor? valueCache = _valueCache.Length > 0 ? _valueCache[l] : null;
-            LlamaBlock.Attention(b, l, start, w.AttentionNorm, w.Wq, w.Wk, w.Wv, w.Wo, c.NormEps, _cos, _sin, c.RopeLayout, keyCache, valueCache, _attention);
-            LlamaBlock.FeedForward(b, w.FfnNorm, w.W1, w.W2, w.W3, c.NormEps);
+            // With attention residuals, each half reads its mix of the depth sources and adds into its block's sum.
+            _residuals?.Mix(2 * l, count, b.X);
+            LlamaBlock.Attention(b, l, start, w.AttentionNorm, w.Wq, w.Wk, w.Wv, w.Wo, c.NormEps, _cos, _sin, c.RopeLayout, keyCache, valueCache, _attention, _residuals?.Residual(2 * l, count));
+            _residuals?.Mix((2 * l) + 1, count, b.X);
+            LlamaBlock.FeedForward(b, w.FfnNorm, w.W1, w.W2, w.W3, c.NormEps, _residuals?.Residual((2 * l) + 1, count));
         }
 
         Position += count;
@@ -269,6 +280,7 @@ public sealed unsafe class LlamaSession : IInferenceSession, IDeviceSampling
         {
             // Classify the last token only.
             (Tensor lastX, Tensor lastXb) = b.LastRow;
+            _residuals?.Readout(count - 1, lastX);
             Ops.RmsNorm(lastX, _weights.FinalNorm, c.NormEps, lastXb);
             MatMul.Compute(lastXb, _weights.Classifier, _logits);
         }
@@ -304,6 +316,7 @@ public sealed unsafe class LlamaSession : IInferenceSession, IDeviceSampling
 
         _disposed = true;
         _attention?.Dispose();
+        _residuals?.Dispose();
         _buffers.Dispose();
         _logits.Dispose();
         _sampled.Dispose();

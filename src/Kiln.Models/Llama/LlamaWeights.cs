@@ -1,6 +1,7 @@
 // The tensors of a Llama model on one device. Linear weights are stored [out, in] as in PyTorch and llama2.c
 // (y = x Wᵀ); norms are [D]; the token embedding is [V, D]; the classifier is [V, D] and is the embedding
-// tensor itself when the config says it is shared. The weights own their tensors and free them on Dispose.
+// tensor itself when the config says it is shared. With the config's attention_residuals option the weights also hold
+// its pseudo-queries and key-norm gains (AttentionResiduals.cs). The weights own their tensors and free them on Dispose.
 
 using Kiln.Devices;
 
@@ -61,8 +62,8 @@ public sealed class LlamaWeights : IDisposable
 {
     private bool _disposed;
 
-    // Creates the tensors in the order of Tensors (embedding, layers, final norm, separate classifier), each
-    // through create(shape, dtype); a failure frees what was made before it.
+    // Creates the tensors in the order of Tensors (embedding, layers, final norm, separate classifier, attention
+    // residuals), each through create(shape, dtype); a failure frees what was made before it.
     private LlamaWeights(LlamaConfig config, Device device, DType dtype, Func<int[], DType, Tensor> create)
     {
         Config = config;
@@ -80,6 +81,7 @@ public sealed class LlamaWeights : IDisposable
             FinalNorm = create([config.Dim], DType.Float32);
             Classifier = config.SharedClassifier ? TokenEmbedding : create([config.VocabSize, config.Dim], dtype);
             Layers = layers;
+            AttentionResiduals = config.AttentionResiduals is null ? null : new AttentionResidualsWeights(config, create);
         }
         catch
         {
@@ -91,6 +93,11 @@ public sealed class LlamaWeights : IDisposable
             }
 
             FinalNorm?.Dispose();
+            if (!config.SharedClassifier)
+            {
+                Classifier?.Dispose();
+            }
+
             throw;
         }
     }
@@ -116,10 +123,16 @@ public sealed class LlamaWeights : IDisposable
     /// <summary>The output classifier. [V, D]; the same object as <see cref="TokenEmbedding"/> when shared.</summary>
     public Tensor Classifier { get; }
 
+    /// <summary>The Block Attention Residuals vectors, or null when the config does not have the option.</summary>
+    public AttentionResidualsWeights? AttentionResiduals { get; }
+
     /// <summary>The number of parameters, the classifier counted once when shared.</summary>
     public long ParameterCount => Config.ParameterCount;
 
-    /// <summary>Every distinct tensor, in a stable order: embedding, layers, final norm, then a separate classifier.</summary>
+    /// <summary>
+    /// Every distinct tensor, in a stable order: embedding, layers, final norm, then a separate classifier, then the
+    /// attention residuals' queries and key norms.
+    /// </summary>
     public IEnumerable<Tensor> Tensors
     {
         get
@@ -138,19 +151,27 @@ public sealed class LlamaWeights : IDisposable
             {
                 yield return Classifier;
             }
+
+            foreach (Tensor tensor in AttentionResiduals?.Tensors ?? [])
+            {
+                yield return tensor;
+            }
         }
     }
 
     /// <summary>
     /// Allocates zero-filled weights shaped by <paramref name="config"/> on <paramref name="device"/> (cpu when
-    /// null). Loaders fill them; tests build small random models with them.
+    /// null), except the attention residuals' key-norm gains, which start at one. Loaders fill them; tests build
+    /// small random models with them.
     /// </summary>
     /// <exception cref="ArgumentException">The config is invalid.</exception>
     public static LlamaWeights Allocate(LlamaConfig config, Device? device = null, DType dtype = DType.Float32)
     {
         config.Validate();
         Device target = device ?? CpuDevice.Default;
-        return new LlamaWeights(config, target, dtype, (shape, type) => Tensor.Empty(shape, type, target));
+        LlamaWeights weights = new(config, target, dtype, (shape, type) => Tensor.Empty(shape, type, target));
+        weights.AttentionResiduals?.Reset();
+        return weights;
     }
 
     /// <summary>Copies every tensor to <paramref name="device"/> (new weights the caller disposes).</summary>
