@@ -1,5 +1,6 @@
 // Seeded random Llama weights for benchmarks and tests, with DsaWeights.CreateRandom's scales: embedding uniform ±1,
 // projections ±1/√(in), norms 1, a separate classifier ±1/√D.
+using Kiln.Devices;
 using Kiln.Models.Dsa;
 using Kiln.Models.Sampling;
 
@@ -8,13 +9,14 @@ namespace Kiln.Models.Llama;
 /// <summary>Seeded random float32 Llama weights on the cpu device (benchmarks and tests).</summary>
 public static class RandomLlamaWeights
 {
-    /// <summary>Weights for <paramref name="config"/> drawn from <paramref name="seed"/>; the caller disposes them.</summary>
+    /// <summary>Weights for <paramref name="config"/> drawn from <paramref name="seed"/> on <paramref name="device"/>
+    /// (default: the default cpu device); the caller disposes them.</summary>
     /// <exception cref="ArgumentException">The config is invalid.</exception>
-    public static LlamaWeights Create(LlamaConfig config, ulong seed)
+    public static LlamaWeights Create(LlamaConfig config, ulong seed, CpuDevice? device = null)
     {
         ArgumentNullException.ThrowIfNull(config);
         config.Validate();
-        LlamaWeights weights = LlamaWeights.Allocate(config);
+        LlamaWeights weights = LlamaWeights.Allocate(config, device);
         XorShiftRandom random = new(seed);
         DsaIndexerWeights.Fill(weights.TokenEmbedding, 1f, ref random);
         foreach (LlamaLayerWeights layer in weights.Layers)
