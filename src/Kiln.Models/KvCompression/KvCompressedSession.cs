@@ -8,7 +8,7 @@ using Kiln.Models.Llama;
 namespace Kiln.Models.KvCompression;
 
 /// <summary>
-/// A Llama session on the cpu device that compresses its KV cache after the prompt (see the file header). By default
+/// A Llama session (cpu, cuda or ilgpu-cpu) that compresses its KV cache after the prompt (see the file header). By default
 /// the first <see cref="Forward"/> after creation or <see cref="Reset"/> is the prompt, and the cache is compressed at
 /// its end; with <see cref="KvCompressionOptions.CompressAfterPrompt"/> false the caller calls <see cref="Compress"/>.
 /// Not thread-safe.
@@ -19,9 +19,9 @@ public sealed class KvCompressedSession : IInferenceSession, IDeviceSampling
     private readonly KvCompressionStep _step;
     private bool _promptDone;
 
-    /// <summary>Creates a session over <paramref name="weights"/> (on the cpu device; they must outlive it).</summary>
-    /// <exception cref="ArgumentException">A compression setting is out of range.</exception>
-    /// <exception cref="NotSupportedException">The weights are not on the cpu device.</exception>
+    /// <summary>Creates a session over <paramref name="weights"/> on their device; they must outlive it.</summary>
+    /// <exception cref="ArgumentException">A compression setting is out of range, or the weights are on a device the
+    /// session cannot run on.</exception>
     /// <exception cref="ArgumentOutOfRangeException">The context length is out of range.</exception>
     /// <exception cref="InsufficientMemoryException">The caches cannot fit.</exception>
     public KvCompressedSession(LlamaWeights weights, SessionOptions options, KvCompressionOptions compression)

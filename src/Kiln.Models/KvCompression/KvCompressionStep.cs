@@ -13,8 +13,10 @@
 // each slot [S], and for the layers that score (the leaders of the reuse pattern) the rotated queries of the last w
 // tokens seen, [w, H, Dh], kept while the prompt runs. Compression (Compress) goes layer by layer: a leader scores and
 // selects (KvSelection), a follower takes the selection of its leader (IndexCachePattern.SourceOf, the lookup IndexCache
-// uses for its shared top-k), and both compact their own keys and values with it. CPU only: the compaction and the
-// scoring read the caches on the host.
+// uses for its shared top-k), and both compact their own keys and values with it. Every device runs it: on cpu the
+// scoring reads and the compaction rewrites the caches in place; on an ILGPU device (cuda, ilgpu-cpu) the attention
+// runs there, the window's query rows are copied back while the prompt runs, and compression copies each layer's caches
+// to the host, compacts them and copies them back (once per prompt; decode steps stay on the device).
 using System.Diagnostics;
 using Kiln.Devices;
 using Kiln.Kernels;
@@ -45,15 +47,12 @@ internal sealed class KvCompressionStep : IAttentionStep
     private readonly float[]?[] _window;      // per leader layer [w, H, Dh]: the last w rotated queries
     private readonly int[] _windowRows;       // per layer: rows of _window filled (at most w)
 
+    private readonly float[]? _hostQueries;   // [chunk, H·Dh]: a chunk's queries copied back (ILGPU devices only)
+
     public KvCompressionStep(AttentionStepSetup setup, KvCompressionOptions options)
     {
-        if (setup.Device is not CpuDevice)
-        {
-            throw new NotSupportedException(
-                $"KV compression runs on the cpu device only, and these weights are on {setup.Device.Name}; load the model with --device cpu.");
-        }
-
         LlamaConfig c = setup.Config;
+        _hostQueries = setup.Device is CpuDevice ? null : new float[setup.Chunk * c.QueryDim];
         _config = c;
         _options = options;
         _capacity = setup.ContextLength;
@@ -109,12 +108,25 @@ internal sealed class KvCompressionStep : IAttentionStep
         // While the prompt runs, a scoring layer keeps its last w queries.
         if (!Compressed && _window[layer] is float[] window)
         {
-            RememberQueries(window, ref _windowRows[layer], input.Queries.AsSpan(), t);
+            RememberQueries(window, ref _windowRows[layer], HostRows(input.Queries, t), t);
         }
 
         // Dense causal attention over the slots: the chunk's slots start at `slot`.
         Attention.Compute(input.Queries, _keys[layer], _values[layer], slot, input.Output);
         _lengths[layer] = slot + t;
+    }
+
+    // The rows of a [T, H, Dh] tensor as host floats: the tensor itself on cpu, a copy on an ILGPU device.
+    private ReadOnlySpan<float> HostRows(Tensor rows, int t)
+    {
+        if (_hostQueries is null)
+        {
+            return rows.AsSpan();
+        }
+
+        Span<float> host = _hostQueries.AsSpan(0, t * _config.QueryDim);
+        rows.CopyTo(host);
+        return host;
     }
 
     // Keeps the last w rows of [rows, H·Dh] query chunks in `window`.
@@ -211,29 +223,31 @@ internal sealed class KvCompressionStep : IAttentionStep
         }
         else
         {
-            scores = KvSelection.WindowScores(
-                _window[layer], w, c.Heads, _keys[layer].AsSpan(), c.KvHeads, c.HeadDim, _capacity, promptLength);
+            Tensor keys = _keys[layer];
+            ReadOnlySpan<float> hostKeys = keys.Device is CpuDevice ? keys.AsSpan() : keys.ToArray();
+            scores = KvSelection.WindowScores(_window[layer], w, c.Heads, hostKeys, c.KvHeads, c.HeadDim, _capacity, promptLength);
             scores = KvSelection.Pool(scores, _options.Pooling);
         }
 
         return KvSelection.Select(scores, promptLength, w, _options.EffectiveChunkSize, budget);
     }
 
-    // Gathers the kept slots (ascending, so each moves down or stays) to the front of every row of the layer's caches.
-    private unsafe void Compact(int layer, int[] kept)
+    // Gathers the kept slots (ascending, so each moves down or stays) to the front of every row of the layer's caches;
+    // on an ILGPU device through a host copy.
+    private void Compact(int layer, int[] kept)
     {
         int rows = _config.KvHeads * _config.HeadDim;
         foreach (Tensor cache in new[] { _keys[layer], _values[layer] })
         {
-            float* data = cache.FloatPointer;
-            for (int r = 0; r < rows; r++)
+            if (cache.Device is CpuDevice)
             {
-                float* row = data + ((long)r * _capacity);
-                for (int j = 0; j < kept.Length; j++)
-                {
-                    row[j] = row[kept[j]];
-                }
+                Gather(cache.AsSpan(), rows, kept);
+                continue;
             }
+
+            float[] host = cache.ToArray();
+            Gather(host, rows, kept);
+            cache.CopyFrom(host);
         }
 
         int[] positions = _positions[layer];
@@ -243,6 +257,18 @@ internal sealed class KvCompressionStep : IAttentionStep
         }
 
         _lengths[layer] = kept.Length;
+    }
+
+    private void Gather(Span<float> cache, int rows, int[] kept)
+    {
+        for (int r = 0; r < rows; r++)
+        {
+            Span<float> row = cache.Slice(r * _capacity, _capacity);
+            for (int j = 0; j < kept.Length; j++)
+            {
+                row[j] = row[kept[j]];
+            }
+        }
     }
 
     public void Dispose()

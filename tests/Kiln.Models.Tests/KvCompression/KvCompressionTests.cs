@@ -211,6 +211,37 @@ public sealed class KvCompressionTests
         Assert.Equal(24, session.CacheLength(0));
     }
 
+    [Fact]
+    public void OnIlgpuCpu_KeepsTheCpusPositionsAndGivesItsLogits()
+    {
+        LlamaConfig config = SmallConfig(layers: 3, seqLen: 48);
+        using LlamaWeights weights = RandomLlamaWeights.Create(config, 8);
+        using Kiln.Devices.IlgpuDevice device = Kiln.Devices.IlgpuDevice.CreateCpuAccelerator(ILGPU.OptimizationLevel.O1, threadsPerWarp: 4, warpsPerGroup: 4);
+        using LlamaWeights onDevice = weights.To(device);
+        KvCompressionOptions options = KvCompressionOptions.ChunkKv(KvBudget.Tokens(18), 3, reuse: 2, window: 6);
+        using KvCompressedSession cpu = new(weights, new SessionOptions(), options);
+        using KvCompressedSession gpu = new(onDevice, new SessionOptions(), options);
+        int[] tokens = Tokens(44, config.VocabSize, 6);
+
+        // Prefill, compress, three decode steps; 1e-4 relative to (1 + |logit|) between the two devices' float32 paths.
+        float[] expected = cpu.Forward(tokens.AsSpan(0, 41)).ToArray();
+        float[] actual = gpu.Forward(tokens.AsSpan(0, 41)).ToArray();
+        for (int i = 41; i < 44; i++)
+        {
+            expected = cpu.Forward(tokens.AsSpan(i, 1)).ToArray();
+            actual = gpu.Forward(tokens.AsSpan(i, 1)).ToArray();
+        }
+
+        for (int l = 0; l < 3; l++)
+        {
+            Assert.Equal(cpu.KeptPositions(l), gpu.KeptPositions(l));
+        }
+
+        Assert.Equal(18 + 3, gpu.CacheLength(0));
+        double worst = expected.Zip(actual).Max(p => Math.Abs(p.First - p.Second) / (1 + Math.Abs(p.First)));
+        Assert.True(worst <= 1e-4, $"worst {worst}");
+    }
+
     [Theory]
     [InlineData("0")]
     [InlineData("-3")]
