@@ -166,6 +166,35 @@ public sealed class KvCompressionTests
     }
 
     [Fact]
+    public void APromptInPieces_SelectsWhatAPromptInOnePieceSelects()
+    {
+        LlamaConfig config = SmallConfig(layers: 3, seqLen: 80);
+        using LlamaWeights weights = RandomLlamaWeights.Create(config, 21);
+        int[] prompt = Tokens(75, config.VocabSize, 13);
+        KvCompressionOptions options = KvCompressionOptions.ChunkKv(KvBudget.Tokens(31), 5, window: 11) with { CompressAfterPrompt = false };
+        using KvCompressedSession whole = new(weights, new SessionOptions(), options);
+        using KvCompressedSession pieces = new(weights, new SessionOptions(), options);
+        whole.Forward(prompt);
+        whole.Compress();
+
+        // Pieces of 7, 3, then single tokens: the window's queries span several calls.
+        pieces.Forward(prompt.AsSpan(0, 7));
+        pieces.Forward(prompt.AsSpan(7, 3));
+        for (int i = 10; i < prompt.Length; i++)
+        {
+            pieces.Forward(prompt.AsSpan(i, 1));
+        }
+
+        pieces.Compress();
+        for (int l = 0; l < 3; l++)
+        {
+            Assert.Equal(whole.KeptPositions(l), pieces.KeptPositions(l));
+        }
+
+        Assert.Equal(31, whole.CacheLength(0));
+    }
+
+    [Fact]
     public void SnapKv_KeepsTheTopScoredTokensOfTheWindowsAttention()
     {
         LlamaConfig config = SmallConfig(layers: 2, seqLen: 64);
