@@ -59,6 +59,7 @@ public static class KilnCli
         root.Subcommands.Add(BenchCommand.Create(context));
         root.Subcommands.Add(IndexCacheFitCommand.Create(context));
         root.Subcommands.Add(CheckLayerCommand.Create(context));
+        root.Subcommands.Add(KvCommand.Create(context));
         return root;
     }
 

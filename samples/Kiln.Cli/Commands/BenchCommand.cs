@@ -26,7 +26,7 @@ internal static class BenchCommand
     /// <summary>Builds the command.</summary>
     public static Command Create(CliContext context)
     {
-        Command bench = new("bench", "Measure speed: decode (a whole model), gemm (matrix products), indexcache, peer (Kiln against llama.cpp), mamba3 (one mixer), hybrid (transformer, Mamba-3 and hybrid models), tokenize (a GGUF tokenizer), attnres (the cost of Block Attention Residuals).");
+        Command bench = new("bench", "Measure speed: decode (a whole model), gemm (matrix products), indexcache, peer (Kiln against llama.cpp), mamba3 (one mixer), hybrid (transformer, Mamba-3 and hybrid models), kv (decode with a compressed KV cache; with --attnres also the cost of Block Attention Residuals), tokenize (a GGUF tokenizer), attnres (the cost of Block Attention Residuals).");
         bench.Subcommands.Add(CreateDecode(context));
         bench.Subcommands.Add(CreateGemm(context));
         bench.Subcommands.Add(CreateIndexCache(context));
@@ -35,6 +35,7 @@ internal static class BenchCommand
         bench.Subcommands.Add(CreateTokenize(context));
         bench.Subcommands.Add(CreateHybrid(context));
         bench.Subcommands.Add(CreateAttnRes(context));
+        bench.Subcommands.Add(CreateKv(context));
         return bench;
     }
 
@@ -179,6 +180,53 @@ internal static class BenchCommand
             }
 
             AttnResBench.Run(options, parse.GetValue(json), context.Stdout, context.Stderr);
+            return 0;
+        }));
+        return command;
+    }
+
+    private static Command CreateKv(CliContext context)
+    {
+        Option<int[]> contexts = ContextsOption([4096, 8192, 16384]);
+        Option<double[]> kept = new("--kept")
+        {
+            Description = "Fractions of the prompt kept, in (0, 1), the observation window included.",
+            DefaultValueFactory = static _ => [0.1],
+            AllowMultipleArgumentsPerToken = true,
+        };
+        Option<int> decode = new("--decode") { Description = "Decode steps timed with the full cache and again after compression.", DefaultValueFactory = static _ => 64 };
+        Option<bool> attnRes = new("--attnres") { Description = "Then measure Block Attention Residuals against the same model without them, as `kiln bench attnres` with its defaults (about 2 minutes more)." };
+        Option<int?> threads = CommonOptions.Threads();
+        Option<bool> json = new("--json") { Description = "Print one JSON object per line." };
+        Command command = new("kv", "Decode tok/s after KV-cache compression (ChunkKV with and without reuse, SnapKV, StreamingLLM) against the full cache, on random weights; with --attnres also the cost of Block Attention Residuals.")
+        {
+            contexts, kept, decode, attnRes, threads, json,
+        };
+        command.SetAction(parse => KilnCli.Guard(context, parse, () =>
+        {
+            int[] lengths = parse.GetValue(contexts) ?? [];
+            double[] fractions = parse.GetValue(kept) ?? [];
+            int steps = parse.GetValue(decode);
+            CheckContexts(lengths, 32768);
+            if (fractions.Length == 0 || fractions.Any(f => !(f > 0 && f < 1)) || steps < 1)
+            {
+                throw new CliException($"--kept {string.Join(' ', fractions)} --decode {steps}: give fractions in (0, 1) and at least 1 decode step.");
+            }
+
+            if (lengths.Min() * fractions.Min() < 32)
+            {
+                throw new CliException($"--context {lengths.Min()} --kept {fractions.Min()}: keeps fewer than 32 tokens, too few for the window of 16 and a chunk; give a longer context or a larger fraction.");
+            }
+
+            int? threadFlag = parse.GetValue(threads);
+            CommonOptions.CheckThreads(threadFlag);
+            using Device target = CommonOptions.CreateDevice("cpu", threadFlag, context.Stderr);
+            KvBench.Run((CpuDevice)target, [.. lengths.Distinct().Order()], fractions, steps, parse.GetValue(json), context.Stdout, context.Stderr);
+            if (parse.GetValue(attnRes))
+            {
+                AttnResBench.Run(new AttnResBench.Options { Threads = threadFlag ?? Environment.ProcessorCount }, parse.GetValue(json), context.Stdout, context.Stderr);
+            }
+
             return 0;
         }));
         return command;

@@ -10,6 +10,9 @@
 //   max(l - offset + 1, 0) mod freq ≠ 0. offset 2 is the THUDM patches' formula (FFSSSFSSS... for freq 4),
 //   offset 3 is GLM-5.2's (FFFSSSFSSS...), offset 1 the plain l mod freq (FSSSFSSS...).
 // The pattern is stored expanded (one flag per layer) with each layer's source precomputed.
+// KV-cache compression reuses it for ChunkKV's layer-wise index reuse (KvCompression/KvCompressionStep.cs): there a Full
+// layer scores and selects the positions its cache keeps, and a Shared layer keeps the positions of its source,
+// FromFrequency(L, N, offset 1) being "the first layer of each group of N selects".
 using System.Text;
 
 namespace Kiln.Models.Dsa;
