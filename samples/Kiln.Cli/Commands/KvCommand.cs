@@ -109,13 +109,23 @@ internal static class KvCommand
             {
                 foreach (KvBudget b in budgetList)
                 {
+                    KvCompressionOptions options;
                     try
                     {
-                        make(b).Validate();
+                        options = make(b);
+                        options.Validate();
                     }
                     catch (ArgumentException e)
                     {
                         throw new CliException($"--kv-budget {b} ({name}): {KilnCli.OneLine(e.Message)}");
+                    }
+
+                    // A fraction is checked here against the --prefill prompt, before the full-cache pass.
+                    if (b.IsFraction && b.TokensFor(prompt) < options.MinimumBudget)
+                    {
+                        throw new CliException(
+                            $"--kv-budget {b} ({name}): keeps {b.TokensFor(prompt)} of the {prompt} prompt tokens, below the "
+                            + $"{options.MinimumBudget} this method needs; give a larger fraction, a larger --prefill or a smaller --window.");
                     }
                 }
             }

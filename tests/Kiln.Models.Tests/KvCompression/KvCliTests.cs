@@ -59,6 +59,7 @@ public sealed class KvCliTests
     [InlineData("1.5", "--kv-budget 1.5: KV budget \"1.5\" is not a token count or a fraction")]
     [InlineData("0", "whole number of tokens")]
     [InlineData("20", "--kv-budget 20 (chunkkv-c8): KV budget 20 tokens is below the 24")]
+    [InlineData("0.001", "--kv-budget 0.001 (streamingllm): keeps 0 of the 448 prompt tokens, below the 20")]
     public void KvEval_BadBudgets_FailWithOneLine(string budget, string expected)
     {
         (int code, _, string err) = Run("kv", "eval", "-m", TestData.StoriesModel, "--kv-budget", budget, "--chunk", "8");
