@@ -69,6 +69,27 @@ public sealed class KvCliTests
     }
 
     [Fact]
+    public void KvEval_BinaryData_FailsWithOneLine()
+    {
+        string path = Path.Combine(Path.GetTempPath(), $"kiln-kv-binary-{Guid.NewGuid():N}.dat");
+        byte[] bytes = new byte[4096];
+        new Random(7).NextBytes(bytes);
+        File.WriteAllBytes(path, bytes);
+        try
+        {
+            (int code, string stdout, string err) = Run("kv", "eval", "-m", TestData.StoriesModel, "--data", path, "--prefill", "16", "--continue", "4", "--kv-budget", "24", "--chunk", "4", "--window", "8");
+            Assert.Equal(2, code);
+            Assert.Equal("", stdout);
+            Assert.Contains("is not UTF-8 text", err);
+            Assert.Single(err.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    [Fact]
     public void BenchKv_BadFlags_FailWithOneLine()
     {
         (int code, _, string err) = Run("bench", "kv", "--kept", "1.5");
