@@ -98,6 +98,12 @@ public sealed class KvCliTests
         (int tooFew, _, string tooFewErr) = Run("bench", "kv", "-c", "100", "--kept", "0.1");
         Assert.NotEqual(0, tooFew);
         Assert.Contains("fewer than 32 tokens", tooFewErr);
+        (int tooLong, _, string tooLongErr) = Run("bench", "kv", "-c", "512", "--decode", "100000000");
+        Assert.Equal(2, tooLong);
+        Assert.Contains("--context 512 --decode 100000000: the longest context plus the decode steps must be at most 65536", tooLongErr);
+        (int indexCache, _, string indexCacheErr) = Run("bench", "indexcache", "-c", "64", "--decode", "100000");
+        Assert.Equal(2, indexCache);
+        Assert.Contains("--decode 100000 --runs 3: both must be at least 1, and the longest context plus the decode steps at most 65536", indexCacheErr);
     }
 
     private static (int Code, string Stdout, string Stderr) Run(params string[] args)
