@@ -33,7 +33,7 @@ public static class KilnCli
             // At the top level an unrecognised word (a misspelt command) explains more than "required command was
             // not provided"; below it, the missing subcommand is the better hint.
             bool top = parse.CommandResult.Command is RootCommand;
-            string command = top ? "kiln" : $"kiln {parse.CommandResult.Command.Name}";
+            string command = top ? "kiln" : $"kiln {CommandPath(parse.CommandResult)}";
             System.CommandLine.Parsing.ParseError error = (top ? parse.Errors.FirstOrDefault(static e => e.Message.StartsWith("Unrecognized", StringComparison.Ordinal)) : null) ?? parse.Errors[0];
             stderr.WriteLine($"kiln: error: {Readable(OneLine(error.Message)).TrimEnd('.')}; see '{command} --help'.");
             return CliException.UsageExitCode;
@@ -45,6 +45,18 @@ public static class KilnCli
             Error = stderr,
             EnableDefaultExceptionHandler = false,
         });
+    }
+
+    /// <summary>The words that name a subcommand below the root ("check-layer mamba3"), for the --help hint.</summary>
+    private static string CommandPath(System.CommandLine.Parsing.CommandResult result)
+    {
+        List<string> names = [];
+        for (System.CommandLine.Parsing.CommandResult? r = result; r is not null && r.Command is not RootCommand; r = r.Parent as System.CommandLine.Parsing.CommandResult)
+        {
+            names.Insert(0, r.Command.Name);
+        }
+
+        return string.Join(' ', names);
     }
 
     /// <summary>The root command and its subcommands.</summary>

@@ -165,10 +165,13 @@ public sealed class CliTests : IDisposable
     [InlineData(2, "'-5' for option '--seed' as a whole number >= 0", "generate", "-s", "-5")]
     [InlineData(2, "Unrecognized command or argument 'frobnicate'", "frobnicate")]
     [InlineData(2, "Required command", "bench")]
+    [InlineData(2, "Option '--weights' is required; see 'kiln check-layer mamba3 --help'", "check-layer", "mamba3", "--config", "c.json")]
+    [InlineData(2, "see 'kiln bench kv --help'", "bench", "kv", "--bogus")]
     public void BadFlags_AreOneLineErrors(int exitCode, string expected, params string[] args)
     {
-        // A valid model, so that only the flag under test is wrong (bench gemm and bench indexcache take no model).
-        bool noModel = args is ["bench", "gemm" or "indexcache", ..];
+        // A valid model, so that only the flag under test is wrong (bench gemm, bench indexcache and check-layer take
+        // no model).
+        bool noModel = args is ["bench", "gemm" or "indexcache", ..] or ["check-layer", ..];
         (int code, string stdout, string stderr) = Run(noModel ? args : [.. args, "-m", TestData.StoriesModel]);
 
         AssertError(code, stderr, exitCode, expected);

@@ -213,6 +213,11 @@ internal static class BenchCommand
                 throw new CliException($"--kept {string.Join(' ', fractions)} --decode {steps}: give fractions in (0, 1) and at least 1 decode step.");
             }
 
+            if (lengths.Max() + steps > Kiln.Kernels.Attention.MaxContext)
+            {
+                throw new CliException($"--context {lengths.Max()} --decode {steps}: the longest context plus the decode steps must be at most {Kiln.Kernels.Attention.MaxContext}; give fewer decode steps.");
+            }
+
             if (lengths.Min() * fractions.Min() < 32)
             {
                 throw new CliException($"--context {lengths.Min()} --kept {fractions.Min()}: keeps fewer than 32 tokens, too few for the window of 16 and a chunk; give a longer context or a larger fraction.");
@@ -345,9 +350,9 @@ internal static class BenchCommand
             int steps = parse.GetValue(decode), runCount = parse.GetValue(runs);
             CheckContexts(lengths, 32768);
 
-            if (steps < 1 || runCount < 1)
+            if (steps < 1 || runCount < 1 || lengths.Max() + steps > Kiln.Kernels.Attention.MaxContext)
             {
-                throw new CliException($"--decode {steps} --runs {runCount}: both must be at least 1.");
+                throw new CliException($"--decode {steps} --runs {runCount}: both must be at least 1, and the longest context plus the decode steps at most {Kiln.Kernels.Attention.MaxContext}.");
             }
 
             int? threadFlag = parse.GetValue(threads);

@@ -109,13 +109,23 @@ internal static class KvCommand
             {
                 foreach (KvBudget b in budgetList)
                 {
+                    KvCompressionOptions options;
                     try
                     {
-                        make(b).Validate();
+                        options = make(b);
+                        options.Validate();
                     }
                     catch (ArgumentException e)
                     {
                         throw new CliException($"--kv-budget {b} ({name}): {KilnCli.OneLine(e.Message)}");
+                    }
+
+                    // A fraction is checked here against the --prefill prompt, before the full-cache pass.
+                    if (b.IsFraction && b.TokensFor(prompt) < options.MinimumBudget)
+                    {
+                        throw new CliException(
+                            $"--kv-budget {b} ({name}): keeps {b.TokensFor(prompt)} of the {prompt} prompt tokens, below the "
+                            + $"{options.MinimumBudget} this method needs; give a larger fraction, a larger --prefill or a smaller --window.");
                     }
                 }
             }
@@ -129,7 +139,7 @@ internal static class KvCommand
             }
 
             (ITokenizer tok, _) = file.LoadTokenizer(parse.GetValue(tokenizer));
-            string text = dataPath is null ? BuiltInStories() : File.ReadAllText(dataPath);
+            string text = dataPath is null ? BuiltInStories() : ReadText(dataPath);
             List<int[]> sequences = Sequences(text, tok, prompt + forced);
             if (sequences.Count == 0)
             {
@@ -144,6 +154,19 @@ internal static class KvCommand
             return 0;
         }));
         return command;
+    }
+
+    /// <summary>The --data file as UTF-8 text; a binary or otherwise non-UTF-8 file is a usage error.</summary>
+    private static string ReadText(string path)
+    {
+        try
+        {
+            return File.ReadAllText(path, new System.Text.UTF8Encoding(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true));
+        }
+        catch (System.Text.DecoderFallbackException)
+        {
+            throw new CliException($"--data {path}: is not UTF-8 text (a binary file?); give a UTF-8 text file.");
+        }
     }
 
     private static KvBudget ParseBudget(string text)

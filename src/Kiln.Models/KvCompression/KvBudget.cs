@@ -86,5 +86,5 @@ public readonly record struct KvBudget
 
     /// <summary>The budget as <see cref="Parse"/> reads it: the token count, or the fraction.</summary>
     public override string ToString() =>
-        IsFraction ? Fraction.ToString("0.###", CultureInfo.InvariantCulture) : FixedTokens.ToString(CultureInfo.InvariantCulture);
+        IsFraction ? Fraction.ToString("R", CultureInfo.InvariantCulture) : FixedTokens.ToString(CultureInfo.InvariantCulture);
 }

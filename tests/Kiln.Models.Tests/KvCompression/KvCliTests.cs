@@ -59,12 +59,34 @@ public sealed class KvCliTests
     [InlineData("1.5", "--kv-budget 1.5: KV budget \"1.5\" is not a token count or a fraction")]
     [InlineData("0", "whole number of tokens")]
     [InlineData("20", "--kv-budget 20 (chunkkv-c8): KV budget 20 tokens is below the 24")]
+    [InlineData("0.001", "--kv-budget 0.001 (streamingllm): keeps 0 of the 448 prompt tokens, below the 20")]
     public void KvEval_BadBudgets_FailWithOneLine(string budget, string expected)
     {
         (int code, _, string err) = Run("kv", "eval", "-m", TestData.StoriesModel, "--kv-budget", budget, "--chunk", "8");
         Assert.NotEqual(0, code);
         Assert.Contains(expected, err);
         Assert.Single(err.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+    }
+
+    [Fact]
+    public void KvEval_BinaryData_FailsWithOneLine()
+    {
+        string path = Path.Combine(Path.GetTempPath(), $"kiln-kv-binary-{Guid.NewGuid():N}.dat");
+        byte[] bytes = new byte[4096];
+        new Random(7).NextBytes(bytes);
+        File.WriteAllBytes(path, bytes);
+        try
+        {
+            (int code, string stdout, string err) = Run("kv", "eval", "-m", TestData.StoriesModel, "--data", path, "--prefill", "16", "--continue", "4", "--kv-budget", "24", "--chunk", "4", "--window", "8");
+            Assert.Equal(2, code);
+            Assert.Equal("", stdout);
+            Assert.Contains("is not UTF-8 text", err);
+            Assert.Single(err.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        }
+        finally
+        {
+            File.Delete(path);
+        }
     }
 
     [Fact]
@@ -76,6 +98,12 @@ public sealed class KvCliTests
         (int tooFew, _, string tooFewErr) = Run("bench", "kv", "-c", "100", "--kept", "0.1");
         Assert.NotEqual(0, tooFew);
         Assert.Contains("fewer than 32 tokens", tooFewErr);
+        (int tooLong, _, string tooLongErr) = Run("bench", "kv", "-c", "512", "--decode", "100000000");
+        Assert.Equal(2, tooLong);
+        Assert.Contains("--context 512 --decode 100000000: the longest context plus the decode steps must be at most 65536", tooLongErr);
+        (int indexCache, _, string indexCacheErr) = Run("bench", "indexcache", "-c", "64", "--decode", "100000");
+        Assert.Equal(2, indexCache);
+        Assert.Contains("--decode 100000 --runs 3: both must be at least 1, and the longest context plus the decode steps at most 65536", indexCacheErr);
     }
 
     private static (int Code, string Stdout, string Stderr) Run(params string[] args)

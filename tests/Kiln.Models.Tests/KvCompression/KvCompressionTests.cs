@@ -284,6 +284,19 @@ public sealed class KvCompressionTests
         Assert.Contains("whole number of tokens", error.Message);
     }
 
+    [Theory]
+    [InlineData("0.9999999")]
+    [InlineData("0.0001")]
+    [InlineData("0.1")]
+    [InlineData("0.125")]
+    [InlineData("128")]
+    public void KvBudgetToString_ReadsBackAsTheSameBudget(string text)
+    {
+        KvBudget budget = KvBudget.Parse(text);
+        Assert.Equal(text, budget.ToString());
+        Assert.Equal(budget, KvBudget.Parse(budget.ToString()));
+    }
+
     [Fact]
     public void BadBudgets_FailWithMessagesThatNameTheFix()
     {
