@@ -11,7 +11,10 @@ public sealed record CliEnvironment(string? ModelVariable, string? HomeDirectory
     /// <summary>The environment of this process.</summary>
     public static CliEnvironment FromProcess() => new(
         Environment.GetEnvironmentVariable("KILN_MODEL"),
-        Environment.GetFolderPath(Environment.SpecialFolder.UserProfile) is { Length: > 0 } home ? home : null);
+        // DoNotVerify: a $HOME that does not exist is still named in the "no model" error instead of "unknown".
+        Environment.GetFolderPath(Environment.SpecialFolder.UserProfile, Environment.SpecialFolderOption.DoNotVerify) is { Length: > 0 } home
+            ? home
+            : null);
 
     /// <summary>The default model path under the home directory: ~/.cache/kiln/models/stories260K/stories260K.bin.</summary>
     public string? DefaultModelPath => HomeDirectory is null

@@ -72,7 +72,28 @@ public static class KilnCli
         root.Subcommands.Add(IndexCacheFitCommand.Create(context));
         root.Subcommands.Add(CheckLayerCommand.Create(context));
         root.Subcommands.Add(KvCommand.Create(context));
+        NameValuePlaceholders(root);
         return root;
+    }
+
+    /// <summary>
+    /// Gives every option that takes a value and has no placeholder of its own the upper-case form of its name
+    /// (<c>--data &lt;DATA&gt;</c>), the convention of the options that name theirs (<c>-m &lt;MODEL&gt;</c>).
+    /// </summary>
+    private static void NameValuePlaceholders(Command command)
+    {
+        foreach (Option option in command.Options)
+        {
+            if (option.HelpName is null && option.ValueType != typeof(bool) && option.Arity.MaximumNumberOfValues > 0)
+            {
+                option.HelpName = option.Name.TrimStart('-').ToUpperInvariant();
+            }
+        }
+
+        foreach (Command sub in command.Subcommands)
+        {
+            NameValuePlaceholders(sub);
+        }
     }
 
     /// <summary>

@@ -2,6 +2,7 @@
 // environment: the reference generation on stdout, tokenize/info/bench output, default model locations, and
 // every bad input as a one-line error with the right exit code and no stack trace.
 
+using System.CommandLine;
 using System.Text.Json;
 using Kiln.Cli;
 using Xunit;
@@ -24,6 +25,46 @@ public sealed class CliTests : IDisposable
         Assert.Contains("prefill 5 tokens at", stderr);
         Assert.Contains("decode 59 tokens at", stderr);
         Assert.Contains("greedy", stderr);
+    }
+
+    [Fact]
+    public void Generate_OneToken_CountsInTheSingular()
+    {
+        // An empty prompt is BOS alone, and -n 1 takes the one new token from the prefill's logits.
+        (int code, _, string stderr) = Run("generate", "-m", TestData.StoriesModel, "-p", "", "-n", "1", "--temp", "0");
+
+        Assert.True(code == 0, stderr);
+        Assert.Contains("prefill 1 token at", stderr);
+        Assert.Contains("decode 0 tokens at", stderr);
+        Assert.Contains("; 1 new token (", stderr);
+    }
+
+    [Fact]
+    public void Help_EveryValueOption_HasAPlaceholder()
+    {
+        using StringWriter sink = new();
+        RootCommand root = KilnCli.BuildRoot(new CliContext(sink, sink, new CliEnvironment(null, _temp.Path)));
+        List<string> lower = [];
+        Visit(root, string.Empty);
+        Assert.True(lower.Count == 0, string.Join("; ", lower));
+
+        void Visit(Command command, string path)
+        {
+            // A value's placeholder is a word in capitals (<FILE>) or the list of its literal choices (<f32|f16>),
+            // never the option's own name in lower case, which is what the parser prints when none is set.
+            foreach (Option option in command.Options.Where(o => o.ValueType != typeof(bool) && o.Arity.MaximumNumberOfValues > 0))
+            {
+                if (option.HelpName is not { Length: > 0 } name || name == option.Name.TrimStart('-'))
+                {
+                    lower.Add($"{path} {option.Name} <{option.HelpName}>");
+                }
+            }
+
+            foreach (Command sub in command.Subcommands)
+            {
+                Visit(sub, $"{path} {sub.Name}");
+            }
+        }
     }
 
     [Fact]
@@ -130,6 +171,16 @@ public sealed class CliTests : IDisposable
         Assert.Contains("-m PATH", stderr);
         Assert.Contains("karpathy/tinyllamas", stderr);
         Assert.Equal(string.Empty, stdout);
+    }
+
+    [Fact]
+    public void NoModel_HomeThatDoesNotExist_IsNamed()
+    {
+        string home = Path.Combine(_temp.Path, "no-such-home");
+
+        (int code, _, string stderr) = Run(new CliEnvironment(null, home), "generate");
+
+        AssertError(code, stderr, 1, Path.Combine(home, ".cache", "kiln", "models", "stories260K", "stories260K.bin") + " does not exist");
     }
 
     [Fact]

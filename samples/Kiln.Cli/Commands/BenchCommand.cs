@@ -42,7 +42,7 @@ internal static class BenchCommand
     private static Command CreateTokenize(CliContext context)
     {
         Option<string?> model = CommonOptions.Model();
-        Option<string?> textFile = new("--text-file") { Description = "UTF-8 text to encode (default: a built-in mixed paragraph)." };
+        Option<string?> textFile = new("--text-file") { HelpName = "FILE", Description = "UTF-8 text to encode (default: a built-in mixed paragraph)." };
         Option<int> repeat = new("--repeat") { Description = "Times the text is repeated into one input.", DefaultValueFactory = static _ => 2000 };
         Option<int> runs = new("--runs") { Description = "Measured runs (best reported).", DefaultValueFactory = static _ => 3 };
         Option<bool> json = new("--json") { Description = "Print one JSON object on one line." };
@@ -314,7 +314,8 @@ internal static class BenchCommand
             string tokenizerPath = !string.IsNullOrEmpty(tokenizerFlag) ? tokenizerFlag
                 : ModelFiles.ResolveTokenizer(null, ModelFiles.ResolveModel(parse.GetValue(model), context.Environment), 512);
             string folder = parse.GetValue(directory)
-                ?? Path.Combine(context.Environment.HomeDirectory ?? Path.GetTempPath(), ".cache", "kiln", "peer");
+                ?? Path.Combine(
+                    context.Environment.HomeDirectory is { } home && Directory.Exists(home) ? home : Path.GetTempPath(), ".cache", "kiln", "peer");
             Directory.CreateDirectory(folder);
             int threadCount = threadFlag ?? Environment.ProcessorCount;
             try

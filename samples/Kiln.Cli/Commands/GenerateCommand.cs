@@ -206,7 +206,7 @@ internal static class GenerateCommand
         err.WriteLine(Invariant($"kiln: sampling: {DescribeSampling(sampling)}"));
         if (request.Verbose)
         {
-            err.WriteLine($"kiln: tokenizer {tokenizerPath}; prompt {promptTokens.Length} tokens: {string.Join(' ', promptTokens)}");
+            err.WriteLine($"kiln: tokenizer {tokenizerPath}; prompt {Tokens(promptTokens.Length)}: {string.Join(' ', promptTokens)}");
         }
 
         context.Stdout.Write(request.Prompt);
@@ -216,9 +216,11 @@ internal static class GenerateCommand
         context.Stdout.Flush();
 
         // Timings last, on stderr.
-        err.WriteLine(Invariant($"kiln: prefill {result.PromptTokens.Length} tokens at {result.PrefillTokensPerSecond:F1} tok/s; decode {result.DecodeSteps} tokens at {result.DecodeTokensPerSecond:F1} tok/s; {result.GeneratedTokens.Length} new tokens ({Describe(result.StopReason)})"));
+        err.WriteLine(Invariant($"kiln: prefill {Tokens(result.PromptTokens.Length)} at {result.PrefillTokensPerSecond:F1} tok/s; decode {Tokens(result.DecodeSteps)} at {result.DecodeTokensPerSecond:F1} tok/s; {result.GeneratedTokens.Length} new {(result.GeneratedTokens.Length == 1 ? "token" : "tokens")} ({Describe(result.StopReason)})"));
         return 0;
     }
+
+    private static string Tokens(int count) => count == 1 ? "1 token" : Invariant($"{count} tokens");
 
     /// <summary>Runs <paramref name="weights"/> with the pattern of --pattern: F/S characters, or a file holding them.</summary>
     private static void ApplyPattern(DsaWeights weights, string value)

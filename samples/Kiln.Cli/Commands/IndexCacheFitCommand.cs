@@ -31,7 +31,7 @@ internal static class IndexCacheFitCommand
     {
         Option<string?> model = CommonOptions.Model();
         Option<string?> tokenizer = CommonOptions.Tokenizer();
-        Option<string?> data = new("--data") { Description = "Training text file (default: text sampled from the model)." };
+        Option<string?> data = new("--data") { HelpName = "FILE", Description = "Training text file (default: text sampled from the model)." };
         Option<int> heads = new("--heads") { Description = "Indexer heads.", DefaultValueFactory = static _ => 4 };
         Option<int> headDim = new("--head-dim") { Description = "Indexer head width.", DefaultValueFactory = static _ => 32 };
         Option<int> ropeDims = new("--rope-dims") { Description = "Rotated leading dims.", DefaultValueFactory = static _ => 16 };
@@ -41,7 +41,7 @@ internal static class IndexCacheFitCommand
         Option<int> topK = new("--top-k") { Description = "K for the comparison.", DefaultValueFactory = static _ => 16 };
         Option<int> seed = new("--seed") { Description = "Seed.", DefaultValueFactory = static _ => 1 };
         Option<string?> pattern = new("--pattern") { Description = "IndexCache pattern, one F/S per layer (default: all F)." };
-        Option<string?> output = new("--output", "-o") { Description = "Where to write the DSA checkpoint (.safetensors)." };
+        Option<string?> output = new("--output", "-o") { HelpName = "FILE", Description = "Where to write the DSA checkpoint (.safetensors)." };
         Command command = new("fit", "Fit lightning indexers to a dense model's attention (KL warm-up); write a DSA checkpoint.")
         {
             model, tokenizer, data, heads, headDim, ropeDims, steps, lr, window, topK, seed, pattern, output,
@@ -173,12 +173,12 @@ internal static class IndexCacheFitCommand
         Option<string?> model = CommonOptions.Model();
         Option<string?> tokenizer = CommonOptions.Tokenizer();
         Option<double> keep = new("--keep") { Description = "Share of layers that keep their indexer, in (0, 1].", DefaultValueFactory = static _ => 0.25 };
-        Option<string?> data = new("--data") { Description = "Calibration text (LM loss); without it, or with --random, KL to all-F on random windows." };
+        Option<string?> data = new("--data") { HelpName = "FILE", Description = "Calibration text (LM loss); without it, or with --random, KL to all-F on random windows." };
         Option<bool> random = new("--random") { Description = "KL to the all-F model on seeded random token windows (random-weight models)." };
         Option<int> window = new("--window") { Description = "Tokens per calibration window (default: min(seq_len, 64)).", DefaultValueFactory = static _ => 0 };
         Option<int> windows = new("--windows") { Description = "Calibration windows.", DefaultValueFactory = static _ => 4 };
         Option<int> seed = new("--seed") { Description = "Seed of the random windows.", DefaultValueFactory = static _ => 1 };
-        Option<string?> output = new("--output", "-o") { Description = "Where to write the pattern (default: stdout)." };
+        Option<string?> output = new("--output", "-o") { HelpName = "FILE", Description = "Where to write the pattern (default: stdout)." };
         Command command = new("calibrate", "Greedy IndexCache search: which layers keep their indexer at a given keep ratio.")
         {
             model, tokenizer, keep, data, random, window, windows, seed, output,

@@ -39,7 +39,7 @@ internal static class KvCommand
     {
         Option<string?> model = CommonOptions.Model();
         Option<string?> tokenizer = CommonOptions.Tokenizer();
-        Option<string?> data = new("--data") { Description = "UTF-8 text; stories separated by lines holding only ---, each at least --prefill + --continue tokens (default: the built-in stories)." };
+        Option<string?> data = new("--data") { HelpName = "FILE", Description = "UTF-8 text; stories separated by lines holding only ---, each at least --prefill + --continue tokens (default: the built-in stories)." };
         Option<int> prefill = new("--prefill") { Description = "Prompt tokens before compression.", DefaultValueFactory = static _ => 448 };
         Option<int> next = new("--continue") { Description = "Tokens teacher-forced after compression.", DefaultValueFactory = static _ => 64 };
         Option<string[]> budgets = new("--kv-budget")
