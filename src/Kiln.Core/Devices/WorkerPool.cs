@@ -8,11 +8,13 @@ namespace Kiln.Devices;
 /// untyped state pointer: nothing is allocated per call, which keeps decode steps allocation-free.
 /// </summary>
 /// <remarks>
-/// Work is split into at most <see cref="ThreadCount"/> contiguous ranges, range 0 for the caller and range
-/// i for worker i. Each element is computed by exactly one thread with the same arithmetic whatever the split,
-/// so results do not depend on the thread count. Workers spin briefly between loops, then sleep. A loop started
-/// from inside a body of the same pool (an op calling an op) runs inline on that thread: the pool's threads are
-/// all busy with the outer loop, so waiting for them would deadlock.
+/// Work is split into at most <see cref="ThreadCount"/> contiguous ranges. Range 0 is the caller's; the others go
+/// to whichever thread claims them first, the caller included once its own range is done, so a worker that the
+/// operating system has descheduled (a machine running more threads than it has cores) does not hold up the loop
+/// unless it had already started a range. Each element is computed by exactly one thread with the same arithmetic
+/// whatever the split or the thread, so results do not depend on the thread count or on who ran what. Workers spin
+/// briefly between loops, then sleep. A loop started from inside a body of the same pool (an op calling an op) runs
+/// inline on that thread: the pool's threads are all busy with the outer loop, so waiting for them would deadlock.
 /// </remarks>
 public sealed unsafe class WorkerPool : IDisposable
 {
@@ -36,6 +38,10 @@ public sealed unsafe class WorkerPool : IDisposable
     private int _parts;
     private int _pending;
     private ExceptionDispatchInfo? _failure;
+
+    // The next unclaimed range of the loop in flight, with that loop's number in the high word: a claim succeeds
+    // only while the number matches, so a late worker cannot take a range of a loop it did not see published.
+    private long _claims;
 
     // The loop's number and part count in one word, written last and read in one load: a worker never pairs one
     // loop's number with another loop's part count. _generation counts loops on the caller's side (under the lock).
@@ -109,6 +115,7 @@ public sealed unsafe class WorkerPool : IDisposable
 
             // Publish the loop, then wake only the workers that went to sleep.
             _generation++;
+            Interlocked.Exchange(ref _claims, ((long)_generation << 32) | 1);
             Interlocked.Exchange(ref _published, ((long)_generation << 32) | (uint)parts);
             for (int i = 0; i < _workers.Length; i++)
             {
@@ -119,8 +126,12 @@ public sealed unsafe class WorkerPool : IDisposable
             }
 
             RunPart(0);
+            while (TryClaim(_generation, parts, out int part))
+            {
+                RunPart(part);
+            }
 
-            // Wait for the workers' ranges; they are short, so spin.
+            // Wait for the ranges workers started; they are short, so spin.
             SpinWait spin = default;
             while (Volatile.Read(ref _pending) != 0)
             {
@@ -130,6 +141,25 @@ public sealed unsafe class WorkerPool : IDisposable
             _body = null;
             _state = null;
             _failure?.Throw();
+        }
+    }
+
+    /// <summary>Takes the next range of loop <paramref name="generation"/>, if that loop still has one.</summary>
+    private bool TryClaim(int generation, int parts, out int part)
+    {
+        while (true)
+        {
+            long claims = Volatile.Read(ref _claims);
+            part = (int)claims;
+            if (Generation(claims) != generation || part >= parts)
+            {
+                return false;
+            }
+
+            if (Interlocked.CompareExchange(ref _claims, claims + 1, claims) == claims)
+            {
+                return true;
+            }
         }
     }
 
@@ -157,7 +187,6 @@ public sealed unsafe class WorkerPool : IDisposable
 
     private void WorkerLoop(int index)
     {
-        int part = index + 1;
         int seen = 0;
         while (true)
         {
@@ -188,11 +217,12 @@ public sealed unsafe class WorkerPool : IDisposable
                 return;
             }
 
-            // Take the loop's number and part count together. The other fields are stable while this worker has a
-            // part: the caller waits for it. A loop it has no part in may end and the next one be published meanwhile.
+            // Take the loop's number and part count together, then claim ranges of that loop while it has any. The
+            // other fields are stable while a range is claimed and not finished: the caller waits for it. Once the
+            // loop has no range left it may end and the next one be published meanwhile; the claim sees that.
             long published = Volatile.Read(ref _published);
             seen = Generation(published);
-            if (part < (int)published)
+            while (TryClaim(seen, (int)published, out int part))
             {
                 RunPart(part);
             }

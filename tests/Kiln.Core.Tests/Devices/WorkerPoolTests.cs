@@ -1,5 +1,5 @@
-// The worker pool: every index is visited exactly once whatever the count, grain and thread count; loops back to
-// back (the decode pattern) never lose a wake-up. Under misuse and load: an exception in a body reaches the caller and leaves the pool usable,
+// The worker pool: every index is visited exactly once whatever the count, grain and thread count, and whichever
+// thread claims a range; loops back to back (the decode pattern) never lose a wake-up. Under misuse and load: an exception in a body reaches the caller and leaves the pool usable,
 // a loop started from inside a body of the same pool runs (inline) instead of deadlocking, several threads may
 // call For at once, and an idle pool disposes promptly. Each loop that could hang runs with a deadline.
 
@@ -66,6 +66,28 @@ public sealed class WorkerPoolTests
         }
 
         Assert.All(hits, h => Assert.Equal(20_000, h));
+    }
+
+    [Fact]
+    public async Task WorkersWokenFromSleep_RunNothingTwice()
+    {
+        // Before each loop the workers fall asleep, so the caller usually finishes its own range and claims the
+        // others before a worker is awake; a worker that wakes afterwards must find nothing left of that loop and must
+        // not run a range of it, or of the next loop, twice.
+        using WorkerPool pool = new(3);
+        int wrong = await Task.Run(() =>
+        {
+            int bad = 0;
+            for (int loop = 0; loop < 12; loop++)
+            {
+                Thread.Sleep(loop % 3 == 0 ? 30 : 0);
+                bad += RunAlternating(pool, 20);
+            }
+
+            return bad;
+        }).WaitAsync(TimeSpan.FromSeconds(60));
+
+        Assert.Equal(0, wrong);
     }
 
     [Fact]
