@@ -14,6 +14,8 @@
 //              (vpmaddwd) into exact int32 sums, converted once and scaled once by weight scale × activation
 //              scale. The 16 rows' float16 scales of a block are gathered and widened together. Measured on a
 //              4096 × 4096 matrix, 2 threads: 4-5x faster than widening every weight to float32 (docs/PERFORMANCE.md).
+//   Q8_0, M = 1 (Vector256 with AVX2): the same integer scheme, 8 W rows at a time, each block of 32 as two
+//              halves of 16 int16 products in pairs.
 //   Tails:     K not a multiple of 16 is finished with scalar products; W rows past the last whole group go
 //              through a one-row dot product.
 //
@@ -38,6 +40,10 @@ internal static unsafe class CpuGemv
 
     /// <summary>W rows per group: 16 for M = 1, 4 for M = 2..32.</summary>
     private static int GroupRows(int m) => m == 1 ? 16 : 4;
+
+    /// <summary>Whether Q8_0 decode multiplies integers at this width: AVX-512BW for Vector512, AVX2 for Vector256.</summary>
+    private static bool HasInt16Kernel(KernelWidth width) =>
+        width == KernelWidth.Vector512 ? Avx512BW.IsSupported : width == KernelWidth.Vector256 && Avx2.IsSupported;
 
     /// <summary>Computes C = epilogue(A · Wᵀ) for M &lt;= 32 on the pool's threads.</summary>
     public static void Run<TEpilogue>(
@@ -97,7 +103,7 @@ internal static unsafe class CpuGemv
 
         // Q8_0 decode multiplies integers: A's row is quantized once here, on the calling thread, for all workers.
         // (The kernel gathers 16 rows' scales with 32-bit offsets, so rows must be under 256 MiB: K below 250 million.)
-        if (m == 1 && width == KernelWidth.Vector512 && typeof(TWeights) == typeof(Q8_0Weights) && Avx512BW.IsSupported
+        if (m == 1 && typeof(TWeights) == typeof(Q8_0Weights) && HasInt16Kernel(width)
             && TWeights.RowBytes(k) <= int.MaxValue / 8)
         {
             GemmScratch.Current.Int16Blocks(k / Q8_0Blocks.BlockElements, out job.QuantizedA, out job.QuantizedAScales);
@@ -124,7 +130,7 @@ internal static unsafe class CpuGemv
         public TEpilogue Epilogue;
         public KernelWidth Width;
 
-        // For Q8_0 decode (M = 1, Vector512): A's row quantized to int16 per 32-element block, and the block scales.
+        // For Q8_0 decode (M = 1): A's row quantized to int16 per 32-element block, and the block scales.
         public short* QuantizedA;
         public float* QuantizedAScales;
     }
@@ -175,6 +181,15 @@ internal static unsafe class CpuGemv
                             job->W + (wRow * rowBytes), rowBytes, k, job->C, n, wRow, ref epilogue);
                     }
                 }
+            }
+        }
+
+        else if (job->QuantizedA != null)
+        {
+            for (; wRow + 8 <= rowEnd; wRow += 8)
+            {
+                Dot8x1Q8_0(job->QuantizedA, job->QuantizedAScales, job->W + (wRow * rowBytes), rowBytes, k,
+                    job->C + wRow, wRow, ref epilogue);
             }
         }
 
@@ -350,7 +365,101 @@ internal static unsafe class CpuGemv
     }
 
     /// <summary>
-    /// Quantizes A's row [k] (k a multiple of 32) to int16 in blocks of 32 for <see cref="Dot16x1Q8_0"/>: each block
+    /// <see cref="Dot16x1Q8_0{TEpilogue}"/> for AVX2: 8 W rows, each block of 32 as two halves of 16 int8 weights
+    /// sign-extended to int16 and multiplied with the activations in pairs (vpmaddwd), the two halves' 8 int32 sums
+    /// added, converted once and scaled once into the row's running sum.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Dot8x1Q8_0<TEpilogue>(
+        short* a,
+        float* aScales,
+        byte* w,
+        long rowBytes,
+        int k,
+        float* c,
+        int col,
+        ref TEpilogue epilogue)
+        where TEpilogue : unmanaged, IMatMulEpilogue
+    {
+        nint r1 = (nint)rowBytes;
+        nint r2 = 2 * r1;
+        nint r3 = 3 * r1;
+        byte* p0 = w;
+        byte* p4 = w + (4 * r1);
+        Vector256<float> s0 = default, s1 = default, s2 = default, s3 = default;
+        Vector256<float> s4 = default, s5 = default, s6 = default, s7 = default;
+        Vector256<int> rowOffsets = Vector256.Create(0, (int)r1, (int)r2, (int)r3, 4 * (int)r1, 5 * (int)r1, 6 * (int)r1, 7 * (int)r1);
+        float* scales = stackalloc float[8];
+
+        // As in the 16-row kernel: short rows share pages, so walk the next 8 rows ahead of the loop, 5 lines (at
+        // least the 8 · 34 bytes this step reads) per block step.
+        byte* next = w + (8 * r1);
+        bool prefetch = rowBytes < 4096;
+        nint blockBytes = 0;
+        for (int b = 0; b < k / Q8_0Blocks.BlockElements; b++, blockBytes += Q8_0Blocks.BlockBytes)
+        {
+            if (prefetch)
+            {
+                byte* ahead = next + (b * 5 * 64);
+                Sse.Prefetch0(ahead);
+                Sse.Prefetch0(ahead + 64);
+                Sse.Prefetch0(ahead + 128);
+                Sse.Prefetch0(ahead + 192);
+                Sse.Prefetch0(ahead + 256);
+            }
+
+            Vector256<uint> bits = Avx2.GatherVector256((int*)(p0 + blockBytes), rowOffsets, 1).AsUInt32() & Vector256.Create(0xFFFFu);
+            (Widen.HalfBits(bits) * Vector256.Create(aScales[b])).Store(scales);
+
+            short* x = a + (b * Q8_0Blocks.BlockElements);
+            Vector256<short> xLow = Vector256.Load(x);
+            Vector256<short> xHigh = Vector256.Load(x + 16);
+            s0 = Block(p0 + blockBytes, xLow, xHigh, scales[0], s0);
+            s1 = Block(p0 + r1 + blockBytes, xLow, xHigh, scales[1], s1);
+            s2 = Block(p0 + r2 + blockBytes, xLow, xHigh, scales[2], s2);
+            s3 = Block(p0 + r3 + blockBytes, xLow, xHigh, scales[3], s3);
+            s4 = Block(p4 + blockBytes, xLow, xHigh, scales[4], s4);
+            s5 = Block(p4 + r1 + blockBytes, xLow, xHigh, scales[5], s5);
+            s6 = Block(p4 + r2 + blockBytes, xLow, xHigh, scales[6], s6);
+            s7 = Block(p4 + r3 + blockBytes, xLow, xHigh, scales[7], s7);
+        }
+
+        epilogue.Apply(Reduce8(s0, s1, s2, s3, s4, s5, s6, s7), 0, col).Store(c);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        static Vector256<float> Block(byte* block, Vector256<short> xLow, Vector256<short> xHigh, float scale, Vector256<float> sum)
+        {
+            Vector256<short> qLow = Avx2.ConvertToVector256Int16((sbyte*)(block + 2));
+            Vector256<short> qHigh = Avx2.ConvertToVector256Int16((sbyte*)(block + 18));
+            Vector256<int> dot = Avx2.MultiplyAddAdjacent(qLow, xLow) + Avx2.MultiplyAddAdjacent(qHigh, xHigh);
+            return Fma.MultiplyAdd(Avx.ConvertToVector256Single(dot), Vector256.Create(scale), sum);
+        }
+    }
+
+    /// <summary>
+    /// Reduces 8 vectors to one whose lane j is the sum of the lanes of vector j: horizontal adds within 128-bit
+    /// halves, then the two halves added.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Reduce8(
+        Vector256<float> v0,
+        Vector256<float> v1,
+        Vector256<float> v2,
+        Vector256<float> v3,
+        Vector256<float> v4,
+        Vector256<float> v5,
+        Vector256<float> v6,
+        Vector256<float> v7)
+    {
+        // Per 128-bit half: [v0, v1, v2, v3] partial sums, then [v4 .. v7].
+        Vector256<float> low = Avx.HorizontalAdd(Avx.HorizontalAdd(v0, v1), Avx.HorizontalAdd(v2, v3));
+        Vector256<float> high = Avx.HorizontalAdd(Avx.HorizontalAdd(v4, v5), Avx.HorizontalAdd(v6, v7));
+        return Avx.Permute2x128(low, high, 0x20) + Avx.Permute2x128(low, high, 0x31);
+    }
+
+    /// <summary>
+    /// Quantizes A's row [k] (k a multiple of 32) to int16 in blocks of 32 for <see cref="Dot16x1Q8_0"/> and
+    /// <see cref="Dot8x1Q8_0"/> (AVX-512 or AVX2 code, the same values either way): each block
     /// gets a power-of-two scale p = 2^(e - 14), e = floor(log2 max|x|), so that x / p is at most 32768 in magnitude; the
     /// values are x / p rounded to nearest (even) and saturated to ±32767. Division by a power of two is exact, so each
     /// value is off by at most p (half a unit from rounding, one at the saturated top), at most 2^-14 of the block's
@@ -363,8 +472,6 @@ internal static unsafe class CpuGemv
         for (int b = 0; b < k / Q8_0Blocks.BlockElements; b++)
         {
             float* x = a + (b * Q8_0Blocks.BlockElements);
-            Vector512<float> low = Vector512.Load(x);
-            Vector512<float> high = Vector512.Load(x + 16);
             float max = MathF.Abs(TensorPrimitives.MaxMagnitude(new ReadOnlySpan<float>(x, Q8_0Blocks.BlockElements)));
             short* q = values + (b * Q8_0Blocks.BlockElements);
             if (!float.IsFinite(max))
@@ -381,13 +488,29 @@ internal static unsafe class CpuGemv
                 continue;
             }
 
+            // Round to nearest even (the conversions' default mode), saturate to int16.
             int exponent = MathF.ILogB(max) - 14;
-            Vector512<float> inverse = Vector512.Create(MathF.ScaleB(1f, -exponent));
-            Vector512<int> lowInts = Avx512F.ConvertToVector512Int32(low * inverse);
-            Vector512<int> highInts = Avx512F.ConvertToVector512Int32(high * inverse);
-            Vector256<short> lowShorts = Avx512F.ConvertToVector256Int16WithSaturation(lowInts);
-            Vector256<short> highShorts = Avx512F.ConvertToVector256Int16WithSaturation(highInts);
-            Vector512.Create(lowShorts, highShorts).Store(q);
+            float inverse = MathF.ScaleB(1f, -exponent);
+            if (Avx512BW.IsSupported)
+            {
+                Vector512<int> lowInts = Avx512F.ConvertToVector512Int32(Vector512.Load(x) * inverse);
+                Vector512<int> highInts = Avx512F.ConvertToVector512Int32(Vector512.Load(x + 16) * inverse);
+                Vector256<short> lowShorts = Avx512F.ConvertToVector256Int16WithSaturation(lowInts);
+                Vector256<short> highShorts = Avx512F.ConvertToVector256Int16WithSaturation(highInts);
+                Vector512.Create(lowShorts, highShorts).Store(q);
+            }
+            else
+            {
+                // vpackssdw packs within 128-bit halves; the permute puts the four quarters back in order.
+                for (int half = 0; half < 2; half++)
+                {
+                    Vector256<int> first = Avx.ConvertToVector256Int32(Vector256.Load(x + (16 * half)) * inverse);
+                    Vector256<int> second = Avx.ConvertToVector256Int32(Vector256.Load(x + (16 * half) + 8) * inverse);
+                    Vector256<short> packed = Avx2.PackSignedSaturate(first, second);
+                    Avx2.Permute4x64(packed.AsInt64(), 0b11_01_10_00).AsInt16().Store(q + (16 * half));
+                }
+            }
+
             scales[b] = MathF.ScaleB(1f, exponent);
         }
     }
