@@ -5,6 +5,7 @@
 //   M = 1:     16 W rows at a time, one Vector512 running sum per row (16 independent chains). The 16 sums are
 //              reduced and transposed into one vector with a shuffle tree (16 -> 8 -> 4 -> 2 -> 1 vectors) and
 //              stored through the vector epilogue: C[0, n .. n + 15].
+//              With Vector256: 8 W rows at a time, reduced with horizontal adds.
 //   M = 2..32: 4 W rows at a time, read from memory once, against A in chunks of 4 rows (from cache): 4 × 4
 //              running sums (missing A rows repeat row 0 and are not stored), reduced with the same tree, stored
 //              through the scalar epilogue.
@@ -192,6 +193,14 @@ internal static unsafe class CpuGemv
                     job->C + wRow, wRow, ref epilogue);
             }
         }
+        else if (job->Width == KernelWidth.Vector256 && m == 1)
+        {
+            for (; wRow + 8 <= rowEnd; wRow += 8)
+            {
+                Dot8x1<TWeights, TEpilogue>(job->A, job->W + (wRow * rowBytes), rowBytes, k, job->C + wRow, wRow,
+                    ref epilogue);
+            }
+        }
 
         for (; wRow < rowEnd; wRow++)
         {
@@ -262,6 +271,67 @@ internal static unsafe class CpuGemv
         if (i < k)
         {
             sums += TailDots16<TWeights>(a, w, rowBytes, i, k, 1, 16);
+        }
+
+        epilogue.Apply(sums, 0, col).Store(c);
+    }
+
+    /// <summary>
+    /// <see cref="Dot16x1{TWeights, TEpilogue}"/> for Vector256: C[0, col .. col + 7] from 8 W rows, one running sum
+    /// per row.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Dot8x1<TWeights, TEpilogue>(
+        float* a,
+        byte* w,
+        long rowBytes,
+        int k,
+        float* c,
+        int col,
+        ref TEpilogue epilogue)
+        where TWeights : unmanaged, IWeightFormat
+        where TEpilogue : unmanaged, IMatMulEpilogue
+    {
+        nint r1 = (nint)rowBytes;
+        nint r2 = 2 * r1;
+        nint r3 = 3 * r1;
+        byte* p0 = w;
+        byte* p4 = w + (4 * r1);
+        Vector256<float> s0 = default, s1 = default, s2 = default, s3 = default;
+        Vector256<float> s4 = default, s5 = default, s6 = default, s7 = default;
+
+        int i = 0;
+        for (; i + 8 <= k; i += 8)
+        {
+            Vector256<float> x = Vector256.Load(a + i);
+            s0 = Fma.MultiplyAdd(TWeights.Load8(p0, i), x, s0);
+            s1 = Fma.MultiplyAdd(TWeights.Load8(p0 + r1, i), x, s1);
+            s2 = Fma.MultiplyAdd(TWeights.Load8(p0 + r2, i), x, s2);
+            s3 = Fma.MultiplyAdd(TWeights.Load8(p0 + r3, i), x, s3);
+            s4 = Fma.MultiplyAdd(TWeights.Load8(p4, i), x, s4);
+            s5 = Fma.MultiplyAdd(TWeights.Load8(p4 + r1, i), x, s5);
+            s6 = Fma.MultiplyAdd(TWeights.Load8(p4 + r2, i), x, s6);
+            s7 = Fma.MultiplyAdd(TWeights.Load8(p4 + r3, i), x, s7);
+        }
+
+        Vector256<float> sums = Reduce8(s0, s1, s2, s3, s4, s5, s6, s7);
+
+        // Finish a ragged K with scalar products.
+        if (i < k)
+        {
+            float* tails = stackalloc float[8];
+            for (int row = 0; row < 8; row++)
+            {
+                float sum = 0f;
+                for (int j = i; j < k; j++)
+                {
+                    sum += a[j] * TWeights.Load1(w + (row * r1), j);
+                }
+
+                tails[row] = sum;
+            }
+
+            sums += Vector256.Load(tails);
         }
 
         epilogue.Apply(sums, 0, col).Store(c);
