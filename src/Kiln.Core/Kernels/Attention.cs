@@ -1,8 +1,9 @@
 // Causal grouped-query attention over a key/value cache, on the CPU.
 //
 // Layout. The cache of one layer holds keys and values transposed, [Hkv, Dh, S]: for each key/value head and each
-// dimension d, the values at all positions are contiguous. Scores for 16 positions are then one Vector512 FMA per
-// dimension (no horizontal sums, whatever Dh is), and each output dimension is one dot product over positions.
+// dimension d, the values at all positions are contiguous. Scores for a vector of positions (16 with AVX-512, 8 with
+// AVX2) are then one FMA per dimension (no horizontal sums, whatever Dh is), and each output dimension is one dot
+// product over positions. The vector kernels are written once over IFloatLanes and run at the machine's width.
 // S is the session's context length; positions at or beyond the current length are never read.
 //
 // Math (one query token t at absolute position p = start + t, query head h, its key/value head g = h / (H / Hkv)):
@@ -208,9 +209,13 @@ public static unsafe class Attention
             long kvBase = (long)(head / state.Group) * dh * capacity;
             float* query = state.Q + ((first * tokenStride) + ((long)head * dh));
             float* output = state.Output + ((first * tokenStride) + ((long)head * dh));
-            if (Vector512.IsHardwareAccelerated && rows > 1)
+            if (rows > 1 && Vector512.IsHardwareAccelerated)
             {
-                BlockScores(query, tokenStride, rows, state.Keys + kvBase, capacity, dh, state.Scale, scores, stride, keys);
+                BlockScores<Lanes512>(query, tokenStride, rows, state.Keys + kvBase, capacity, dh, state.Scale, scores, stride, keys);
+            }
+            else if (rows > 1 && Vector256.IsHardwareAccelerated)
+            {
+                BlockScores<Lanes256>(query, tokenStride, rows, state.Keys + kvBase, capacity, dh, state.Scale, scores, stride, keys);
             }
             else
             {
@@ -229,9 +234,13 @@ public static unsafe class Attention
                 row[visible..].Clear();
             }
 
-            if (Vector512.IsHardwareAccelerated && rows > 1)
+            if (rows > 1 && Vector512.IsHardwareAccelerated)
             {
-                BlockWeightedSums(scores, stride, rows, keys, state.Values + kvBase, capacity, dh, output, tokenStride);
+                BlockWeightedSums<Lanes512>(scores, stride, rows, keys, state.Values + kvBase, capacity, dh, output, tokenStride);
+            }
+            else if (rows > 1 && Vector256.IsHardwareAccelerated)
+            {
+                BlockWeightedSums<Lanes256>(scores, stride, rows, keys, state.Values + kvBase, capacity, dh, output, tokenStride);
             }
             else
             {
@@ -260,10 +269,12 @@ public static unsafe class Attention
         }
     }
 
-    // scores[r, s] = (q_r · K[:, s]) · scale for the block's rows r < rows (2..8) and positions s < keys, 16 positions
-    // at a time: each key vector is loaded once for 8 rows (rows past the block's end repeat row 0 and are stored in
-    // the spare score rows, never read). Positions past the last whole 16 are done one at a time per row.
-    private static void BlockScores(float* query, long tokenStride, int rows, float* keys, int capacity, int dh, float scale, float* scores, int stride, int count)
+    // scores[r, s] = (q_r · K[:, s]) · scale for the block's rows r < rows (2..8) and positions s < keys, one vector of
+    // positions at a time (16 or 8): each key vector is loaded once for 8 rows (rows past the block's end repeat row 0
+    // and are stored in the spare score rows, never read). Positions past the last whole vector are done one at a time
+    // per row.
+    private static void BlockScores<TLanes>(float* query, long tokenStride, int rows, float* keys, int capacity, int dh, float scale, float* scores, int stride, int count)
+        where TLanes : unmanaged, IFloatLanes<TLanes>
     {
         float* q0 = query;
         float* q1 = rows > 1 ? query + tokenStride : query;
@@ -274,33 +285,32 @@ public static unsafe class Attention
         float* q6 = rows > 6 ? query + (6 * tokenStride) : query;
         float* q7 = rows > 7 ? query + (7 * tokenStride) : query;
         int s = 0;
-        for (; s + Vector512<float>.Count <= count; s += Vector512<float>.Count)
+        for (; s + TLanes.Count <= count; s += TLanes.Count)
         {
-            Vector512<float> a0 = Vector512<float>.Zero, a1 = Vector512<float>.Zero, a2 = Vector512<float>.Zero, a3 = Vector512<float>.Zero;
-            Vector512<float> a4 = Vector512<float>.Zero, a5 = Vector512<float>.Zero, a6 = Vector512<float>.Zero, a7 = Vector512<float>.Zero;
+            TLanes a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
             float* k = keys + s;
             for (int d = 0; d < dh; d++)
             {
-                Vector512<float> key = Vector512.Load(k + ((long)d * capacity));
-                a0 = Vector512.FusedMultiplyAdd(Vector512.Create(q0[d]), key, a0);
-                a1 = Vector512.FusedMultiplyAdd(Vector512.Create(q1[d]), key, a1);
-                a2 = Vector512.FusedMultiplyAdd(Vector512.Create(q2[d]), key, a2);
-                a3 = Vector512.FusedMultiplyAdd(Vector512.Create(q3[d]), key, a3);
-                a4 = Vector512.FusedMultiplyAdd(Vector512.Create(q4[d]), key, a4);
-                a5 = Vector512.FusedMultiplyAdd(Vector512.Create(q5[d]), key, a5);
-                a6 = Vector512.FusedMultiplyAdd(Vector512.Create(q6[d]), key, a6);
-                a7 = Vector512.FusedMultiplyAdd(Vector512.Create(q7[d]), key, a7);
+                TLanes key = TLanes.Load(k + ((long)d * capacity));
+                a0 = TLanes.MultiplyAdd(TLanes.Splat(q0[d]), key, a0);
+                a1 = TLanes.MultiplyAdd(TLanes.Splat(q1[d]), key, a1);
+                a2 = TLanes.MultiplyAdd(TLanes.Splat(q2[d]), key, a2);
+                a3 = TLanes.MultiplyAdd(TLanes.Splat(q3[d]), key, a3);
+                a4 = TLanes.MultiplyAdd(TLanes.Splat(q4[d]), key, a4);
+                a5 = TLanes.MultiplyAdd(TLanes.Splat(q5[d]), key, a5);
+                a6 = TLanes.MultiplyAdd(TLanes.Splat(q6[d]), key, a6);
+                a7 = TLanes.MultiplyAdd(TLanes.Splat(q7[d]), key, a7);
             }
 
             float* row = scores + s;
-            (a0 * scale).Store(row);
-            (a1 * scale).Store(row + stride);
-            (a2 * scale).Store(row + (2 * stride));
-            (a3 * scale).Store(row + (3 * stride));
-            (a4 * scale).Store(row + (4 * stride));
-            (a5 * scale).Store(row + (5 * stride));
-            (a6 * scale).Store(row + (6 * stride));
-            (a7 * scale).Store(row + (7 * stride));
+            TLanes.Store(TLanes.Multiply(a0, scale), row);
+            TLanes.Store(TLanes.Multiply(a1, scale), row + stride);
+            TLanes.Store(TLanes.Multiply(a2, scale), row + (2 * stride));
+            TLanes.Store(TLanes.Multiply(a3, scale), row + (3 * stride));
+            TLanes.Store(TLanes.Multiply(a4, scale), row + (4 * stride));
+            TLanes.Store(TLanes.Multiply(a5, scale), row + (5 * stride));
+            TLanes.Store(TLanes.Multiply(a6, scale), row + (6 * stride));
+            TLanes.Store(TLanes.Multiply(a7, scale), row + (7 * stride));
         }
 
         for (int r = 0; r < rows; r++)
@@ -319,10 +329,13 @@ public static unsafe class Attention
         }
     }
 
-    // output_r[d] = Σ_s weights[r, s] · values[d, s] for the block's rows (2..8), two dimensions per pass over the
-    // positions: each value vector is loaded once for 8 rows (rows past the block's end repeat row 0, not stored).
-    private static void BlockWeightedSums(float* weights, int stride, int rows, int count, float* values, int capacity, int dh, float* output, long tokenStride)
+    // output_r[d] = Σ_s weights[r, s] · values[d, s] for the block's rows (2..8): each value vector is loaded once for 8
+    // rows (rows past the block's end repeat row 0, not stored). With 16-float vectors two dimensions share a pass over
+    // the positions (16 running sums, of the 32 registers); with 8-float vectors, whose machines have 16 registers, one.
+    private static void BlockWeightedSums<TLanes>(float* weights, int stride, int rows, int count, float* values, int capacity, int dh, float* output, long tokenStride)
+        where TLanes : unmanaged, IFloatLanes<TLanes>
     {
+        bool pair = TLanes.Count == 16;
         float* w0 = weights;
         float* w1 = rows > 1 ? weights + stride : weights;
         float* w2 = rows > 2 ? weights + (2 * stride) : weights;
@@ -333,50 +346,48 @@ public static unsafe class Attention
         float* w7 = rows > 7 ? weights + (7 * stride) : weights;
         Span<float> sums = stackalloc float[2 * TokenBlock];
         int d = 0;
-        for (; d < dh; d += 2)
+        for (; d < dh; d += pair ? 2 : 1)
         {
             // The last odd dimension pairs with itself; its duplicate sums are not stored.
             float* v0 = values + ((long)d * capacity);
-            float* v1 = d + 1 < dh ? v0 + capacity : v0;
-            Vector512<float> a0 = Vector512<float>.Zero, a1 = Vector512<float>.Zero, a2 = Vector512<float>.Zero, a3 = Vector512<float>.Zero;
-            Vector512<float> a4 = Vector512<float>.Zero, a5 = Vector512<float>.Zero, a6 = Vector512<float>.Zero, a7 = Vector512<float>.Zero;
-            Vector512<float> b0 = Vector512<float>.Zero, b1 = Vector512<float>.Zero, b2 = Vector512<float>.Zero, b3 = Vector512<float>.Zero;
-            Vector512<float> b4 = Vector512<float>.Zero, b5 = Vector512<float>.Zero, b6 = Vector512<float>.Zero, b7 = Vector512<float>.Zero;
+            float* v1 = pair && d + 1 < dh ? v0 + capacity : v0;
+            TLanes a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
+            TLanes b0 = default, b1 = default, b2 = default, b3 = default, b4 = default, b5 = default, b6 = default, b7 = default;
             int s = 0;
-            for (; s + Vector512<float>.Count <= count; s += Vector512<float>.Count)
+            for (; s + TLanes.Count <= count; s += TLanes.Count)
             {
-                Vector512<float> x = Vector512.Load(v0 + s);
-                Vector512<float> y = Vector512.Load(v1 + s);
-                Vector512<float> w = Vector512.Load(w0 + s);
-                a0 = Vector512.FusedMultiplyAdd(w, x, a0);
-                b0 = Vector512.FusedMultiplyAdd(w, y, b0);
-                w = Vector512.Load(w1 + s);
-                a1 = Vector512.FusedMultiplyAdd(w, x, a1);
-                b1 = Vector512.FusedMultiplyAdd(w, y, b1);
-                w = Vector512.Load(w2 + s);
-                a2 = Vector512.FusedMultiplyAdd(w, x, a2);
-                b2 = Vector512.FusedMultiplyAdd(w, y, b2);
-                w = Vector512.Load(w3 + s);
-                a3 = Vector512.FusedMultiplyAdd(w, x, a3);
-                b3 = Vector512.FusedMultiplyAdd(w, y, b3);
-                w = Vector512.Load(w4 + s);
-                a4 = Vector512.FusedMultiplyAdd(w, x, a4);
-                b4 = Vector512.FusedMultiplyAdd(w, y, b4);
-                w = Vector512.Load(w5 + s);
-                a5 = Vector512.FusedMultiplyAdd(w, x, a5);
-                b5 = Vector512.FusedMultiplyAdd(w, y, b5);
-                w = Vector512.Load(w6 + s);
-                a6 = Vector512.FusedMultiplyAdd(w, x, a6);
-                b6 = Vector512.FusedMultiplyAdd(w, y, b6);
-                w = Vector512.Load(w7 + s);
-                a7 = Vector512.FusedMultiplyAdd(w, x, a7);
-                b7 = Vector512.FusedMultiplyAdd(w, y, b7);
+                TLanes x = TLanes.Load(v0 + s);
+                TLanes y = pair ? TLanes.Load(v1 + s) : x;
+                TLanes w = TLanes.Load(w0 + s);
+                a0 = TLanes.MultiplyAdd(w, x, a0);
+                b0 = pair ? TLanes.MultiplyAdd(w, y, b0) : b0;
+                w = TLanes.Load(w1 + s);
+                a1 = TLanes.MultiplyAdd(w, x, a1);
+                b1 = pair ? TLanes.MultiplyAdd(w, y, b1) : b1;
+                w = TLanes.Load(w2 + s);
+                a2 = TLanes.MultiplyAdd(w, x, a2);
+                b2 = pair ? TLanes.MultiplyAdd(w, y, b2) : b2;
+                w = TLanes.Load(w3 + s);
+                a3 = TLanes.MultiplyAdd(w, x, a3);
+                b3 = pair ? TLanes.MultiplyAdd(w, y, b3) : b3;
+                w = TLanes.Load(w4 + s);
+                a4 = TLanes.MultiplyAdd(w, x, a4);
+                b4 = pair ? TLanes.MultiplyAdd(w, y, b4) : b4;
+                w = TLanes.Load(w5 + s);
+                a5 = TLanes.MultiplyAdd(w, x, a5);
+                b5 = pair ? TLanes.MultiplyAdd(w, y, b5) : b5;
+                w = TLanes.Load(w6 + s);
+                a6 = TLanes.MultiplyAdd(w, x, a6);
+                b6 = pair ? TLanes.MultiplyAdd(w, y, b6) : b6;
+                w = TLanes.Load(w7 + s);
+                a7 = TLanes.MultiplyAdd(w, x, a7);
+                b7 = pair ? TLanes.MultiplyAdd(w, y, b7) : b7;
             }
 
-            sums[0] = Vector512.Sum(a0); sums[1] = Vector512.Sum(a1); sums[2] = Vector512.Sum(a2); sums[3] = Vector512.Sum(a3);
-            sums[4] = Vector512.Sum(a4); sums[5] = Vector512.Sum(a5); sums[6] = Vector512.Sum(a6); sums[7] = Vector512.Sum(a7);
-            sums[8] = Vector512.Sum(b0); sums[9] = Vector512.Sum(b1); sums[10] = Vector512.Sum(b2); sums[11] = Vector512.Sum(b3);
-            sums[12] = Vector512.Sum(b4); sums[13] = Vector512.Sum(b5); sums[14] = Vector512.Sum(b6); sums[15] = Vector512.Sum(b7);
+            sums[0] = TLanes.Sum(a0); sums[1] = TLanes.Sum(a1); sums[2] = TLanes.Sum(a2); sums[3] = TLanes.Sum(a3);
+            sums[4] = TLanes.Sum(a4); sums[5] = TLanes.Sum(a5); sums[6] = TLanes.Sum(a6); sums[7] = TLanes.Sum(a7);
+            sums[8] = TLanes.Sum(b0); sums[9] = TLanes.Sum(b1); sums[10] = TLanes.Sum(b2); sums[11] = TLanes.Sum(b3);
+            sums[12] = TLanes.Sum(b4); sums[13] = TLanes.Sum(b5); sums[14] = TLanes.Sum(b6); sums[15] = TLanes.Sum(b7);
             for (int r = 0; r < rows; r++)
             {
                 float* w = weights + ((long)r * stride);
@@ -388,7 +399,7 @@ public static unsafe class Attention
                 }
 
                 output[(r * tokenStride) + d] = x;
-                if (d + 1 < dh)
+                if (pair && d + 1 < dh)
                 {
                     output[(r * tokenStride) + d + 1] = y;
                 }
@@ -435,50 +446,57 @@ public static unsafe class Attention
         int n = weights.Length;
         fixed (float* w = weights)
         {
-            int d = 0;
-            if (Vector512.IsHardwareAccelerated)
-            {
-                for (; d + 4 <= dh; d += 4)
-                {
-                    float* v0 = values + ((long)d * capacity);
-                    float* v1 = v0 + capacity;
-                    float* v2 = v1 + capacity;
-                    float* v3 = v2 + capacity;
-                    Vector512<float> acc0 = Vector512<float>.Zero, acc1 = Vector512<float>.Zero;
-                    Vector512<float> acc2 = Vector512<float>.Zero, acc3 = Vector512<float>.Zero;
-                    int s = 0;
-                    for (; s + Vector512<float>.Count <= n; s += Vector512<float>.Count)
-                    {
-                        Vector512<float> block = Vector512.Load(w + s);
-                        acc0 = Vector512.FusedMultiplyAdd(block, Vector512.Load(v0 + s), acc0);
-                        acc1 = Vector512.FusedMultiplyAdd(block, Vector512.Load(v1 + s), acc1);
-                        acc2 = Vector512.FusedMultiplyAdd(block, Vector512.Load(v2 + s), acc2);
-                        acc3 = Vector512.FusedMultiplyAdd(block, Vector512.Load(v3 + s), acc3);
-                    }
+            int d = Vector512.IsHardwareAccelerated ? WeightedSums4<Lanes512>(w, n, values, capacity, dh, output)
+                : Vector256.IsHardwareAccelerated ? WeightedSums4<Lanes256>(w, n, values, capacity, dh, output)
+                : 0;
 
-                    float sum0 = Vector512.Sum(acc0), sum1 = Vector512.Sum(acc1);
-                    float sum2 = Vector512.Sum(acc2), sum3 = Vector512.Sum(acc3);
-                    for (; s < n; s++)
-                    {
-                        sum0 = MathF.FusedMultiplyAdd(w[s], v0[s], sum0);
-                        sum1 = MathF.FusedMultiplyAdd(w[s], v1[s], sum1);
-                        sum2 = MathF.FusedMultiplyAdd(w[s], v2[s], sum2);
-                        sum3 = MathF.FusedMultiplyAdd(w[s], v3[s], sum3);
-                    }
-
-                    output[d] = sum0;
-                    output[d + 1] = sum1;
-                    output[d + 2] = sum2;
-                    output[d + 3] = sum3;
-                }
-            }
-
-            // The remaining dimensions (all of them without Vector512): one dot product each.
+            // The remaining dimensions (all of them without vector hardware): one dot product each.
             for (; d < dh; d++)
             {
                 output[d] = TensorPrimitives.Dot((ReadOnlySpan<float>)weights, new ReadOnlySpan<float>(values + ((long)d * capacity), n));
             }
         }
+    }
+
+    // The whole groups of four dimensions of WeightedSums; returns how many dimensions it wrote.
+    private static int WeightedSums4<TLanes>(float* w, int n, float* values, int capacity, int dh, float* output)
+        where TLanes : unmanaged, IFloatLanes<TLanes>
+    {
+        int d = 0;
+        for (; d + 4 <= dh; d += 4)
+        {
+            float* v0 = values + ((long)d * capacity);
+            float* v1 = v0 + capacity;
+            float* v2 = v1 + capacity;
+            float* v3 = v2 + capacity;
+            TLanes acc0 = default, acc1 = default, acc2 = default, acc3 = default;
+            int s = 0;
+            for (; s + TLanes.Count <= n; s += TLanes.Count)
+            {
+                TLanes block = TLanes.Load(w + s);
+                acc0 = TLanes.MultiplyAdd(block, TLanes.Load(v0 + s), acc0);
+                acc1 = TLanes.MultiplyAdd(block, TLanes.Load(v1 + s), acc1);
+                acc2 = TLanes.MultiplyAdd(block, TLanes.Load(v2 + s), acc2);
+                acc3 = TLanes.MultiplyAdd(block, TLanes.Load(v3 + s), acc3);
+            }
+
+            float sum0 = TLanes.Sum(acc0), sum1 = TLanes.Sum(acc1);
+            float sum2 = TLanes.Sum(acc2), sum3 = TLanes.Sum(acc3);
+            for (; s < n; s++)
+            {
+                sum0 = MathF.FusedMultiplyAdd(w[s], v0[s], sum0);
+                sum1 = MathF.FusedMultiplyAdd(w[s], v1[s], sum1);
+                sum2 = MathF.FusedMultiplyAdd(w[s], v2[s], sum2);
+                sum3 = MathF.FusedMultiplyAdd(w[s], v3[s], sum3);
+            }
+
+            output[d] = sum0;
+            output[d + 1] = sum1;
+            output[d + 2] = sum2;
+            output[d + 3] = sum3;
+        }
+
+        return d;
     }
 
     private static void Scores(float* query, float* keys, int capacity, int dh, float scale, Span<float> scores)
@@ -489,32 +507,12 @@ public static unsafe class Attention
         {
             if (Vector512.IsHardwareAccelerated)
             {
-                for (; s + Vector512<float>.Count <= n; s += Vector512<float>.Count)
-                {
-                    Vector512<float> acc = Vector512<float>.Zero;
-                    for (int d = 0; d < dh; d++)
-                    {
-                        Vector512<float> k = Vector512.Load(keys + ((long)d * capacity) + s);
-                        acc = Vector512.FusedMultiplyAdd(Vector512.Create(query[d]), k, acc);
-                    }
-
-                    (acc * scale).Store(result + s);
-                }
+                s = ScoreVectors<Lanes512>(query, keys, capacity, dh, scale, result, s, n);
             }
 
             if (Vector256.IsHardwareAccelerated)
             {
-                for (; s + Vector256<float>.Count <= n; s += Vector256<float>.Count)
-                {
-                    Vector256<float> acc = Vector256<float>.Zero;
-                    for (int d = 0; d < dh; d++)
-                    {
-                        Vector256<float> k = Vector256.Load(keys + ((long)d * capacity) + s);
-                        acc = Vector256.FusedMultiplyAdd(Vector256.Create(query[d]), k, acc);
-                    }
-
-                    (acc * scale).Store(result + s);
-                }
+                s = ScoreVectors<Lanes256>(query, keys, capacity, dh, scale, result, s, n);
             }
 
             for (; s < n; s++)
@@ -528,6 +526,24 @@ public static unsafe class Attention
                 result[s] = acc * scale;
             }
         }
+    }
+
+    // Scores of whole vectors of positions from position s on; returns the first position it did not write.
+    private static int ScoreVectors<TLanes>(float* query, float* keys, int capacity, int dh, float scale, float* result, int s, int n)
+        where TLanes : unmanaged, IFloatLanes<TLanes>
+    {
+        for (; s + TLanes.Count <= n; s += TLanes.Count)
+        {
+            TLanes acc = default;
+            for (int d = 0; d < dh; d++)
+            {
+                acc = TLanes.MultiplyAdd(TLanes.Splat(query[d]), TLanes.Load(keys + ((long)d * capacity) + s), acc);
+            }
+
+            TLanes.Store(TLanes.Multiply(acc, scale), result + s);
+        }
+
+        return s;
     }
 
     private static void Softmax(Span<float> x)
