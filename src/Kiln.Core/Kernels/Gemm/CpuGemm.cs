@@ -294,7 +294,7 @@ internal static unsafe class CpuGemm
     /// <summary>
     /// Packs W rows [n0, n0 + nc), columns [k0, k0 + kc) into micro-panels of <paramref name="tileColumns"/> rows:
     /// panel p holds, for each k, the widened values of W rows n0 + p·NR .. + NR - 1 (zeros past n0 + nc).
-    /// With AVX-512, 16 rows × 16 k at a time are loaded along k and transposed in registers.
+    /// With AVX-512, 16 rows × 16 k at a time are loaded along k and transposed in registers; with AVX2, 8 rows × 8 k.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void PackW<TWeights>(byte* w, int k, int n0, int nc, int k0, int kc, int tileColumns, float* packed)
@@ -319,6 +319,15 @@ internal static unsafe class CpuGemm
                         Transpose16<TWeights>(source, rowBytes, k0 + i, panel + ((long)i * tileColumns) + half, tileColumns);
                     }
                 }
+                else if (Avx.IsSupported && valid == 16)
+                {
+                    for (; i + 8 <= kc; i += 8)
+                    {
+                        float* destination = panel + ((long)i * tileColumns) + half;
+                        Transpose8<TWeights>(source, rowBytes, k0 + i, destination, tileColumns);
+                        Transpose8<TWeights>(source + (8 * rowBytes), rowBytes, k0 + i, destination + 8, tileColumns);
+                    }
+                }
 
                 // The rest, element by element: the k tail, and panels that cross the end of N.
                 for (; i < kc; i++)
@@ -337,6 +346,54 @@ internal static unsafe class CpuGemm
                 }
             }
         }
+    }
+
+    /// <summary>
+    /// <see cref="Transpose16{TWeights}"/> for AVX: 8 values along k of each of 8 W rows, stored transposed (8 floats
+    /// at each of 8 destination rows).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Transpose8<TWeights>(byte* source, long rowBytes, int index, float* destination, int stride)
+        where TWeights : unmanaged, IWeightFormat
+    {
+        // Stage 1: interleave pairs of rows; per 128-bit half H, t0 = [r0[4H], r1[4H], r0[4H+1], r1[4H+1]].
+        Vector256<float> r0 = TWeights.Load8(source, index);
+        Vector256<float> r1 = TWeights.Load8(source + rowBytes, index);
+        Vector256<float> t0 = Avx.UnpackLow(r0, r1);
+        Vector256<float> t1 = Avx.UnpackHigh(r0, r1);
+        Vector256<float> r2 = TWeights.Load8(source + (2 * rowBytes), index);
+        Vector256<float> r3 = TWeights.Load8(source + (3 * rowBytes), index);
+        Vector256<float> t2 = Avx.UnpackLow(r2, r3);
+        Vector256<float> t3 = Avx.UnpackHigh(r2, r3);
+        Vector256<float> r4 = TWeights.Load8(source + (4 * rowBytes), index);
+        Vector256<float> r5 = TWeights.Load8(source + (5 * rowBytes), index);
+        Vector256<float> t4 = Avx.UnpackLow(r4, r5);
+        Vector256<float> t5 = Avx.UnpackHigh(r4, r5);
+        Vector256<float> r6 = TWeights.Load8(source + (6 * rowBytes), index);
+        Vector256<float> r7 = TWeights.Load8(source + (7 * rowBytes), index);
+        Vector256<float> t6 = Avx.UnpackLow(r6, r7);
+        Vector256<float> t7 = Avx.UnpackHigh(r6, r7);
+
+        // Stage 2: per half H, u0 = rows 0-3 of column 4H, u1 of column 4H + 1, u2 of 4H + 2, u3 of 4H + 3; u4-u7 the
+        // same for rows 4-7.
+        Vector256<float> u0 = Avx.Shuffle(t0, t2, 0x44);
+        Vector256<float> u1 = Avx.Shuffle(t0, t2, 0xEE);
+        Vector256<float> u2 = Avx.Shuffle(t1, t3, 0x44);
+        Vector256<float> u3 = Avx.Shuffle(t1, t3, 0xEE);
+        Vector256<float> u4 = Avx.Shuffle(t4, t6, 0x44);
+        Vector256<float> u5 = Avx.Shuffle(t4, t6, 0xEE);
+        Vector256<float> u6 = Avx.Shuffle(t5, t7, 0x44);
+        Vector256<float> u7 = Avx.Shuffle(t5, t7, 0xEE);
+
+        // Stage 3: join the halves: column c < 4 from the low halves, column c + 4 from the high ones.
+        Avx.Permute2x128(u0, u4, 0x20).Store(destination + (0 * stride));
+        Avx.Permute2x128(u1, u5, 0x20).Store(destination + (1 * stride));
+        Avx.Permute2x128(u2, u6, 0x20).Store(destination + (2 * stride));
+        Avx.Permute2x128(u3, u7, 0x20).Store(destination + (3 * stride));
+        Avx.Permute2x128(u0, u4, 0x31).Store(destination + (4 * stride));
+        Avx.Permute2x128(u1, u5, 0x31).Store(destination + (5 * stride));
+        Avx.Permute2x128(u2, u6, 0x31).Store(destination + (6 * stride));
+        Avx.Permute2x128(u3, u7, 0x31).Store(destination + (7 * stride));
     }
 
     /// <summary>
