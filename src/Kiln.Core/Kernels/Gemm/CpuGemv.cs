@@ -385,16 +385,7 @@ internal static unsafe class CpuGemv
         {
             if (prefetch)
             {
-                byte* ahead = next + (b * 9 * 64);
-                Sse.Prefetch0(ahead);
-                Sse.Prefetch0(ahead + 64);
-                Sse.Prefetch0(ahead + 128);
-                Sse.Prefetch0(ahead + 192);
-                Sse.Prefetch0(ahead + 256);
-                Sse.Prefetch0(ahead + 320);
-                Sse.Prefetch0(ahead + 384);
-                Sse.Prefetch0(ahead + 448);
-                Sse.Prefetch0(ahead + 512);
+                PrefetchLines(next + (b * 9 * 64), 9);
             }
 
             Vector256<int> low = Avx2.GatherVector256((int*)(p0 + blockBytes), rowOffsets, 1);
@@ -470,12 +461,7 @@ internal static unsafe class CpuGemv
         {
             if (prefetch)
             {
-                byte* ahead = next + (b * 5 * 64);
-                Sse.Prefetch0(ahead);
-                Sse.Prefetch0(ahead + 64);
-                Sse.Prefetch0(ahead + 128);
-                Sse.Prefetch0(ahead + 192);
-                Sse.Prefetch0(ahead + 256);
+                PrefetchLines(next + (b * 5 * 64), 5);
             }
 
             Vector256<uint> bits = Avx2.GatherVector256((int*)(p0 + blockBytes), rowOffsets, 1).AsUInt32() & Vector256.Create(0xFFFFu);
@@ -503,6 +489,16 @@ internal static unsafe class CpuGemv
             Vector256<short> qHigh = Avx2.ConvertToVector256Int16((sbyte*)(block + 18));
             Vector256<int> dot = Avx2.MultiplyAddAdjacent(qLow, xLow) + Avx2.MultiplyAddAdjacent(qHigh, xHigh);
             return Fma.MultiplyAdd(Avx.ConvertToVector256Single(dot), Vector256.Create(scale), sum);
+        }
+    }
+
+    /// <summary>Prefetches <paramref name="lines"/> cache lines from <paramref name="start"/> on into all cache levels.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void PrefetchLines(byte* start, int lines)
+    {
+        for (int line = 0; line < lines; line++)
+        {
+            Sse.Prefetch0(start + (line * 64));
         }
     }
 
