@@ -154,6 +154,7 @@ public static unsafe class Attention
             Start = start,
             Tokens = t,
             Scale = 1f / MathF.Sqrt(dh),
+            Width = t_width ?? BestWidth,
         };
         int blocks = (t + TokenBlock - 1) / TokenBlock;
         long workPerItem = (long)(start + ((t + 1) / 2)) * dh * 2 * Math.Min(t, TokenBlock);
@@ -164,6 +165,25 @@ public static unsafe class Attention
 
     /// <summary>Query tokens of one head that prefill attends together (one work item).</summary>
     private const int TokenBlock = 8;
+
+    // The widest vectors this machine runs in hardware.
+    private static readonly KernelWidth BestWidth =
+        Vector512.IsHardwareAccelerated ? KernelWidth.Vector512
+        : Vector256.IsHardwareAccelerated ? KernelWidth.Vector256
+        : KernelWidth.Scalar;
+
+    [ThreadStatic]
+    private static KernelWidth? t_width;
+
+    /// <summary>
+    /// For tests: the vector width of the CPU kernels that this thread's <see cref="Compute"/> calls run (null: the
+    /// machine's widest). A width the hardware lacks still computes correctly, in software, slowly.
+    /// </summary>
+    internal static KernelWidth? WidthOverride
+    {
+        get => t_width;
+        set => t_width = value;
+    }
 
     private struct State
     {
@@ -178,6 +198,7 @@ public static unsafe class Attention
         public int Start;
         public int Tokens;
         public float Scale;
+        public KernelWidth Width;
     }
 
     // The scores are fully written before they are read, so the stack buffer is not zeroed.
@@ -209,11 +230,11 @@ public static unsafe class Attention
             long kvBase = (long)(head / state.Group) * dh * capacity;
             float* query = state.Q + ((first * tokenStride) + ((long)head * dh));
             float* output = state.Output + ((first * tokenStride) + ((long)head * dh));
-            if (rows > 1 && Vector512.IsHardwareAccelerated)
+            if (rows > 1 && state.Width == KernelWidth.Vector512)
             {
                 BlockScores<Lanes512>(query, tokenStride, rows, state.Keys + kvBase, capacity, dh, state.Scale, scores, stride, keys);
             }
-            else if (rows > 1 && Vector256.IsHardwareAccelerated)
+            else if (rows > 1 && state.Width == KernelWidth.Vector256)
             {
                 BlockScores<Lanes256>(query, tokenStride, rows, state.Keys + kvBase, capacity, dh, state.Scale, scores, stride, keys);
             }
@@ -221,7 +242,7 @@ public static unsafe class Attention
             {
                 for (int r = 0; r < rows; r++)
                 {
-                    Scores(query + (r * tokenStride), state.Keys + kvBase, capacity, dh, state.Scale, new Span<float>(scores + ((long)r * stride), keys));
+                    Scores(query + (r * tokenStride), state.Keys + kvBase, capacity, dh, state.Scale, new Span<float>(scores + ((long)r * stride), keys), state.Width);
                 }
             }
 
@@ -234,11 +255,11 @@ public static unsafe class Attention
                 row[visible..].Clear();
             }
 
-            if (rows > 1 && Vector512.IsHardwareAccelerated)
+            if (rows > 1 && state.Width == KernelWidth.Vector512)
             {
                 BlockWeightedSums<Lanes512>(scores, stride, rows, keys, state.Values + kvBase, capacity, dh, output, tokenStride);
             }
-            else if (rows > 1 && Vector256.IsHardwareAccelerated)
+            else if (rows > 1 && state.Width == KernelWidth.Vector256)
             {
                 BlockWeightedSums<Lanes256>(scores, stride, rows, keys, state.Values + kvBase, capacity, dh, output, tokenStride);
             }
@@ -246,7 +267,7 @@ public static unsafe class Attention
             {
                 for (int r = 0; r < rows; r++)
                 {
-                    WeightedSums(new Span<float>(scores + ((long)r * stride), keys), state.Values + kvBase, capacity, dh, output + (r * tokenStride));
+                    WeightedSums(new Span<float>(scores + ((long)r * stride), keys), state.Values + kvBase, capacity, dh, output + (r * tokenStride), state.Width);
                 }
             }
         }
@@ -263,9 +284,9 @@ public static unsafe class Attention
         for (int head = begin; head < end; head++)
         {
             long kvBase = (long)(head / state.Group) * dh * capacity;
-            Scores(state.Q + ((long)head * dh), state.Keys + kvBase, capacity, dh, state.Scale, weights);
+            Scores(state.Q + ((long)head * dh), state.Keys + kvBase, capacity, dh, state.Scale, weights, state.Width);
             Softmax(weights);
-            WeightedSums(weights, state.Values + kvBase, capacity, dh, state.Output + ((long)head * dh));
+            WeightedSums(weights, state.Values + kvBase, capacity, dh, state.Output + ((long)head * dh), state.Width);
         }
     }
 
@@ -441,13 +462,13 @@ public static unsafe class Attention
 
     // output[d] = Σ_s weights[s] · values[d, s] for every d: four dimensions per pass over the positions, so each
     // block of weights is loaded once for four value rows and the four sums run as independent chains.
-    private static void WeightedSums(Span<float> weights, float* values, int capacity, int dh, float* output)
+    private static void WeightedSums(Span<float> weights, float* values, int capacity, int dh, float* output, KernelWidth width)
     {
         int n = weights.Length;
         fixed (float* w = weights)
         {
-            int d = Vector512.IsHardwareAccelerated ? WeightedSums4<Lanes512>(w, n, values, capacity, dh, output)
-                : Vector256.IsHardwareAccelerated ? WeightedSums4<Lanes256>(w, n, values, capacity, dh, output)
+            int d = width == KernelWidth.Vector512 ? WeightedSums4<Lanes512>(w, n, values, capacity, dh, output)
+                : width == KernelWidth.Vector256 ? WeightedSums4<Lanes256>(w, n, values, capacity, dh, output)
                 : 0;
 
             // The remaining dimensions (all of them without vector hardware): one dot product each.
@@ -499,18 +520,18 @@ public static unsafe class Attention
         return d;
     }
 
-    private static void Scores(float* query, float* keys, int capacity, int dh, float scale, Span<float> scores)
+    private static void Scores(float* query, float* keys, int capacity, int dh, float scale, Span<float> scores, KernelWidth width)
     {
         int n = scores.Length;
         int s = 0;
         fixed (float* result = scores)
         {
-            if (Vector512.IsHardwareAccelerated)
+            if (width == KernelWidth.Vector512)
             {
                 s = ScoreVectors<Lanes512>(query, keys, capacity, dh, scale, result, s, n);
             }
 
-            if (Vector256.IsHardwareAccelerated)
+            if (width >= KernelWidth.Vector256)
             {
                 s = ScoreVectors<Lanes256>(query, keys, capacity, dh, scale, result, s, n);
             }
