@@ -232,11 +232,11 @@ public static unsafe class Attention
             float* output = state.Output + ((first * tokenStride) + ((long)head * dh));
             if (rows > 1 && state.Width == KernelWidth.Vector512)
             {
-                BlockScores<Lanes512>(query, tokenStride, rows, state.Keys + kvBase, capacity, dh, state.Scale, scores, stride, keys);
+                BlockScores<Lanes512, Vector512<float>>(query, tokenStride, rows, state.Keys + kvBase, capacity, dh, state.Scale, scores, stride, keys);
             }
             else if (rows > 1 && state.Width == KernelWidth.Vector256)
             {
-                BlockScores<Lanes256>(query, tokenStride, rows, state.Keys + kvBase, capacity, dh, state.Scale, scores, stride, keys);
+                BlockScores<Lanes256, Vector256<float>>(query, tokenStride, rows, state.Keys + kvBase, capacity, dh, state.Scale, scores, stride, keys);
             }
             else
             {
@@ -257,11 +257,11 @@ public static unsafe class Attention
 
             if (rows > 1 && state.Width == KernelWidth.Vector512)
             {
-                BlockWeightedSums<Lanes512>(scores, stride, rows, keys, state.Values + kvBase, capacity, dh, output, tokenStride);
+                BlockWeightedSums<Lanes512, Vector512<float>>(scores, stride, rows, keys, state.Values + kvBase, capacity, dh, output, tokenStride);
             }
             else if (rows > 1 && state.Width == KernelWidth.Vector256)
             {
-                BlockWeightedSums<Lanes256>(scores, stride, rows, keys, state.Values + kvBase, capacity, dh, output, tokenStride);
+                BlockWeightedSums<Lanes256, Vector256<float>>(scores, stride, rows, keys, state.Values + kvBase, capacity, dh, output, tokenStride);
             }
             else
             {
@@ -294,8 +294,9 @@ public static unsafe class Attention
     // positions at a time (16 or 8): each key vector is loaded once for 8 rows (rows past the block's end repeat row 0
     // and are stored in the spare score rows, never read). Positions past the last whole vector are done one at a time
     // per row.
-    private static void BlockScores<TLanes>(float* query, long tokenStride, int rows, float* keys, int capacity, int dh, float scale, float* scores, int stride, int count)
-        where TLanes : unmanaged, IFloatLanes<TLanes>
+    private static void BlockScores<TLanes, TVector>(float* query, long tokenStride, int rows, float* keys, int capacity, int dh, float scale, float* scores, int stride, int count)
+        where TLanes : IFloatLanes<TVector>
+        where TVector : unmanaged
     {
         float* q0 = query;
         float* q1 = rows > 1 ? query + tokenStride : query;
@@ -308,11 +309,11 @@ public static unsafe class Attention
         int s = 0;
         for (; s + TLanes.Count <= count; s += TLanes.Count)
         {
-            TLanes a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
+            TVector a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
             float* k = keys + s;
             for (int d = 0; d < dh; d++)
             {
-                TLanes key = TLanes.Load(k + ((long)d * capacity));
+                TVector key = TLanes.Load(k + ((long)d * capacity));
                 a0 = TLanes.MultiplyAdd(TLanes.Splat(q0[d]), key, a0);
                 a1 = TLanes.MultiplyAdd(TLanes.Splat(q1[d]), key, a1);
                 a2 = TLanes.MultiplyAdd(TLanes.Splat(q2[d]), key, a2);
@@ -353,8 +354,9 @@ public static unsafe class Attention
     // output_r[d] = Σ_s weights[r, s] · values[d, s] for the block's rows (2..8): each value vector is loaded once for 8
     // rows (rows past the block's end repeat row 0, not stored). With 16-float vectors two dimensions share a pass over
     // the positions (16 running sums, of the 32 registers); with 8-float vectors, whose machines have 16 registers, one.
-    private static void BlockWeightedSums<TLanes>(float* weights, int stride, int rows, int count, float* values, int capacity, int dh, float* output, long tokenStride)
-        where TLanes : unmanaged, IFloatLanes<TLanes>
+    private static void BlockWeightedSums<TLanes, TVector>(float* weights, int stride, int rows, int count, float* values, int capacity, int dh, float* output, long tokenStride)
+        where TLanes : IFloatLanes<TVector>
+        where TVector : unmanaged
     {
         bool pair = TLanes.Count == 16;
         float* w0 = weights;
@@ -372,14 +374,14 @@ public static unsafe class Attention
             // The last odd dimension pairs with itself; its duplicate sums are not stored.
             float* v0 = values + ((long)d * capacity);
             float* v1 = pair && d + 1 < dh ? v0 + capacity : v0;
-            TLanes a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
-            TLanes b0 = default, b1 = default, b2 = default, b3 = default, b4 = default, b5 = default, b6 = default, b7 = default;
+            TVector a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
+            TVector b0 = default, b1 = default, b2 = default, b3 = default, b4 = default, b5 = default, b6 = default, b7 = default;
             int s = 0;
             for (; s + TLanes.Count <= count; s += TLanes.Count)
             {
-                TLanes x = TLanes.Load(v0 + s);
-                TLanes y = pair ? TLanes.Load(v1 + s) : x;
-                TLanes w = TLanes.Load(w0 + s);
+                TVector x = TLanes.Load(v0 + s);
+                TVector y = pair ? TLanes.Load(v1 + s) : x;
+                TVector w = TLanes.Load(w0 + s);
                 a0 = TLanes.MultiplyAdd(w, x, a0);
                 b0 = pair ? TLanes.MultiplyAdd(w, y, b0) : b0;
                 w = TLanes.Load(w1 + s);
@@ -467,8 +469,8 @@ public static unsafe class Attention
         int n = weights.Length;
         fixed (float* w = weights)
         {
-            int d = width == KernelWidth.Vector512 ? WeightedSums4<Lanes512>(w, n, values, capacity, dh, output)
-                : width == KernelWidth.Vector256 ? WeightedSums4<Lanes256>(w, n, values, capacity, dh, output)
+            int d = width == KernelWidth.Vector512 ? WeightedSums4<Lanes512, Vector512<float>>(w, n, values, capacity, dh, output)
+                : width == KernelWidth.Vector256 ? WeightedSums4<Lanes256, Vector256<float>>(w, n, values, capacity, dh, output)
                 : 0;
 
             // The remaining dimensions (all of them without vector hardware): one dot product each.
@@ -480,8 +482,9 @@ public static unsafe class Attention
     }
 
     // The whole groups of four dimensions of WeightedSums; returns how many dimensions it wrote.
-    private static int WeightedSums4<TLanes>(float* w, int n, float* values, int capacity, int dh, float* output)
-        where TLanes : unmanaged, IFloatLanes<TLanes>
+    private static int WeightedSums4<TLanes, TVector>(float* w, int n, float* values, int capacity, int dh, float* output)
+        where TLanes : IFloatLanes<TVector>
+        where TVector : unmanaged
     {
         int d = 0;
         for (; d + 4 <= dh; d += 4)
@@ -490,11 +493,11 @@ public static unsafe class Attention
             float* v1 = v0 + capacity;
             float* v2 = v1 + capacity;
             float* v3 = v2 + capacity;
-            TLanes acc0 = default, acc1 = default, acc2 = default, acc3 = default;
+            TVector acc0 = default, acc1 = default, acc2 = default, acc3 = default;
             int s = 0;
             for (; s + TLanes.Count <= n; s += TLanes.Count)
             {
-                TLanes block = TLanes.Load(w + s);
+                TVector block = TLanes.Load(w + s);
                 acc0 = TLanes.MultiplyAdd(block, TLanes.Load(v0 + s), acc0);
                 acc1 = TLanes.MultiplyAdd(block, TLanes.Load(v1 + s), acc1);
                 acc2 = TLanes.MultiplyAdd(block, TLanes.Load(v2 + s), acc2);
@@ -528,12 +531,12 @@ public static unsafe class Attention
         {
             if (width == KernelWidth.Vector512)
             {
-                s = ScoreVectors<Lanes512>(query, keys, capacity, dh, scale, result, s, n);
+                s = ScoreVectors<Lanes512, Vector512<float>>(query, keys, capacity, dh, scale, result, s, n);
             }
 
             if (width >= KernelWidth.Vector256)
             {
-                s = ScoreVectors<Lanes256>(query, keys, capacity, dh, scale, result, s, n);
+                s = ScoreVectors<Lanes256, Vector256<float>>(query, keys, capacity, dh, scale, result, s, n);
             }
 
             for (; s < n; s++)
@@ -552,16 +555,17 @@ public static unsafe class Attention
     // Scores of whole vectors of positions from position s on; returns the first position it did not write. Four
     // vectors of positions at a time first: four independent sums, and each key row is read in runs of four vectors
     // (whole cache lines) rather than one.
-    private static int ScoreVectors<TLanes>(float* query, float* keys, int capacity, int dh, float scale, float* result, int s, int n)
-        where TLanes : unmanaged, IFloatLanes<TLanes>
+    private static int ScoreVectors<TLanes, TVector>(float* query, float* keys, int capacity, int dh, float scale, float* result, int s, int n)
+        where TLanes : IFloatLanes<TVector>
+        where TVector : unmanaged
     {
         int width = TLanes.Count;
         for (; s + (4 * width) <= n; s += 4 * width)
         {
-            TLanes acc0 = default, acc1 = default, acc2 = default, acc3 = default;
+            TVector acc0 = default, acc1 = default, acc2 = default, acc3 = default;
             for (int d = 0; d < dh; d++)
             {
-                TLanes q = TLanes.Splat(query[d]);
+                TVector q = TLanes.Splat(query[d]);
                 float* k = keys + ((long)d * capacity) + s;
                 acc0 = TLanes.MultiplyAdd(q, TLanes.Load(k), acc0);
                 acc1 = TLanes.MultiplyAdd(q, TLanes.Load(k + width), acc1);
@@ -577,7 +581,7 @@ public static unsafe class Attention
 
         for (; s + TLanes.Count <= n; s += TLanes.Count)
         {
-            TLanes acc = default;
+            TVector acc = default;
             for (int d = 0; d < dh; d++)
             {
                 acc = TLanes.MultiplyAdd(TLanes.Splat(query[d]), TLanes.Load(keys + ((long)d * capacity) + s), acc);

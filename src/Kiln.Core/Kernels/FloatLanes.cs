@@ -1,91 +1,83 @@
-// One float vector of a fixed hardware width behind static abstract members, so that a kernel written once runs as
-// Vector512 code on AVX-512 machines and as Vector256 code on AVX2-only ones. The wrappers hold one vector field and
-// inline to the bare instructions: the JIT keeps each in a register like the vector itself.
+// The float vector operations of one hardware width behind static abstract members, so that a kernel written once runs
+// as Vector512 code on AVX-512 machines and as Vector256 code on AVX2-only ones. The kernels keep their values in the
+// vector type itself (TVector), and each member inlines to its one instruction.
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 
 namespace Kiln.Kernels;
 
-/// <summary>A vector of <see cref="Count"/> floats (the default value is all zeros).</summary>
-internal unsafe interface IFloatLanes<TSelf>
-    where TSelf : unmanaged, IFloatLanes<TSelf>
+/// <summary>Operations on <typeparamref name="TVector"/>, a vector of <see cref="Count"/> floats (default: all zeros).</summary>
+internal unsafe interface IFloatLanes<TVector>
+    where TVector : unmanaged
 {
     /// <summary>Floats per vector.</summary>
     static abstract int Count { get; }
 
     /// <summary>Loads <see cref="Count"/> floats from <paramref name="source"/> (no alignment needed).</summary>
-    static abstract TSelf Load(float* source);
+    static abstract TVector Load(float* source);
 
     /// <summary>Every lane <paramref name="value"/>.</summary>
-    static abstract TSelf Splat(float value);
+    static abstract TVector Splat(float value);
 
     /// <summary>a · b + addend, fused.</summary>
-    static abstract TSelf MultiplyAdd(TSelf a, TSelf b, TSelf addend);
+    static abstract TVector MultiplyAdd(TVector a, TVector b, TVector addend);
 
     /// <summary>Every lane times <paramref name="factor"/>.</summary>
-    static abstract TSelf Multiply(TSelf value, float factor);
+    static abstract TVector Multiply(TVector value, float factor);
 
     /// <summary>The sum of the lanes.</summary>
-    static abstract float Sum(TSelf value);
+    static abstract float Sum(TVector value);
 
     /// <summary>Stores the lanes at <paramref name="destination"/>.</summary>
-    static abstract void Store(TSelf value, float* destination);
+    static abstract void Store(TVector value, float* destination);
 }
 
 /// <summary>Sixteen floats in a <see cref="Vector512{T}"/>.</summary>
-internal readonly unsafe struct Lanes512 : IFloatLanes<Lanes512>
+internal readonly unsafe struct Lanes512 : IFloatLanes<Vector512<float>>
 {
-    private readonly Vector512<float> _value;
-
-    private Lanes512(Vector512<float> value) => _value = value;
-
     public static int Count => Vector512<float>.Count;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Lanes512 Load(float* source) => new(Vector512.Load(source));
+    public static Vector512<float> Load(float* source) => Vector512.Load(source);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Lanes512 Splat(float value) => new(Vector512.Create(value));
+    public static Vector512<float> Splat(float value) => Vector512.Create(value);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Lanes512 MultiplyAdd(Lanes512 a, Lanes512 b, Lanes512 addend) =>
-        new(Vector512.FusedMultiplyAdd(a._value, b._value, addend._value));
+    public static Vector512<float> MultiplyAdd(Vector512<float> a, Vector512<float> b, Vector512<float> addend) =>
+        Vector512.FusedMultiplyAdd(a, b, addend);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Lanes512 Multiply(Lanes512 value, float factor) => new(value._value * factor);
+    public static Vector512<float> Multiply(Vector512<float> value, float factor) => value * factor;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static float Sum(Lanes512 value) => Vector512.Sum(value._value);
+    public static float Sum(Vector512<float> value) => Vector512.Sum(value);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void Store(Lanes512 value, float* destination) => value._value.Store(destination);
+    public static void Store(Vector512<float> value, float* destination) => value.Store(destination);
 }
 
 /// <summary>Eight floats in a <see cref="Vector256{T}"/>.</summary>
-internal readonly unsafe struct Lanes256 : IFloatLanes<Lanes256>
+internal readonly unsafe struct Lanes256 : IFloatLanes<Vector256<float>>
 {
-    private readonly Vector256<float> _value;
-
-    private Lanes256(Vector256<float> value) => _value = value;
-
     public static int Count => Vector256<float>.Count;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Lanes256 Load(float* source) => new(Vector256.Load(source));
+    public static Vector256<float> Load(float* source) => Vector256.Load(source);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Lanes256 Splat(float value) => new(Vector256.Create(value));
+    public static Vector256<float> Splat(float value) => Vector256.Create(value);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Lanes256 MultiplyAdd(Lanes256 a, Lanes256 b, Lanes256 addend) =>
-        new(Vector256.FusedMultiplyAdd(a._value, b._value, addend._value));
+    public static Vector256<float> MultiplyAdd(Vector256<float> a, Vector256<float> b, Vector256<float> addend) =>
+        Vector256.FusedMultiplyAdd(a, b, addend);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Lanes256 Multiply(Lanes256 value, float factor) => new(value._value * factor);
+    public static Vector256<float> Multiply(Vector256<float> value, float factor) => value * factor;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static float Sum(Lanes256 value) => Vector256.Sum(value._value);
+    public static float Sum(Vector256<float> value) => Vector256.Sum(value);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void Store(Lanes256 value, float* destination) => value._value.Store(destination);
+    public static void Store(Vector256<float> value, float* destination) => value.Store(destination);
 }
