@@ -52,8 +52,8 @@ public static unsafe partial class MatMul
     }
 
     /// <summary>
-    /// Computes <c>output[M, N] = epilogue(a[M, K] · w[N, K]ᵀ)</c> with prepacked weights: M ≤ 32 streams the
-    /// original weights, larger M reads the packed panels instead of packing W again.
+    /// Computes <c>output[M, N] = epilogue(a[M, K] · w[N, K]ᵀ)</c> with prepacked weights: small M (up to 32, 16 for
+    /// Q8_0) streams the original weights, larger M reads the packed panels instead of packing W again.
     /// </summary>
     /// <exception cref="ArgumentException">Shapes, dtypes, devices or layouts do not fit together.</exception>
     public static void Compute<TEpilogue>(Tensor a, PackedWeights w, Tensor output, ref TEpilogue epilogue)
@@ -62,7 +62,7 @@ public static unsafe partial class MatMul
         ArgumentNullException.ThrowIfNull(w);
         Shape shape = Validate(a, w.Source, output);
         CpuDevice cpu = (CpuDevice)a.Device;
-        if (shape.M <= CpuGemv.MaxRows || w.Panels is null)
+        if (CpuGemv.Handles(shape.M, w.Source.DType, w.Width) || w.Panels is null)
         {
             ComputeCpu(cpu.Pool, (float*)a.DataPointer, w.Source.DataPointer, w.Source.DType, (float*)output.DataPointer,
                 shape.M, shape.N, shape.K, ref epilogue, w.Width);

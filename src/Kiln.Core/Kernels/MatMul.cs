@@ -153,7 +153,7 @@ public static unsafe partial class MatMul
         where TEpilogue : unmanaged, IMatMulEpilogue
     {
         // Decode and tiny batches stream the weights once; larger batches pack panels.
-        if (m <= CpuGemv.MaxRows)
+        if (CpuGemv.Handles(m, wType, width))
         {
             CpuGemv.Run(pool, a, w, wType, output, m, n, k, ref epilogue, width);
         }

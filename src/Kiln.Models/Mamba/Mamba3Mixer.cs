@@ -216,7 +216,7 @@ public sealed unsafe class Mamba3Mixer : IDisposable
     private static void Project(WorkerPool pool, float* a, int m, PackedWeights w, float* output)
     {
         IdentityEpilogue identity = default;
-        if (m <= CpuGemv.MaxRows || w.Panels is null)
+        if (CpuGemv.Handles(m, w.Source.DType, w.Width) || w.Panels is null)
         {
             MatMul.ComputeCpu(pool, a, w.Source.DataPointer, w.Source.DType, output, m, w.N, w.K, ref identity, w.Width);
         }

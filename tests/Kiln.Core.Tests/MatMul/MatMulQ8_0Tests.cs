@@ -83,22 +83,24 @@ public sealed unsafe class MatMulQ8_0Tests
             });
 
     /// <summary>
-    /// Decode (M = 1) with activations off any grid, over many magnitudes per block (zero blocks, blocks below 2^-96,
-    /// ordinary and large values): the Vector512 and Vector256 kernels quantize A to int16 per block with scale
-    /// p = 2^(e - 14), e = floor(log2 max|a|), so each activation is off by at most p; the bound is the float32
-    /// accumulation bound plus Σ_blocks p·Σ|w| (max|a|·Σ|w| for a block below 2^-96, which contributes nothing).
+    /// Decode and small batches (M up to 16 take the integer matrix-vector path, 17 the packed product) with
+    /// activations off any grid, over many magnitudes per block (zero blocks, blocks below 2^-96, ordinary and large
+    /// values): the Vector512 and Vector256 kernels quantize each A row to int16 per block with scale p = 2^(e - 14),
+    /// e = floor(log2 max|a|), so each activation is off by at most p; the bound is the float32 accumulation bound plus
+    /// Σ_blocks p·Σ|w| (max|a|·Σ|w| for a block below 2^-96, which contributes nothing).
     /// </summary>
     [Property(MaxTest = 40)]
     public Property Q8_0DecodeOfRealValuedActivationsIsWithinTheQuantizationBound() =>
-        Prop.ForAll((from n in MatMulCpuProperties.Size(1, 70, 1, 15, 16, 17, 31, 32, 33)
+        Prop.ForAll((from m in Gen.Elements(1, 1, 2, 3, 5, CpuGemv.MaxIntegerRows, CpuGemv.MaxIntegerRows + 1)
+                     from n in MatMulCpuProperties.Size(1, 70, 1, 15, 16, 17, 31, 32, 33)
                      from blocks in Gen.Choose(1, 20)
                      from seed in Gen.Choose(0, 1_000_000)
-                     select (n, k: blocks * 32, seed)).ToArbitrary(),
+                     select (m, n, k: blocks * 32, seed)).ToArbitrary(),
             c =>
             {
                 Random random = new(c.seed);
-                float[] a = new float[c.k];
-                for (int b = 0; b < c.k / 32; b++)
+                float[] a = new float[c.m * c.k];
+                for (int b = 0; b < a.Length / 32; b++)
                 {
                     // Per block a magnitude: zero, tiny (below 2^-96), or 10^[-6, 4].
                     int kind = random.Next(6);
@@ -112,44 +114,49 @@ public sealed unsafe class MatMulQ8_0Tests
                 byte[] raw = GemmCase.RandomBlocks(c.n * c.k, c.seed + 1);
                 float[] w = new float[c.n * c.k];
                 Q8_0Blocks.Dequantize(raw, w);
-                double[] expected = new double[c.n];
-                Kiln.Kernels.MatMul.Reference(a, w, 1, c.n, c.k, expected);
+                double[] expected = new double[c.m * c.n];
+                Kiln.Kernels.MatMul.Reference(a, w, c.m, c.n, c.k, expected);
 
                 foreach (KernelWidth width in Widths)
                 {
                     foreach (CpuDevice device in new[] { OneThread, TwoThreads })
                     {
-                        using Tensor aTensor = Tensor.FromArray(a, [1, c.k], device);
+                        using Tensor aTensor = Tensor.FromArray(a, [c.m, c.k], device);
                         using Tensor wTensor = Tensor.FromQ8_0(raw, [c.n, c.k], device);
-                        using Tensor output = Tensor.Empty([1, c.n], DType.Float32, device);
+                        using Tensor output = Tensor.Empty([c.m, c.n], DType.Float32, device);
                         IdentityEpilogue identity = default;
                         Kiln.Kernels.MatMul.ComputeCpu(device.Pool, aTensor.FloatPointer, wTensor.DataPointer, DType.Q8_0,
-                            output.FloatPointer, 1, c.n, c.k, ref identity, width);
+                            output.FloatPointer, c.m, c.n, c.k, ref identity, width);
                         float[] actual = output.ToArray();
-                        for (int col = 0; col < c.n; col++)
+                        for (int row = 0; row < c.m; row++)
                         {
-                            double magnitudeSum = 0;
-                            double quantization = 0;
-                            for (int b = 0; b < c.k / 32; b++)
+                            for (int col = 0; col < c.n; col++)
                             {
-                                double blockMax = 0;
-                                double weightSum = 0;
-                                for (int i = b * 32; i < (b + 1) * 32; i++)
+                                double magnitudeSum = 0;
+                                double quantization = 0;
+                                for (int b = 0; b < c.k / 32; b++)
                                 {
-                                    blockMax = Math.Max(blockMax, Math.Abs(a[i]));
-                                    weightSum += Math.Abs(w[(col * c.k) + i]);
-                                    magnitudeSum += Math.Abs((double)a[i] * w[(col * c.k) + i]);
+                                    double blockMax = 0;
+                                    double weightSum = 0;
+                                    for (int i = b * 32; i < (b + 1) * 32; i++)
+                                    {
+                                        float x = a[(row * c.k) + i];
+                                        blockMax = Math.Max(blockMax, Math.Abs(x));
+                                        weightSum += Math.Abs(w[(col * c.k) + i]);
+                                        magnitudeSum += Math.Abs((double)x * w[(col * c.k) + i]);
+                                    }
+
+                                    quantization += blockMax == 0 ? 0
+                                        : blockMax < Math.ScaleB(1, -96) ? blockMax * weightSum
+                                        : Math.ScaleB(1, Math.ILogB(blockMax) - 14) * weightSum;
                                 }
 
-                                quantization += blockMax == 0 ? 0
-                                    : blockMax < Math.ScaleB(1, -96) ? blockMax * weightSum
-                                    : Math.ScaleB(1, Math.ILogB(blockMax) - 14) * weightSum;
+                                double tolerance = (1e-5 * Math.Sqrt(c.k) * magnitudeSum) + quantization;
+                                int index = (row * c.n) + col;
+                                Assert.True(Math.Abs(actual[index] - expected[index]) <= tolerance,
+                                    $"M={c.m} N={c.n} K={c.k} seed={c.seed} {width} {device.Threads} thread(s): [{row}, {col}] is "
+                                    + $"{actual[index]}, reference {expected[index]} (tolerance {tolerance:G3}).");
                             }
-
-                            double tolerance = (1e-5 * Math.Sqrt(c.k) * magnitudeSum) + quantization;
-                            Assert.True(Math.Abs(actual[col] - expected[col]) <= tolerance,
-                                $"N={c.n} K={c.k} seed={c.seed} {width} {device.Threads} thread(s): column {col} is {actual[col]}, "
-                                + $"reference {expected[col]} (tolerance {tolerance:G3}).");
                         }
                     }
                 }

@@ -8,14 +8,15 @@
 //              With Vector256: 8 W rows at a time, reduced with horizontal adds.
 //   M = 2..32: 4 W rows at a time, read from memory once, against A in chunks of 4 rows (from cache): 4 × 4
 //              running sums (missing A rows repeat row 0 and are not stored), reduced with the same tree, stored
-//              through the scalar epilogue.
-//   Q8_0, M = 1 (Vector512 with AVX-512BW): integer products. A's row is quantized once per call to int16 in blocks
+//              through the scalar epilogue. With Vector256, A in chunks of 2 rows (4 × 2 sums, 16 registers).
+//   Q8_0, any M (Vector512 with AVX-512BW): integer products. A's rows are quantized once per call to int16 in blocks
 //              of 32 with a power-of-two scale (error at most 2^-14 of the block's largest |a|; values on a fine
 //              enough grid are exact); each W block's 32 int8 are sign-extended to int16 and multiplied in pairs
 //              (vpmaddwd) into exact int32 sums, converted once and scaled once by weight scale × activation
 //              scale. The 16 rows' float16 scales of a block are gathered and widened together. Measured on a
 //              4096 × 4096 matrix, 2 threads: 4-5x faster than widening every weight to float32 (docs/PERFORMANCE.md).
-//   Q8_0, M = 1 (Vector256 with AVX2): the same integer scheme, 8 W rows at a time, each block of 32 as two
+//              With M > 1 each group of 16 W rows meets every A row in turn while it is in cache.
+//   Q8_0, any M (Vector256 with AVX2): the same integer scheme, 8 W rows at a time, each block of 32 as two
 //              halves of 16 int16 products in pairs.
 //   Tails:     K not a multiple of 16 is finished with scalar products; W rows past the last whole group go
 //              through a one-row dot product.
@@ -41,6 +42,17 @@ internal static unsafe class CpuGemv
 
     /// <summary>W rows per group: 16 for M = 1, 4 for M = 2..32.</summary>
     private static int GroupRows(int m) => m == 1 ? 16 : 4;
+
+    /// <summary>
+    /// The largest M this path handles for Q8_0 weights in integers: each A row costs a pass of the integer kernel over
+    /// the cached W group, so above this the packed product is faster (measured on an AVX2 machine, 110M model: 16
+    /// rows 300 tok/s here against about the same packed, 32 rows 211 against 448).
+    /// </summary>
+    public const int MaxIntegerRows = 16;
+
+    /// <summary>Whether this path, rather than the packed product, computes an M-row product of these weights.</summary>
+    public static bool Handles(int m, DType wType, KernelWidth width) =>
+        m <= (wType == DType.Q8_0 && HasInt16Kernel(width) ? MaxIntegerRows : MaxRows);
 
     /// <summary>Whether Q8_0 decode multiplies integers at this width: AVX-512BW for Vector512, AVX2 for Vector256.</summary>
     private static bool HasInt16Kernel(KernelWidth width) =>
@@ -102,17 +114,25 @@ internal static unsafe class CpuGemv
             Width = width,
         };
 
-        // Q8_0 decode multiplies integers: A's row is quantized once here, on the calling thread, for all workers.
-        // (The kernel gathers 16 rows' scales with 32-bit offsets, so rows must be under 256 MiB: K below 250 million.)
-        if (m == 1 && typeof(TWeights) == typeof(Q8_0Weights) && HasInt16Kernel(width)
-            && TWeights.RowBytes(k) <= int.MaxValue / 8)
+        // Q8_0 multiplies integers: A's rows are quantized once here, on the calling thread, for all workers, and each
+        // group of W rows meets every A row while it is in cache. (The kernels gather the rows' scales with 32-bit
+        // offsets, so rows must be under 256 MiB: K below 250 million.)
+        bool integer = typeof(TWeights) == typeof(Q8_0Weights) && HasInt16Kernel(width)
+            && TWeights.RowBytes(k) <= int.MaxValue / 8;
+        if (integer)
         {
-            GemmScratch.Current.Int16Blocks(k / Q8_0Blocks.BlockElements, out job.QuantizedA, out job.QuantizedAScales);
-            QuantizeInt16(a, k, job.QuantizedA, job.QuantizedAScales);
+            int blocks = k / Q8_0Blocks.BlockElements;
+            GemmScratch.Current.Int16Blocks(m * blocks, out job.QuantizedA, out job.QuantizedAScales);
+            for (int row = 0; row < m; row++)
+            {
+                QuantizeInt16(a + ((long)row * k), k, job.QuantizedA + ((long)row * k),
+                    job.QuantizedAScales + (row * blocks));
+            }
         }
 
         // Split N in groups of W rows; small products run inline on the caller.
-        int groupRows = GroupRows(m);
+        int groupRows = integer ? 16 : GroupRows(m);
+        job.GroupRows = groupRows;
         int groups = (n + groupRows - 1) / groupRows;
         int grain = (long)m * n * k < SingleThreadWork ? groups : 1;
         pool.For(groups, grain, &Body<TWeights, TEpilogue>, &job);
@@ -130,8 +150,9 @@ internal static unsafe class CpuGemv
         public int K;
         public TEpilogue Epilogue;
         public KernelWidth Width;
+        public int GroupRows;
 
-        // For Q8_0 decode (M = 1): A's row quantized to int16 per 32-element block, and the block scales.
+        // For Q8_0: A's rows quantized to int16 per 32-element block, and the block scales, row after row.
         public short* QuantizedA;
         public float* QuantizedAScales;
     }
@@ -146,24 +167,41 @@ internal static unsafe class CpuGemv
         int m = job->M;
         int n = job->N;
         int k = job->K;
-        int groupRows = GroupRows(m);
+        int groupRows = job->GroupRows;
         int rowStart = start * groupRows;
         int rowEnd = Math.Min(end * groupRows, n);
         long rowBytes = TWeights.RowBytes(k);
 
         // Whole groups go through the wide kernels, everything else through one-row dot products.
         int wRow = rowStart;
-        if (job->Width == KernelWidth.Vector512)
+        if (job->QuantizedA != null)
         {
-            if (job->QuantizedA != null)
+            // Q8_0 in integers: each group of 16 (8) W rows against every A row, the group read from memory once.
+            int blocks = k / Q8_0Blocks.BlockElements;
+            int step = job->Width == KernelWidth.Vector512 ? 16 : 8;
+            for (; wRow + step <= rowEnd; wRow += step)
             {
-                for (; wRow + 16 <= rowEnd; wRow += 16)
+                for (int row = 0; row < m; row++)
                 {
-                    Dot16x1Q8_0(job->QuantizedA, job->QuantizedAScales, job->W + (wRow * rowBytes), rowBytes, k,
-                        job->C + wRow, wRow, ref epilogue);
+                    short* quantized = job->QuantizedA + ((long)row * k);
+                    float* scales = job->QuantizedAScales + (row * blocks);
+                    float* c = job->C + ((long)row * n) + wRow;
+                    if (step == 16)
+                    {
+                        Dot16x1Q8_0(quantized, scales, job->W + (wRow * rowBytes), rowBytes, k, c, row, wRow,
+                            ref epilogue);
+                    }
+                    else
+                    {
+                        Dot8x1Q8_0(quantized, scales, job->W + (wRow * rowBytes), rowBytes, k, c, row, wRow,
+                            ref epilogue);
+                    }
                 }
             }
-            else if (m == 1)
+        }
+        else if (job->Width == KernelWidth.Vector512)
+        {
+            if (m == 1)
             {
                 for (; wRow + 16 <= rowEnd; wRow += 16)
                 {
@@ -184,21 +222,24 @@ internal static unsafe class CpuGemv
                 }
             }
         }
-
-        else if (job->QuantizedA != null)
-        {
-            for (; wRow + 8 <= rowEnd; wRow += 8)
-            {
-                Dot8x1Q8_0(job->QuantizedA, job->QuantizedAScales, job->W + (wRow * rowBytes), rowBytes, k,
-                    job->C + wRow, wRow, ref epilogue);
-            }
-        }
         else if (job->Width == KernelWidth.Vector256 && m == 1)
         {
             for (; wRow + 8 <= rowEnd; wRow += 8)
             {
                 Dot8x1<TWeights, TEpilogue>(job->A, job->W + (wRow * rowBytes), rowBytes, k, job->C + wRow, wRow,
                     ref epilogue);
+            }
+        }
+        else if (job->Width == KernelWidth.Vector256)
+        {
+            // As with Vector512, but A in chunks of 2 rows: 4 × 2 running sums fit the 16 registers.
+            for (; wRow + 4 <= rowEnd; wRow += 4)
+            {
+                for (int row = 0; row < m; row += 2)
+                {
+                    Dot4x2<TWeights, TEpilogue>(job->A + ((long)row * k), Math.Min(2, m - row), row,
+                        job->W + (wRow * rowBytes), rowBytes, k, job->C, n, wRow, ref epilogue);
+                }
             }
         }
 
@@ -320,17 +361,7 @@ internal static unsafe class CpuGemv
         if (i < k)
         {
             float* tails = stackalloc float[8];
-            for (int row = 0; row < 8; row++)
-            {
-                float sum = 0f;
-                for (int j = i; j < k; j++)
-                {
-                    sum += a[j] * TWeights.Load1(w + (row * r1), j);
-                }
-
-                tails[row] = sum;
-            }
-
+            TailDots<TWeights>(tails, 8, a, w, rowBytes, i, k, 1, 8);
             sums += Vector256.Load(tails);
         }
 
@@ -352,6 +383,7 @@ internal static unsafe class CpuGemv
         long rowBytes,
         int k,
         float* c,
+        int row,
         int col,
         ref TEpilogue epilogue)
         where TEpilogue : unmanaged, IMatMulEpilogue
@@ -413,7 +445,7 @@ internal static unsafe class CpuGemv
         }
 
         Vector512<float> sums = Reduce16(s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12, s13, s14, s15);
-        epilogue.Apply(sums, 0, col).Store(c);
+        epilogue.Apply(sums, row, col).Store(c);
 
         // sum + scale · Σ q·x (scale = weight scale · activation scale), the integer products exact in int32.
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -438,6 +470,7 @@ internal static unsafe class CpuGemv
         long rowBytes,
         int k,
         float* c,
+        int row,
         int col,
         ref TEpilogue epilogue)
         where TEpilogue : unmanaged, IMatMulEpilogue
@@ -480,7 +513,7 @@ internal static unsafe class CpuGemv
             s7 = Block(p4 + r3 + blockBytes, xLow, xHigh, scales[7], s7);
         }
 
-        epilogue.Apply(Reduce8(s0, s1, s2, s3, s4, s5, s6, s7), 0, col).Store(c);
+        epilogue.Apply(Reduce8(s0, s1, s2, s3, s4, s5, s6, s7), row, col).Store(c);
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         static Vector256<float> Block(byte* block, Vector256<short> xLow, Vector256<short> xHigh, float scale, Vector256<float> sum)
@@ -656,6 +689,70 @@ internal static unsafe class CpuGemv
     }
 
     /// <summary>
+    /// <see cref="Dot4x4{TWeights, TEpilogue}"/> for Vector256: C[row0 .. row0 + m, col .. col + 3] for m in 1..2, 4 W
+    /// rows × 2 A rows of running sums (a missing second A row repeats row 0 and is dropped).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Dot4x2<TWeights, TEpilogue>(
+        float* a,
+        int m,
+        int row0,
+        byte* w,
+        long rowBytes,
+        int k,
+        float* c,
+        int ldc,
+        int col,
+        ref TEpilogue epilogue)
+        where TWeights : unmanaged, IWeightFormat
+        where TEpilogue : unmanaged, IMatMulEpilogue
+    {
+        float* a0 = a;
+        float* a1 = m > 1 ? a + k : a;
+        nint r1 = (nint)rowBytes;
+        byte* w0 = w;
+        byte* w1 = w + r1;
+        byte* w2 = w + (2 * r1);
+        byte* w3 = w + (3 * r1);
+        Vector256<float> s00 = default, s01 = default, s02 = default, s03 = default;
+        Vector256<float> s10 = default, s11 = default, s12 = default, s13 = default;
+
+        // Each step: 4 W loads, 2 A loads, 8 fused multiply-adds.
+        int i = 0;
+        for (; i + 8 <= k; i += 8)
+        {
+            Vector256<float> v0 = TWeights.Load8(w0, i);
+            Vector256<float> v1 = TWeights.Load8(w1, i);
+            Vector256<float> v2 = TWeights.Load8(w2, i);
+            Vector256<float> v3 = TWeights.Load8(w3, i);
+            Vector256<float> x = Vector256.Load(a0 + i);
+            s00 = Fma.MultiplyAdd(v0, x, s00); s01 = Fma.MultiplyAdd(v1, x, s01);
+            s02 = Fma.MultiplyAdd(v2, x, s02); s03 = Fma.MultiplyAdd(v3, x, s03);
+            x = Vector256.Load(a1 + i);
+            s10 = Fma.MultiplyAdd(v0, x, s10); s11 = Fma.MultiplyAdd(v1, x, s11);
+            s12 = Fma.MultiplyAdd(v2, x, s12); s13 = Fma.MultiplyAdd(v3, x, s13);
+        }
+
+        // Lane 4·r + j holds A row r · W row j.
+        Vector256<float> sums = Reduce8(s00, s01, s02, s03, s10, s11, s12, s13);
+        if (i < k)
+        {
+            float* tails = stackalloc float[8];
+            TailDots<TWeights>(tails, 8, a, w, rowBytes, i, k, m, 4);
+            sums += Vector256.Load(tails);
+        }
+
+        for (int r = 0; r < m; r++)
+        {
+            float* destination = c + ((long)(row0 + r) * ldc) + col;
+            for (int j = 0; j < 4; j++)
+            {
+                destination[j] = epilogue.Apply(sums.GetElement((4 * r) + j), row0 + r, col + j);
+            }
+        }
+    }
+
+    /// <summary>
     /// The scalar products over k in [<paramref name="from"/>, <paramref name="k"/>) of a Dot kernel's 16 lanes:
     /// lane <c>r·wRows + j</c> is A row r (row 0 when r ≥ m) · W row j.
     /// </summary>
@@ -663,7 +760,18 @@ internal static unsafe class CpuGemv
         where TWeights : unmanaged, IWeightFormat
     {
         float* lanes = stackalloc float[16];
-        for (int lane = 0; lane < 16; lane++)
+        TailDots<TWeights>(lanes, 16, a, w, rowBytes, from, k, m, wRows);
+        return Vector512.Load(lanes);
+    }
+
+    /// <summary>
+    /// Writes <paramref name="count"/> lanes of scalar products over k in [<paramref name="from"/>, <paramref name="k"/>):
+    /// lane <c>r·wRows + j</c> is A row r (row 0 when r ≥ m) · W row j.
+    /// </summary>
+    private static void TailDots<TWeights>(float* lanes, int count, float* a, byte* w, long rowBytes, int from, int k, int m, int wRows)
+        where TWeights : unmanaged, IWeightFormat
+    {
+        for (int lane = 0; lane < count; lane++)
         {
             int r = lane / wRows;
             float* aRow = a + ((long)(r < m ? r : 0) * k);
@@ -676,8 +784,6 @@ internal static unsafe class CpuGemv
 
             lanes[lane] = sum;
         }
-
-        return Vector512.Load(lanes);
     }
 
     /// <summary>
