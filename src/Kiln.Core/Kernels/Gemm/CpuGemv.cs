@@ -677,13 +677,23 @@ internal static unsafe class CpuGemv
             sums += TailDots16<TWeights>(a, w, rowBytes, i, k, m, 4);
         }
 
-        // Store the m valid rows through the scalar epilogue.
+        float* lanes = stackalloc float[16];
+        sums.Store(lanes);
+        StoreRows(lanes, m, row0, c, ldc, col, ref epilogue);
+    }
+
+    /// <summary>
+    /// Stores the m valid rows of a 4-column kernel through the scalar epilogue: lane 4·r + j is C[row0 + r, col + j].
+    /// </summary>
+    private static void StoreRows<TEpilogue>(float* lanes, int m, int row0, float* c, int ldc, int col, ref TEpilogue epilogue)
+        where TEpilogue : unmanaged, IMatMulEpilogue
+    {
         for (int r = 0; r < m; r++)
         {
             float* destination = c + ((long)(row0 + r) * ldc) + col;
             for (int j = 0; j < 4; j++)
             {
-                destination[j] = epilogue.Apply(sums.GetElement((4 * r) + j), row0 + r, col + j);
+                destination[j] = epilogue.Apply(lanes[(4 * r) + j], row0 + r, col + j);
             }
         }
     }
@@ -735,21 +745,15 @@ internal static unsafe class CpuGemv
 
         // Lane 4·r + j holds A row r · W row j.
         Vector256<float> sums = Reduce8(s00, s01, s02, s03, s10, s11, s12, s13);
+        float* lanes = stackalloc float[8];
         if (i < k)
         {
-            float* tails = stackalloc float[8];
-            TailDots<TWeights>(tails, 8, a, w, rowBytes, i, k, m, 4);
-            sums += Vector256.Load(tails);
+            TailDots<TWeights>(lanes, 8, a, w, rowBytes, i, k, m, 4);
+            sums += Vector256.Load(lanes);
         }
 
-        for (int r = 0; r < m; r++)
-        {
-            float* destination = c + ((long)(row0 + r) * ldc) + col;
-            for (int j = 0; j < 4; j++)
-            {
-                destination[j] = epilogue.Apply(sums.GetElement((4 * r) + j), row0 + r, col + j);
-            }
-        }
+        sums.Store(lanes);
+        StoreRows(lanes, m, row0, c, ldc, col, ref epilogue);
     }
 
     /// <summary>
