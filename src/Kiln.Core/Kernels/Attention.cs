@@ -414,16 +414,21 @@ public static unsafe class Attention
             for (int r = 0; r < rows; r++)
             {
                 float* w = weights + ((long)r * stride);
-                float x = sums[r], y = sums[TokenBlock + r];
+                float x = sums[r];
                 for (int p = s; p < count; p++)
                 {
                     x = MathF.FusedMultiplyAdd(w[p], v0[p], x);
-                    y = MathF.FusedMultiplyAdd(w[p], v1[p], y);
                 }
 
                 output[(r * tokenStride) + d] = x;
                 if (pair && d + 1 < dh)
                 {
+                    float y = sums[TokenBlock + r];
+                    for (int p = s; p < count; p++)
+                    {
+                        y = MathF.FusedMultiplyAdd(w[p], v1[p], y);
+                    }
+
                     output[(r * tokenStride) + d + 1] = y;
                 }
             }

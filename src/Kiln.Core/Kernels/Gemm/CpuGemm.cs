@@ -1,4 +1,4 @@
-// The packed CPU matrix product C[M, N] = epilogue(A[M, K] · W[N, K]ᵀ) for M above CpuGemv.MaxRows, after the
+// The packed CPU matrix product C[M, N] = epilogue(A[M, K] · W[N, K]ᵀ) for M too large for CpuGemv, after the
 // GotoBLAS/BLIS layering, written for this project:
 //
 //   for each column block jc of NBlock columns             (the thread's share of N, or all of N)
@@ -23,7 +23,7 @@ using Kiln.Devices;
 
 namespace Kiln.Kernels.Gemm;
 
-/// <summary>The packed, register-blocked CPU matrix product for M above <see cref="CpuGemv.MaxRows"/>.</summary>
+/// <summary>The packed, register-blocked CPU matrix product for M that <see cref="CpuGemv.Handles"/> declines.</summary>
 internal static unsafe class CpuGemm
 {
     /// <summary>Rows of the largest micro-tile (Vector512).</summary>

@@ -40,8 +40,8 @@ internal static unsafe class CpuGemv
     /// <summary>Products below this many multiply-adds run on the calling thread.</summary>
     public const long SingleThreadWork = 1L << 17;
 
-    /// <summary>W rows per group: 16 for M = 1, 4 for M = 2..32.</summary>
-    private static int GroupRows(int m) => m == 1 ? 16 : 4;
+    /// <summary>W rows per group: 16 for M = 1 and for Q8_0 in integers, otherwise 4 for M = 2..32.</summary>
+    private static int GroupRows(int m, bool integer) => m == 1 || integer ? 16 : 4;
 
     /// <summary>
     /// The largest M this path handles for Q8_0 weights in integers: each A row costs a pass of the integer kernel over
@@ -131,8 +131,7 @@ internal static unsafe class CpuGemv
         }
 
         // Split N in groups of W rows; small products run inline on the caller.
-        int groupRows = integer ? 16 : GroupRows(m);
-        job.GroupRows = groupRows;
+        int groupRows = GroupRows(m, integer);
         int groups = (n + groupRows - 1) / groupRows;
         int grain = (long)m * n * k < SingleThreadWork ? groups : 1;
         pool.For(groups, grain, &Body<TWeights, TEpilogue>, &job);
@@ -150,7 +149,6 @@ internal static unsafe class CpuGemv
         public int K;
         public TEpilogue Epilogue;
         public KernelWidth Width;
-        public int GroupRows;
 
         // For Q8_0: A's rows quantized to int16 per 32-element block, and the block scales, row after row.
         public short* QuantizedA;
@@ -167,7 +165,7 @@ internal static unsafe class CpuGemv
         int m = job->M;
         int n = job->N;
         int k = job->K;
-        int groupRows = job->GroupRows;
+        int groupRows = GroupRows(m, job->QuantizedA != null);
         int rowStart = start * groupRows;
         int rowEnd = Math.Min(end * groupRows, n);
         long rowBytes = TWeights.RowBytes(k);

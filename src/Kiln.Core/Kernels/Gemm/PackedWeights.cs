@@ -1,7 +1,8 @@
 // Weights prepacked for the CPU matrix product: W [N, K] transposed and widened to float32 once, in the packed
 // path's micro-panel layout for the whole K, [ceil(N / NR)][K][NR] with NR = 32 (Vector512) or 16 (Vector256)
-// and zeros past N. A prefill (M > CpuGemv.MaxRows) then reads its W slices straight from here instead of packing
-// them on every call. Decode steps and small batches (M <= 32) stream the original tensor, which the object keeps a reference to.
+// and zeros past N. A prefill (M above 32, 16 for Q8_0: CpuGemv.Handles) then reads its W slices straight from here
+// instead of packing them on every call. Decode steps and small batches stream the original tensor, which the object
+// keeps a reference to.
 // Memory: 4·K bytes per weight row, rounded up to NR rows (twice the original size for 16-bit weights).
 using Kiln.Kernels.Gemm;
 using Kiln.Memory;
